@@ -1,0 +1,160 @@
+"""Benchmark (not a test): end-to-end Segment time against pure model time, and the
+server's peak memory for a 16,000 x 16,000 px ROI.
+
+    python benchmarks/bench_segment.py [--device auto] [--size 2048] [--large 16000]
+
+1. A 2048 x 2048 px region at model resolution (real H&E from the demo slide, mirrored to
+   size) is segmented through a real gRPC server on loopback. The same tiles are then run
+   through the model alone, in the same process, and the ratio is printed.
+2. A 16,000 x 16,000 px tiled JPEG TIFF at the model's 1 µm/px, made of the same tissue, is
+   segmented by a `roiseg serve` process reading the file itself; its peak resident memory
+   (VmHWM) is printed. `--large 0` skips this part.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import tifffile
+import torch
+from shapely.geometry import box
+
+from roiseg.cli import DEFAULT_MODELS_DIR
+from roiseg.client import Client, encode_png, segment_request, slide_source
+from roiseg.inference import tile_starts
+from roiseg.models import ModelRegistry, select_device
+from roiseg.service import Limits, SegmentationService, create_server
+from roiseg.v1 import segmentation_pb2 as pb
+
+SLIDE = Path(__file__).resolve().parents[1] / "examples" / "data" / "cmu_small_region.svs"
+SLIDE_MPP = 0.499
+
+
+def tissue(size: int, mpp: float) -> np.ndarray:
+    """Real H&E at `mpp`, mirrored until it is size x size."""
+    level0 = tifffile.imread(SLIDE, series=0, level=0)[900:2700, 700:2000]
+    scale = SLIDE_MPP / mpp
+    patch = cv2.resize(level0, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    reps = (size // patch.shape[0] + 2, size // patch.shape[1] + 2)
+    row = np.concatenate([patch, patch[:, ::-1]] * (reps[1] // 2 + 1), axis=1)
+    block = np.concatenate([row, row[::-1]] * (reps[0] // 2 + 1), axis=0)
+    return np.ascontiguousarray(block[:size, :size])
+
+
+def end_to_end(device: str, size: int) -> None:
+    registry = ModelRegistry([DEFAULT_MODELS_DIR], select_device(device))
+    card = registry.card(registry.default_id)
+    service = SegmentationService(registry, limits=Limits(max_roi_pixels=400_000_000))
+    server, port = create_server(service, "127.0.0.1:0")
+    server.start()
+    image = tissue(size, card.mpp)
+    encoded = encode_png(image)
+    with Client(f"127.0.0.1:{port}") as client:
+        def segment(pixels: np.ndarray, data: bytes):
+            source = client.pixels_source(data, downsample=1, origin_x=0, origin_y=0,
+                                          pixel_size_um=card.mpp)
+            geometry = box(0, 0, pixels.shape[1], pixels.shape[0])
+            return client.segment(segment_request(geometry, source, (), pb.SegmentOptions()))
+
+        warm = image[:600, :600]
+        segment(warm, encode_png(warm))
+        t0 = time.perf_counter()
+        result = segment(image, encoded)
+        wall = time.perf_counter() - t0
+    server.stop(None)
+    model_result = result.results[card.id]
+    timings = model_result.execution.timings
+    pure = pure_forward(registry, image)
+    print(f"device: {registry.device_name}")
+    print(f"region: {size} x {size} px at {card.mpp} µm/px, {model_result.execution.tiles} tiles "
+          f"of {card.tile_size} px (overlap {card.overlap}), "
+          f"{model_result.feature_count} polygons")
+    print(f"end-to-end Segment (client wall, PNG upload to polygons): {wall:.2f} s")
+    print(f"  server stages: read {timings.read_s:.2f}, tissue {timings.tissue_s:.2f}, "
+          f"inference {timings.inference_s:.2f} (forward {timings.model_s:.2f}), "
+          f"post-process {timings.postprocess_s:.2f}, vectorise {timings.vectorize_s:.2f}")
+    print(f"pure model forward on the same tiles: {pure:.2f} s")
+    print(f"ratio end-to-end / pure model: {wall / pure:.2f}")
+
+
+def pure_forward(registry: ModelRegistry, image: np.ndarray) -> float:
+    """Seconds of forward passes over the tiles `predict` cuts from `image`."""
+    model = registry.get(registry.default_id)
+    card = model.card
+    ys = tile_starts(image.shape[0], card.tile_size, card.overlap)
+    xs = tile_starts(image.shape[1], card.tile_size, card.overlap)
+    tiles = np.stack([image[y:y + card.tile_size, x:x + card.tile_size] for y in ys for x in xs])
+    model.probabilities(tiles[:card.batch_size])  # warm-up
+    _sync(model.device)
+    t0 = time.perf_counter()
+    for start in range(0, len(tiles), card.batch_size):
+        model.probabilities(tiles[start:start + card.batch_size])
+    _sync(model.device)
+    return time.perf_counter() - t0
+
+
+def large_roi_memory(device: str, size: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "large.tif"
+        t0 = time.perf_counter()
+        tifffile.imwrite(path, tissue(size, 1.0), tile=(512, 512), compression="jpeg",
+                         photometric="rgb")
+        print(f"\nwrote a {size} x {size} px JPEG TIFF ({path.stat().st_size / 2**20:.0f} MiB) "
+              f"in {time.perf_counter() - t0:.0f} s")
+        ready = Path(tmp) / "address"
+        server = subprocess.Popen([sys.executable, "-m", "roiseg.cli", "serve", "--port", "0",
+                                   "--device", device, "--slide-root", tmp, "--ready-file",
+                                   str(ready)])
+        try:
+            while not (ready.exists() and ready.read_text()):
+                time.sleep(0.2)
+            with Client(ready.read_text()) as client:
+                client.segment(segment_request(box(0, 0, 600, 600), slide_source(str(path), 1.0)))
+                idle = _peak_rss_mib(server.pid)
+                t0 = time.perf_counter()
+                result = client.segment(segment_request(box(0, 0, size, size),
+                                                        slide_source(str(path), 1.0)))
+                wall = time.perf_counter() - t0
+            peak = _peak_rss_mib(server.pid)
+        finally:
+            server.terminate()
+            server.wait()
+    (model_result,) = result.results.values()
+    print(f"{size} x {size} px ROI: {model_result.execution.tiles} tiles, "
+          f"{model_result.feature_count} polygons in {wall:.0f} s")
+    print(f"server peak RSS: {peak:.0f} MiB (after a small warm-up request: {idle:.0f} MiB); "
+          f"the RGB region alone is {size * size * 3 / 2**20:.0f} MiB")
+
+
+def _peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--size", type=int, default=2048)
+    parser.add_argument("--large", type=int, default=16000)
+    args = parser.parse_args()
+    end_to_end(args.device, args.size)
+    if args.large:
+        large_roi_memory(args.device, args.large)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,578 @@
+package org.roiseg.client;
+
+import com.google.protobuf.UnsafeByteOperations;
+import io.grpc.Context;
+import io.grpc.Deadline;
+import io.grpc.ManagedChannel;
+import io.grpc.Status;
+import io.grpc.StatusRuntimeException;
+import io.grpc.netty.shaded.io.grpc.netty.GrpcSslContexts;
+import io.grpc.netty.shaded.io.grpc.netty.NegotiationType;
+import io.grpc.netty.shaded.io.grpc.netty.NettyChannelBuilder;
+import io.grpc.netty.shaded.io.netty.handler.ssl.SslContextBuilder;
+import io.grpc.stub.ClientCallStreamObserver;
+import io.grpc.stub.ClientResponseObserver;
+import java.io.ByteArrayOutputStream;
+import java.io.File;
+import java.nio.charset.StandardCharsets;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.HashMap;
+import java.util.Iterator;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.Objects;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.ExecutionException;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.TimeoutException;
+import java.util.concurrent.atomic.AtomicInteger;
+import java.util.function.Function;
+import javax.net.ssl.SSLException;
+import org.locationtech.jts.geom.Geometry;
+import org.roiseg.proto.v1.GeoJsonChunk;
+import org.roiseg.proto.v1.GetServerInfoRequest;
+import org.roiseg.proto.v1.ImageSource;
+import org.roiseg.proto.v1.ListModelsRequest;
+import org.roiseg.proto.v1.ListModelsResponse;
+import org.roiseg.proto.v1.ModelResult;
+import org.roiseg.proto.v1.Progress;
+import org.roiseg.proto.v1.RegionPixels;
+import org.roiseg.proto.v1.Roi;
+import org.roiseg.proto.v1.SegmentEvent;
+import org.roiseg.proto.v1.SegmentRequest;
+import org.roiseg.proto.v1.SegmentationGrpc;
+import org.roiseg.proto.v1.SlideFile;
+import org.roiseg.proto.v1.UploadHeader;
+import org.roiseg.proto.v1.UploadImageRequest;
+import org.roiseg.proto.v1.UploadImageResponse;
+
+/**
+ * A connection to one roiseg server. Thread-safe: one client can serve several calls at once.
+ * Close it when done.
+ *
+ * <pre>{@code
+ * try (RoisegClient client = RoisegClient.builder().host("127.0.0.1").port(50051).build()) {
+ *     SegmentResult result = client.segmentRegion(region, roiGeometry, SegmentOptions.defaults(),
+ *             ProgressListener.NONE, new CancellationHandle());
+ * }
+ * }</pre>
+ *
+ * <p>Every method throws {@link RoisegException} when the server cannot be reached, refuses the
+ * request or fails, and {@link RoisegCancelledException} when the call is cancelled.
+ */
+public final class RoisegClient implements AutoCloseable {
+
+    /** Port the roiseg server listens on by default. */
+    public static final int DEFAULT_PORT = 50051;
+    /** Default time limit of a segmentation (upload included). */
+    public static final Duration DEFAULT_DEADLINE = Duration.ofMinutes(10);
+    /** Default largest message sent or received, as the Python client. */
+    public static final int DEFAULT_MAX_MESSAGE_BYTES = 64 << 20;
+    /** Size of the chunks an image is uploaded in. */
+    public static final int UPLOAD_CHUNK_BYTES = 1 << 20;
+    /** Longest wait for the small calls (server info, model list), whatever the deadline. */
+    static final Duration INFO_DEADLINE = Duration.ofSeconds(30);
+
+    private final String target;
+    private final ManagedChannel channel;
+    private final Duration deadline;
+    private final int maxMessageBytes;
+    private final SegmentationGrpc.SegmentationBlockingStub blocking;
+    private final SegmentationGrpc.SegmentationStub async;
+    private volatile ServerInfo compatibleServer;
+
+    private RoisegClient(Builder b, ManagedChannel channel) {
+        this.target = b.target();
+        this.channel = channel;
+        this.deadline = b.deadline;
+        this.maxMessageBytes = b.maxMessageBytes;
+        this.blocking = SegmentationGrpc.newBlockingStub(channel);
+        this.async = SegmentationGrpc.newStub(channel);
+    }
+
+    /** A builder for a plaintext connection to 127.0.0.1:{@value #DEFAULT_PORT}. */
+    public static Builder builder() {
+        return new Builder();
+    }
+
+    /** The server's address as host:port. */
+    public String target() {
+        return target;
+    }
+
+    /**
+     * The server's versions, limits and device.
+     *
+     * @throws RoisegException also when the server speaks another major contract version; the
+     *                         message says whether the server or the extension must be updated
+     */
+    public ServerInfo serverInfo() {
+        ServerInfo info = ServerInfo.fromProto(unary(s -> s.getServerInfo(GetServerInfoRequest.getDefaultInstance())));
+        checkContract(info);
+        compatibleServer = info;
+        return info;
+    }
+
+    /** Every model the server can run, the default one marked, after the contract-version check. */
+    public List<ModelDescription> listModels() {
+        compatibleServer();
+        ListModelsResponse response = unary(s -> s.listModels(ListModelsRequest.getDefaultInstance()));
+        List<ModelDescription> models = new ArrayList<>();
+        for (var model : response.getModelsList()) {
+            models.add(ModelDescription.fromProto(model, response.getDefaultModelId()));
+        }
+        return models;
+    }
+
+    /**
+     * Segments a ROI in pixels the client read. The image is sent as PNG, in the request when it
+     * fits in half a message, else uploaded first in chunks of {@value #UPLOAD_CHUNK_BYTES} bytes.
+     *
+     * @param image    the pixels covering the ROI (or part of it: the ROI is clipped to them)
+     * @param roi      the region, a Polygon or MultiPolygon in full-resolution slide pixels
+     * @param options  models and options; null for {@link SegmentOptions#defaults()}
+     * @param listener progress events; null for none
+     * @param cancel   lets another thread cancel the call; null if not needed
+     * @throws IllegalArgumentException if the ROI is not a polygonal area
+     */
+    public SegmentResult segmentRegion(RegionImage image, Geometry roi, SegmentOptions options,
+                                       ProgressListener listener, CancellationHandle cancel) {
+        Objects.requireNonNull(image, "image");
+        Roi roiMessage = Rois.toProto(roi);
+        ProgressListener progress = listener == null ? ProgressListener.NONE : listener;
+        return cancellable(cancel, () -> {
+            Deadline end = Deadline.after(deadline.toNanos(), TimeUnit.NANOSECONDS);
+            ServerInfo info = compatibleServer();
+            byte[] png = Png.encode(image.image());
+            double pixelSize = image.pixelSizeMicrons();
+            RegionPixels.Builder pixels = RegionPixels.newBuilder()
+                    .setDownsample(image.downsample())
+                    .setOriginX(image.originX())
+                    .setOriginY(image.originY())
+                    .setPixelSizeUm(pixelSize > 0 && Double.isFinite(pixelSize) ? pixelSize : 0)
+                    .setImageWidth(image.fullImageWidth())
+                    .setImageHeight(image.fullImageHeight());
+            if (png.length > inlineLimit(info)) {
+                pixels.setUploadId(upload(png, end, progress));
+            } else {
+                pixels.setEncoded(UnsafeByteOperations.unsafeWrap(png));
+            }
+            return segment(request(ImageSource.newBuilder().setPixels(pixels).build(), roiMessage, options), end,
+                    progress);
+        });
+    }
+
+    /** {@link #segmentRegion(RegionImage, Geometry, SegmentOptions, ProgressListener, CancellationHandle)}
+     * without progress events or cancellation. */
+    public SegmentResult segmentRegion(RegionImage image, Geometry roi, SegmentOptions options) {
+        return segmentRegion(image, roi, options, null, null);
+    }
+
+    /**
+     * Segments a ROI of a slide file the server reads itself (it must have been started with a
+     * {@code --slide-root} that holds the file).
+     *
+     * @param serverPath             absolute path of the slide on the server
+     * @param pixelSizeMicronsOrZero full-resolution µm/px overriding the file's; 0 (or NaN): the file's
+     * @param roi                    the region, a Polygon or MultiPolygon in full-resolution pixels
+     * @param options                models and options; null for {@link SegmentOptions#defaults()}
+     * @param listener               progress events; null for none
+     * @param cancel                 lets another thread cancel the call; null if not needed
+     * @throws IllegalArgumentException if the path is empty or the ROI is not a polygonal area
+     */
+    public SegmentResult segmentSlide(String serverPath, double pixelSizeMicronsOrZero, Geometry roi,
+                                      SegmentOptions options, ProgressListener listener, CancellationHandle cancel) {
+        if (serverPath == null || serverPath.isBlank()) {
+            throw new IllegalArgumentException("no slide path given");
+        }
+        Roi roiMessage = Rois.toProto(roi);
+        ProgressListener progress = listener == null ? ProgressListener.NONE : listener;
+        double pixelSize = pixelSizeMicronsOrZero > 0 && Double.isFinite(pixelSizeMicronsOrZero)
+                ? pixelSizeMicronsOrZero : 0;
+        return cancellable(cancel, () -> {
+            Deadline end = Deadline.after(deadline.toNanos(), TimeUnit.NANOSECONDS);
+            compatibleServer();
+            ImageSource source = ImageSource.newBuilder()
+                    .setSlide(SlideFile.newBuilder().setPath(serverPath).setPixelSizeUm(pixelSize)).build();
+            return segment(request(source, roiMessage, options), end, progress);
+        });
+    }
+
+    /** Closes the connection; calls still running are cancelled. */
+    @Override
+    public void close() {
+        channel.shutdown();
+        try {
+            if (!channel.awaitTermination(2, TimeUnit.SECONDS)) {
+                channel.shutdownNow();
+                channel.awaitTermination(2, TimeUnit.SECONDS);
+            }
+        } catch (InterruptedException e) {
+            channel.shutdownNow();
+            Thread.currentThread().interrupt();
+        }
+    }
+
+    @Override
+    public String toString() {
+        return "RoisegClient[" + target + "]";
+    }
+
+    // ------------------------------------------------------------------ internals
+
+    private ServerInfo compatibleServer() {
+        ServerInfo info = compatibleServer;
+        return info != null ? info : serverInfo();
+    }
+
+    private void checkContract(ServerInfo info) {
+        if (info.contractMajor() == Conventions.CONTRACT_MAJOR) {
+            return;
+        }
+        boolean serverNewer = info.contractMajor() > Conventions.CONTRACT_MAJOR;
+        throw new RoisegException(Status.Code.FAILED_PRECONDITION,
+                "The roiseg server at " + target + " (roiseg " + info.serverVersion() + ") speaks contract version "
+                        + info.contractVersion() + ", this QuPath extension speaks " + Conventions.CONTRACT_MAJOR + "."
+                        + Conventions.CONTRACT_MINOR + ": update the "
+                        + (serverNewer ? "roiseg QuPath extension." : "roiseg server."));
+    }
+
+    private long inlineLimit(ServerInfo info) {
+        long limit = maxMessageBytes;
+        if (info.maxMessageBytes() > 0) {
+            limit = Math.min(limit, info.maxMessageBytes());
+        }
+        return limit / 2;
+    }
+
+    private static SegmentRequest request(ImageSource source, Roi roi, SegmentOptions options) {
+        SegmentOptions o = options == null ? SegmentOptions.defaults() : options;
+        return SegmentRequest.newBuilder()
+                .addAllModelIds(o.modelIds())
+                .setImage(source)
+                .setRoi(roi)
+                .setOptions(o.toProto())
+                .setClientContractMajor(Conventions.CONTRACT_MAJOR)
+                .setClientContractMinor(Conventions.CONTRACT_MINOR)
+                .build();
+    }
+
+    private <T> T unary(Function<SegmentationGrpc.SegmentationBlockingStub, T> call) {
+        Duration limit = deadline.compareTo(INFO_DEADLINE) < 0 ? deadline : INFO_DEADLINE;
+        try {
+            return call.apply(blocking.withDeadlineAfter(limit.toNanos(), TimeUnit.NANOSECONDS));
+        } catch (StatusRuntimeException e) {
+            throw Errors.fromStatus(e, target, limit);
+        }
+    }
+
+    @FunctionalInterface
+    private interface Work<T> {
+        T run() throws InterruptedException;
+    }
+
+    /** Runs {@code work} in a context that {@code handle} cancels, mapping failures to RoisegExceptions. */
+    private <T> T cancellable(CancellationHandle handle, Work<T> work) {
+        if (handle != null && handle.isCancelled()) {
+            throw new RoisegCancelledException();
+        }
+        Context.CancellableContext context = Context.current().withCancellation();
+        if (handle != null) {
+            handle.attach(context);
+        }
+        Context previous = context.attach();
+        try {
+            return work.run();
+        } catch (StatusRuntimeException e) {
+            if ((handle != null && handle.isCancelled()) || e.getStatus().getCode() == Status.Code.CANCELLED) {
+                throw new RoisegCancelledException(e);
+            }
+            throw Errors.fromStatus(e, target, deadline);
+        } catch (RoisegException e) {
+            if (handle != null && handle.isCancelled() && !(e instanceof RoisegCancelledException)) {
+                throw new RoisegCancelledException(e);
+            }
+            throw e;
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            throw new RoisegCancelledException(e);
+        } finally {
+            context.detach(previous);
+            context.cancel(null);
+            if (handle != null) {
+                handle.detach(context);
+            }
+        }
+    }
+
+    /** Uploads encoded image bytes in chunks, with flow control; returns the upload id. */
+    private String upload(byte[] data, Deadline end, ProgressListener progress) throws InterruptedException {
+        int chunks = (data.length + UPLOAD_CHUNK_BYTES - 1) / UPLOAD_CHUNK_BYTES;
+        AtomicInteger sent = new AtomicInteger();
+        CompletableFuture<UploadImageResponse> done = new CompletableFuture<>();
+        async.withDeadline(end).uploadImage(new ClientResponseObserver<UploadImageRequest, UploadImageResponse>() {
+            private ClientCallStreamObserver<UploadImageRequest> requests;
+            private int next = -1;
+            private boolean finished;
+
+            @Override
+            public void beforeStart(ClientCallStreamObserver<UploadImageRequest> stream) {
+                requests = stream;
+                stream.setOnReadyHandler(this::sendWhileReady);
+            }
+
+            private void sendWhileReady() {
+                while (!finished && requests.isReady()) {
+                    if (next < 0) {
+                        requests.onNext(UploadImageRequest.newBuilder()
+                                .setHeader(UploadHeader.newBuilder().setTotalBytes(data.length)).build());
+                    } else if (next < chunks) {
+                        int offset = next * UPLOAD_CHUNK_BYTES;
+                        int length = Math.min(UPLOAD_CHUNK_BYTES, data.length - offset);
+                        requests.onNext(UploadImageRequest.newBuilder()
+                                .setChunk(UnsafeByteOperations.unsafeWrap(data, offset, length)).build());
+                        sent.set(next + 1);
+                    } else {
+                        requests.onCompleted();
+                        finished = true;
+                    }
+                    next++;
+                }
+            }
+
+            @Override
+            public void onNext(UploadImageResponse response) {
+                done.complete(response);
+            }
+
+            @Override
+            public void onError(Throwable error) {
+                finished = true;
+                done.completeExceptionally(error);
+            }
+
+            @Override
+            public void onCompleted() {
+                done.completeExceptionally(Status.INTERNAL
+                        .withDescription("the server ended the upload without an upload id").asRuntimeException());
+            }
+        });
+        int reported = -1;
+        while (true) {
+            int count = sent.get();
+            if (count != reported) {
+                progress.onProgress(Stage.UPLOADING, "", count, chunks, "uploading the image ("
+                        + (data.length >> 20) + " MiB)");
+                reported = count;
+            }
+            try {
+                UploadImageResponse response = done.get(100, TimeUnit.MILLISECONDS);
+                if (response.getReceivedBytes() != data.length) {
+                    throw new RoisegException(Status.Code.DATA_LOSS, "The server received " + response.getReceivedBytes()
+                            + " of the image's " + data.length + " bytes. Try again.");
+                }
+                if (reported != chunks) {
+                    progress.onProgress(Stage.UPLOADING, "", chunks, chunks, "image uploaded");
+                }
+                return response.getUploadId();
+            } catch (TimeoutException e) {
+                // report progress and wait on
+            } catch (ExecutionException e) {
+                Throwable cause = e.getCause();
+                if (cause instanceof StatusRuntimeException) {
+                    throw (StatusRuntimeException) cause;
+                }
+                throw Status.fromThrowable(cause).asRuntimeException();
+            }
+        }
+    }
+
+    /** Runs a Segment call and assembles its events into per-model results. */
+    private SegmentResult segment(SegmentRequest request, Deadline end, ProgressListener progress) {
+        Iterator<SegmentEvent> events = blocking.withDeadline(end).segment(request);
+        Map<String, ByteArrayOutputStream> chunks = new HashMap<>();
+        Map<String, ModelSegmentation> models = new LinkedHashMap<>();
+        while (events.hasNext()) {
+            SegmentEvent event = events.next();
+            switch (event.getEventCase()) {
+                case PROGRESS: {
+                    Progress p = event.getProgress();
+                    progress.onProgress(Stage.of(p), p.getModelId(), p.getTilesDone(), p.getTilesTotal(),
+                            p.getMessage());
+                    break;
+                }
+                case GEOJSON_CHUNK: {
+                    GeoJsonChunk chunk = event.getGeojsonChunk();
+                    chunks.computeIfAbsent(chunk.getModelId(), id -> new ByteArrayOutputStream())
+                            .writeBytes(chunk.getData().toByteArray());
+                    break;
+                }
+                case MODEL_RESULT: {
+                    ModelResult result = event.getModelResult();
+                    ByteArrayOutputStream text = chunks.remove(result.getModelId());
+                    models.put(result.getModelId(), modelSegmentation(result,
+                            text == null ? "" : text.toString(StandardCharsets.UTF_8)));
+                    break;
+                }
+                default:
+                    break; // an event of a newer contract minor version
+            }
+        }
+        if (!chunks.isEmpty() || models.isEmpty()) {
+            throw new RoisegException(Status.Code.DATA_LOSS, "The roiseg server at " + target
+                    + " ended its answer before the results were complete. Try again; if it happens again, "
+                    + "check the server's log.");
+        }
+        return new SegmentResult(models);
+    }
+
+    private ModelSegmentation modelSegmentation(ModelResult result, String geojson) {
+        List<SegmentedFeature> features;
+        try {
+            features = geojson.isEmpty() ? List.of() : GeoJsonFeatures.read(geojson);
+        } catch (RuntimeException e) {
+            throw new RoisegException(Status.Code.DATA_LOSS, "The polygons the server returned for model "
+                    + result.getModelId() + " could not be read (" + e.getMessage() + ").", e);
+        }
+        if (features.size() != result.getFeatureCount()) {
+            throw new RoisegException(Status.Code.DATA_LOSS, "The server announced " + result.getFeatureCount()
+                    + " polygons for model " + result.getModelId() + " but sent " + features.size() + ". Try again.");
+        }
+        List<ClassArea> areas = new ArrayList<>();
+        for (var area : result.getClassAreasList()) {
+            areas.add(new ClassArea(area.getName(), area.getAreaUm2(), area.getFeatures()));
+        }
+        return new ModelSegmentation(result.getModelId(), result.getModelVersion(), result.getCheckpointSha256(),
+                features, areas, ExecutionSummary.fromProto(result.getExecution()));
+    }
+
+    /** Settings of a {@link RoisegClient}; every setter returns the builder. */
+    public static final class Builder {
+
+        private String host = "127.0.0.1";
+        private int port = DEFAULT_PORT;
+        private boolean tls;
+        private File trustCertificate;
+        private String bearerToken;
+        private Duration deadline = DEFAULT_DEADLINE;
+        private int maxMessageBytes = DEFAULT_MAX_MESSAGE_BYTES;
+
+        private Builder() {
+        }
+
+        /** Server host name or IP address (default 127.0.0.1). */
+        public Builder host(String host) {
+            if (host == null || host.isBlank()) {
+                throw new IllegalArgumentException("the server host cannot be empty");
+            }
+            this.host = host.strip();
+            return this;
+        }
+
+        /** Server port, 1..65535 (default {@value RoisegClient#DEFAULT_PORT}). */
+        public Builder port(int port) {
+            if (port < 1 || port > 65535) {
+                throw new IllegalArgumentException("the server port must be between 1 and 65535, got " + port);
+            }
+            this.port = port;
+            return this;
+        }
+
+        /** Whether to connect with TLS (default: plaintext). */
+        public Builder tls(boolean tls) {
+            this.tls = tls;
+            return this;
+        }
+
+        /**
+         * A PEM certificate (or CA) to trust for TLS, e.g. a self-signed server certificate; null
+         * trusts the Java runtime's default authorities. Needs {@link #tls(boolean) tls(true)}.
+         */
+        public Builder trustCertificate(File pemFile) {
+            this.trustCertificate = pemFile;
+            return this;
+        }
+
+        /**
+         * A token sent as {@code authorization: Bearer <token>} with every call; null or blank for
+         * none. Without TLS the token travels in clear text.
+         */
+        public Builder bearerToken(String token) {
+            if (token != null && !token.isBlank()) {
+                String t = token.strip();
+                if (!t.chars().allMatch(c -> c > 0x20 && c < 0x7F)) {
+                    throw new IllegalArgumentException("the access token may only hold printable ASCII "
+                            + "characters without spaces");
+                }
+                this.bearerToken = t;
+            } else {
+                this.bearerToken = null;
+            }
+            return this;
+        }
+
+        /** Time limit of each call, a segmentation with its upload included (default 10 minutes). */
+        public Builder deadline(Duration deadline) {
+            if (deadline == null || deadline.isNegative() || deadline.isZero()) {
+                throw new IllegalArgumentException("the time limit must be positive, got " + deadline);
+            }
+            this.deadline = deadline;
+            return this;
+        }
+
+        /**
+         * Largest message sent or received, at least 64 KiB (default 64 MiB). Images whose PNG is
+         * larger than half of it (or of the server's limit) are uploaded in chunks.
+         */
+        public Builder maxMessageBytes(int bytes) {
+            if (bytes < (64 << 10)) {
+                throw new IllegalArgumentException("the message size limit must be at least 64 KiB, got " + bytes);
+            }
+            this.maxMessageBytes = bytes;
+            return this;
+        }
+
+        /**
+         * Opens the connection (lazily: nothing is sent until the first call).
+         *
+         * @throws IllegalArgumentException if a trust certificate is given without TLS, or cannot be read
+         */
+        public RoisegClient build() {
+            NettyChannelBuilder channel = NettyChannelBuilder.forAddress(host, port)
+                    .maxInboundMessageSize(maxMessageBytes)
+                    .userAgent("roiseg-java-client");
+            if (tls) {
+                SslContextBuilder ssl = GrpcSslContexts.forClient();
+                if (trustCertificate != null) {
+                    if (!trustCertificate.isFile()) {
+                        throw new IllegalArgumentException("the certificate file " + trustCertificate
+                                + " does not exist");
+                    }
+                    ssl.trustManager(trustCertificate);
+                }
+                try {
+                    channel.sslContext(ssl.build()).negotiationType(NegotiationType.TLS);
+                } catch (SSLException | IllegalArgumentException e) {
+                    throw new IllegalArgumentException("the certificate file " + trustCertificate
+                            + " could not be read as PEM: " + e.getMessage(), e);
+                }
+            } else {
+                if (trustCertificate != null) {
+                    throw new IllegalArgumentException("a trust certificate was given but TLS is off: turn TLS on "
+                            + "or remove the certificate");
+                }
+                channel.usePlaintext();
+            }
+            if (bearerToken != null) {
+                channel.intercept(new BearerTokenInterceptor(bearerToken));
+            }
+            return new RoisegClient(this, channel.build());
+        }
+
+        String target() {
+            return (host.contains(":") ? "[" + host + "]" : host) + ":" + port;
+        }
+    }
+}

@@ -1,0 +1,32 @@
+package org.roiseg.client;
+
+import java.util.Collections;
+import java.util.LinkedHashMap;
+import java.util.Map;
+import java.util.Objects;
+import org.locationtech.jts.geom.Geometry;
+
+/**
+ * One polygon (or multipolygon) of a class, as the server returns it.
+ *
+ * @param geometry     the shape in full-resolution slide pixels (Polygon or MultiPolygon, with holes)
+ * @param className    the class name (a QuPath PathClass name), or null when the feature has none
+ * @param rgb          the class colour as 0xRRGGBB
+ * @param measurements measurements by name, e.g. {@link Conventions#AREA_MEASUREMENT}
+ * @param metadata     metadata, e.g. {@link Conventions#ROISEG_SOURCE_KEY}
+ */
+public record SegmentedFeature(Geometry geometry, String className, int rgb, Map<String, Double> measurements,
+                               Map<String, String> metadata) {
+
+    /** Keeps unmodifiable copies of the maps, in their order. */
+    public SegmentedFeature {
+        Objects.requireNonNull(geometry, "geometry");
+        measurements = Collections.unmodifiableMap(new LinkedHashMap<>(measurements));
+        metadata = Collections.unmodifiableMap(new LinkedHashMap<>(metadata));
+    }
+
+    /** Whether the metadata marks this feature as a roiseg pre-annotation. */
+    public boolean isRoisegObject() {
+        return Conventions.isRoisegObject(metadata);
+    }
+}
