@@ -17,8 +17,9 @@ and training stops early when it no longer improves (``--patience``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
-import hashlib
+import io
 import json
 import math
 import os
@@ -35,6 +36,9 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from roiseg.models import ClassSpec, sha256_file
+from roiseg.pretrained import load_imagenet_encoder
 
 #: Label value of pixels that carry no class (padding); ignored by the loss and metrics.
 IGNORE_INDEX = 255
@@ -60,15 +64,6 @@ _CENTRE_STRIDE = 7
 
 
 # --------------------------------------------------------------------------- data
-
-
-@dataclass(frozen=True)
-class ClassSpec:
-    """One output channel of the model."""
-
-    index: int
-    name: str
-    color: tuple[int, int, int]
 
 
 @dataclass(frozen=True)
@@ -330,7 +325,6 @@ def build_model(architecture: str, encoder: str, num_classes: int, pretrained: b
     model = smp.create_model(arch=architecture, encoder_name=encoder, encoder_weights=None,
                              in_channels=3, classes=num_classes, **dict(extra or {}))
     if pretrained:
-        from roiseg.pretrained import load_imagenet_encoder
 
         load_imagenet_encoder(model, encoder)
     return model
@@ -461,15 +455,6 @@ def load_float_state_dict(model: torch.nn.Module, path: Path) -> torch.nn.Module
     own = model.state_dict()
     model.load_state_dict({k: v.to(own[k].dtype) if k in own else v for k, v in state.items()})
     return model
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def export_model(model: torch.nn.Module, out_dir: Path, card: Mapping[str, Any],
@@ -660,17 +645,44 @@ class _Config:
         return cls(args=args, mapping=mapping, classes=class_specs(mapping.names, colors),
                    state_path=args.state or Path(args.out) / "train_state.pt",
                    device=device, amp=use_cuda and not args.no_amp, threads=args.threads,
-                   command=_command_line())
+                   command=_command_line(args))
 
 
-def _command_line() -> str:
+def _command_line(args: argparse.Namespace) -> str:
+    """The command that reproduces ``args``: the process's own command line when it parses
+    to the same options, else an equivalent ``roiseg train`` command rebuilt from them."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_arguments(parser)
     argv = list(sys.argv)
-    prog = os.path.basename(argv[0]) if argv else "roiseg"
-    if prog in ("train.py", "-m", "__main__.py") or not prog:
-        head = ["python", "-m", "roiseg.train"]
-    else:
-        head = [prog]
-    return shlex.join(head + argv[1:])
+    prog = os.path.basename(argv[0]) if argv else ""
+    head = ["python", "-m", "roiseg.train"] if prog in ("", "-m", "train.py", "__main__.py") \
+        else [prog]
+    tail = argv[1:]
+    if tail and tail[0] == "train":
+        head, tail = head + ["train"], tail[1:]
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            parsed = parser.parse_args(tail)
+        if all(getattr(args, k, None) == v for k, v in vars(parsed).items()):
+            return shlex.join(head + tail)
+    except SystemExit:
+        pass
+    rebuilt = ["roiseg", "train"]
+    for action in parser._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        value = getattr(args, action.dest, action.default)
+        if value == action.default:
+            continue
+        option = action.option_strings[0]
+        if isinstance(action, argparse._StoreTrueAction):
+            rebuilt.append(option)
+        elif isinstance(action, argparse._AppendAction):
+            for item in value:
+                rebuilt += [option, str(item)]
+        else:
+            rebuilt += [option, json.dumps(value) if isinstance(value, dict) else str(value)]
+    return shlex.join(rebuilt)
 
 
 @dataclass
