@@ -1,4 +1,4 @@
-"""The `roiseg` command: serve, models, segment, train."""
+"""The `roiseg` command: serve, models, segment, train, evaluate, compare."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from shapely.geometry import box
 from shapely.geometry.base import BaseGeometry
 from tqdm import tqdm
 
-from roiseg import __version__, overlay, roi, train
+from roiseg import __version__, compare, evaluate, overlay, roi, train
 from roiseg.client import (Client, InProcessClient, SegmentationError, encode_png,
                            segment_request, slide_source)
 from roiseg.errors import RoisegError
@@ -111,9 +111,13 @@ def _parser() -> argparse.ArgumentParser:
     segment.add_argument("-v", "--verbose", action="store_true")
     segment.set_defaults(run=_segment)
 
-    training = commands.add_parser("train", help="train or fine-tune a model")
-    train.add_arguments(training)
-    training.set_defaults(run=train.run)
+    for name, module, help_text in (
+            ("train", train, "train or fine-tune a model"),
+            ("evaluate", evaluate, "score predictions against a reference (papers' metrics)"),
+            ("compare", compare, "run several models on the same ROIs side by side")):
+        command = commands.add_parser(name, help=help_text, description=module.__doc__)
+        module.add_arguments(command)
+        command.set_defaults(run=module.run)
     return parser
 
 

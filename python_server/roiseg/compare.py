@@ -26,7 +26,8 @@ from shapely.geometry import box
 from shapely.geometry.base import BaseGeometry
 
 from roiseg import evaluate as ev
-from roiseg import overlay, roi as roi_module
+from roiseg import overlay
+from roiseg import roi as roi_module
 from roiseg.client import SegmentationError, encode_png, segment_request
 from roiseg.errors import RoisegError
 from roiseg.slides import Slide
@@ -47,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", type=Path, nargs="+", metavar="IMAGE",
                         help="slides (SVS, TIFF, OME-TIFF) or PNG/JPEG/TIFF images")
     parser.add_argument("--model", action="append", default=[], dest="model_ids",
-                        help="model id (repeatable); default: every model")
+                        metavar="ID", help="model id (repeatable); default: every model")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--roi", type=Path,
                        help="GeoJSON ROI for every image (default: IMAGE.geojson beside "

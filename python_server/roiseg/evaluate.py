@@ -85,6 +85,8 @@ AREA_METRICS: dict[str, str] = {
     "predicted_positive_um2": "predicted-positive area µm²",
 }
 _NAN = float("nan")
+#: Pixels per band when counting (bounds temporary memory on large grids).
+_BAND_PIXELS = 1 << 22
 
 
 # --------------------------------------------------------------------------- metrics
@@ -670,8 +672,13 @@ def evaluate_labels(name: str, pred_labels: np.ndarray, truth_labels: np.ndarray
     if valid is not None:
         area &= valid
     k = max(n_classes, int(pred.max(initial=0)) + 1, int(truth.max(initial=0)) + 1)
-    cm = np.bincount(truth[area].astype(np.int64) * k + pred[area], minlength=k * k
-                     ).reshape(k, k)
+    cm = np.zeros(k * k, np.int64)
+    rows = max(1, _BAND_PIXELS // max(1, truth.shape[1] if truth.ndim == 2 else 1))
+    for top in range(0, truth.shape[0], rows):  # bands bound the temporary memory
+        band = area[top:top + rows]
+        cm += np.bincount(truth[top:top + rows][band].astype(np.int64) * k
+                          + pred[top:top + rows][band], minlength=k * k)
+    cm = cm.reshape(k, k)
     tp = int(cm[positive, positive]) if positive < k else 0
     fn = int(cm[positive].sum()) - tp if positive < k else 0
     fp = int(cm[:, positive].sum()) - tp if positive < k else 0
