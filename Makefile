@@ -11,7 +11,7 @@ PROTO_PY := python_server/roiseg/v1/segmentation_pb2.py
 
 MVN ?= mvn -B -q
 
-.PHONY: install proto demo test test-python test-java bench clean
+.PHONY: install proto demo test test-python test-java test-qupath bench clean
 
 install: $(STAMP) $(PROTO_PY)
 
@@ -31,7 +31,7 @@ $(PROTO_PY): $(PROTO) $(STAMP)
 demo: install
 	$(PY) examples/demo.py
 
-test: test-python test-java
+test: test-python test-java test-qupath
 
 test-python: install
 	$(PY) -m pytest -q tests
@@ -39,6 +39,12 @@ test-python: install
 # The Java client's unit tests, then its integration tests against the real Python server.
 test-java: install
 	cd qupath_extension && $(MVN) verify -Droiseg.python=$(abspath $(PY))
+
+# The QuPath extension: built and tested when QuPath 0.5.1's artifacts resolve from the
+# SciJava repository, otherwise skipped with a message saying so.
+test-qupath: install
+	MVN="$(MVN)" bash qupath_extension/build-qupath-module.sh \
+		-Droiseg.python=$(abspath $(PY)) -DskipITs
 
 bench: install
 	$(PY) benchmarks/bench_segment.py

@@ -26,7 +26,7 @@ import tifffile
 import torch
 from shapely.geometry import box
 
-from roiseg.cli import DEFAULT_MODELS_DIR
+from roiseg.models import DEFAULT_MODELS_DIR
 from roiseg.client import Client, encode_png, segment_request, slide_source
 from roiseg.inference import tile_starts
 from roiseg.models import ModelRegistry, select_device

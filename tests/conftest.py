@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from roiseg.cli import DEFAULT_MODELS_DIR
 from roiseg.client import Client
-from roiseg.models import ModelRegistry, select_device
+from roiseg.models import DEFAULT_MODELS_DIR, ModelRegistry, select_device
 from roiseg.service import Limits, SegmentationService, create_server
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import GLAS, REPO
 from roiseg import train
 from roiseg.models import ModelCard, load_model
@@ -157,7 +156,7 @@ def test_a_few_training_steps_lower_the_loss(samples):
 
 def _card_fields_from_docs() -> dict:
     text = (REPO / "docs" / "model-cards.md").read_text()
-    return json.loads(re.search(r"```json\n(.*?)```", text, re.S).group(1))
+    return json.loads(re.search(r"```json\n(.*?)```", text, re.DOTALL).group(1))
 
 
 def test_card_and_fp16_checkpoint_round_trip(tmp_path, samples):
@@ -243,3 +242,265 @@ def test_default_model_card_and_checkpoint():
     assert card["sha256"] == train.sha256_file(checkpoint)
     assert float(card["metrics"]["val_gland_dice"]) >= 0.8
     assert "Command: " in card["trained_on"]
+
+
+# ------------------------------------------------------------------ QuPath GeoJSON input
+
+
+def _qupath_geojson(mask_path: Path, path: Path, right_unannotated: bool = True) -> int:
+    """A QuPath-style export of a GlaS mask: one "Gland epithelium" annotation per gland,
+    then one "Stroma" annotation (the rest, with the glands as holes) written after them,
+    so that holes must be honoured; with ``right_unannotated`` only the left 60 % of the
+    image is annotated."""
+    import cv2
+    import shapely
+    from rasterio.features import shapes
+    from shapely.geometry import box, mapping, shape
+
+    mask = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE)
+    height, width = mask.shape
+    area = box(0, 0, width * (0.6 if right_unannotated else 1.0), height)
+    glands = [shape(g).intersection(area)
+              for g, v in shapes((mask == 255).astype(np.uint8), mask=mask == 255) if v == 1]
+    glands = [g for g in glands if not g.is_empty]
+    stroma = area.difference(shapely.union_all(glands))
+
+    def feature(geometry, name):
+        return {"type": "Feature", "id": f"{name}-{id(geometry)}",
+                "geometry": mapping(geometry),
+                "properties": {"objectType": "annotation",
+                               "classification": {"name": name, "color": [200, 0, 0]}}}
+
+    features = [feature(g, "Gland epithelium") for g in glands] + [feature(stroma, "Stroma")]
+    features.append({"type": "Feature", "geometry": mapping(box(1, 1, 5, 5)),
+                     "properties": {"objectType": "annotation"}})  # unclassified: left out
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    return sum(len(p.interiors) for p in getattr(stroma, "geoms", [stroma]))
+
+
+@pytest.fixture(scope="module")
+def annotated(tmp_path_factory) -> Path:
+    """train_1..3 (symlinks) with QuPath GeoJSON annotations of their left 60 %."""
+    root = tmp_path_factory.mktemp("annotated")
+    (root / "images").mkdir()
+    (root / "annotations").mkdir()
+    holes = []
+    for i in (1, 2, 3):
+        (root / "images" / f"train_{i}.png").symlink_to(GLAS / "images" / f"train_{i}.png")
+        holes.append(_qupath_geojson(GLAS / "masks" / f"train_{i}.png",
+                                     root / "annotations" / f"train_{i}.geojson"))
+    assert holes[2] >= 5  # train_3's Stroma annotation has glands as holes
+    return root
+
+
+def test_geojson_annotations_are_rasterised_with_holes_and_ignored_pixels(annotated, samples):
+    from roiseg import training_data
+
+    pairs = training_data.find_annotated(annotated / "images", annotated / "annotations")
+    assert [p[0].stem for p in pairs] == ["train_1", "train_2", "train_3"]
+    assert training_data.annotation_class_names(p for _, p in pairs) == \
+        ["Gland epithelium", "Stroma"]
+    classes = ["Stroma", "Gland epithelium"]
+    sample = training_data.load_annotated_sample(*pairs[2], classes, mpp=1.0,
+                                                 source_mpp=GLAS_MPP)
+    reference = samples[2]  # the same image from its mask at 1 µm/px
+    # Read: the annotations' bounding box (the left 60 %) plus a 64 px margin.
+    height, width = sample.labels.shape
+    assert height == reference.labels.shape[0]
+    assert abs(width - (0.6 * 775 * GLAS_MPP + 64)) <= 1.5
+    left, right = slice(0, round(0.6 * 775 * GLAS_MPP) - 2), \
+        slice(round(0.6 * 775 * GLAS_MPP) + 2, width)
+    # (The same pixels, resampled from a slightly different grid: a little blur at most.)
+    assert np.abs(sample.image[:, left].astype(int) - reference.image[:, left]).mean() < 4
+    # Annotated: the mask's classes (the glands inside the Stroma holes stay glands).
+    ref_left = reference.labels[:, left]
+    assert (sample.labels[:, left] == ref_left).mean() > 0.97
+    glands = np.count_nonzero(ref_left == 1)
+    assert glands > 1000
+    assert np.count_nonzero((sample.labels[:, left] == 1) & (ref_left == 1)) > 0.95 * glands
+    # Not annotated: ignored, or the --unannotated class.
+    assert (sample.labels[:, right] == train.IGNORE_INDEX).all()
+    filled = training_data.load_annotated_sample(*pairs[2], classes, mpp=1.0,
+                                                 source_mpp=GLAS_MPP, unannotated=0)
+    assert (filled.labels[:, right] == 0).all()
+
+
+def test_ignored_pixels_do_not_reach_the_loss():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 2, 32, 32, requires_grad=True)
+    target = torch.randint(0, 2, (2, 32, 32))
+    target[:, :, 16:] = train.IGNORE_INDEX
+    loss = train.segmentation_loss(logits, target)
+    loss.backward()
+    assert logits.grad[..., 16:].abs().max() == 0 and logits.grad[..., :16].abs().max() > 0
+    changed = logits.detach().clone()
+    changed[..., 16:] = torch.randn_like(changed[..., 16:]) * 10
+    assert torch.allclose(train.segmentation_loss(changed, target), loss.detach())
+    # A batch without any labelled pixel gives a zero loss, not NaN.
+    empty = train.segmentation_loss(logits, torch.full_like(target, train.IGNORE_INDEX))
+    assert float(empty.detach()) == 0.0
+
+
+def test_training_on_geojson_annotations_lowers_the_loss(annotated):
+    from roiseg import training_data
+
+    pairs = training_data.find_annotated(annotated / "images", annotated / "annotations")
+    data = [training_data.load_annotated_sample(i, g, ["Stroma", "Gland epithelium"], 1.0,
+                                                GLAS_MPP) for i, g in pairs]
+    # The right edge of each annotated area (half of it the unannotated margin) and its left.
+    crops = [(s.image[96:224, x:x + 128], s.labels[96:224, x:x + 128])
+             for s in data for x in (0, s.labels.shape[1] - 128)]
+    images, labels = np.stack([c[0] for c in crops]), np.stack([c[1] for c in crops])
+    assert 0.2 < (labels == train.IGNORE_INDEX).mean() < 0.4
+    assert set(np.unique(labels)) == {0, 1, train.IGNORE_INDEX}
+    torch.manual_seed(0)
+    model = train.build_model("Unet", "mobilenet_v2", 2, pretrained=True).train()
+    x, y = train.to_input(images), torch.from_numpy(labels).long()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(3):
+        loss = train.segmentation_loss(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < losses[0], losses
+
+
+# ------------------------------------------------------------------ fine-tuning
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    train.add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def _default_card() -> ModelCard:
+    return ModelCard.from_file(Path(train.__file__).parent / "default_model" / "model.json")
+
+
+def test_fine_tuning_starts_from_the_default_model(tmp_path, samples):
+    args = _args("--images", str(GLAS / "images"), "--masks", str(GLAS / "masks"),
+                 "--source-mpp", str(GLAS_MPP), "--init-model", "glas-unet-mobilenetv2",
+                 "--out", str(tmp_path))
+    config = train._Config.from_args(args)
+    card = _default_card()
+    # The fine-tuned model's settings are the defaults.
+    assert (config.architecture, config.encoder, config.mpp, config.tile_size,
+            config.overlap) == (card.architecture, card.encoder, card.mpp, card.tile_size,
+                                card.overlap)
+    assert [c.name for c in config.classes] == [c.name for c in card.classes]
+    assert tuple(config.mean) == card.mean and tuple(config.std) == card.std
+    model = train._Trainer(config)._model().eval()
+    # Its first training step sees exactly the default model's outputs on a real crop.
+    images, _ = _crops(samples, 128, 2)
+    expected = load_model(card, torch.device("cpu")).probabilities(images)
+    with torch.no_grad():
+        actual = model(train.to_input(images, config.mean, config.std)).softmax(1)
+    assert torch.allclose(actual, expected, atol=1e-5)
+
+
+def test_other_classes_reinitialise_only_the_head(tmp_path, annotated, capsys):
+    args = _args("--images", str(annotated / "images"), "--annotations",
+                 str(annotated / "annotations"), "--source-mpp", str(GLAS_MPP),
+                 "--classes", "Stroma,Gland epithelium,Lumen",
+                 "--init-model", str(Path(train.__file__).parent / "default_model" / "model.json"),
+                 "--out", str(tmp_path))
+    config = train._Config.from_args(args)
+    torch.manual_seed(0)
+    model = train._Trainer(config)._model()
+    assert "segmentation head is re-initialised for 3 classes" in capsys.readouterr().err
+    default = load_model(_default_card(), torch.device("cpu")).module.state_dict()
+    state = model.state_dict()
+    head = [k for k in state if k.startswith("segmentation_head.")]
+    assert head and state[head[0]].shape[0] == 3
+    for key, tensor in state.items():
+        if key.startswith("segmentation_head."):
+            assert tensor.shape != default[key].shape or not torch.equal(tensor, default[key])
+        else:
+            assert torch.equal(tensor, default[key].to(tensor.dtype)), key
+    # Classes the fine-tuned model lacks are refused unless --classes names them.
+    other = tmp_path / "other"
+    other.mkdir()
+    text = (annotated / "annotations" / "train_1.geojson").read_text()
+    (other / "train_1.geojson").write_text(text.replace('"Stroma"', '"Lumen"'))
+    with pytest.raises(ValueError, match="Lumen.*--classes"):
+        train._Config.from_args(_args(
+            "--images", str(annotated / "images"), "--annotations", str(other),
+            "--source-mpp", str(GLAS_MPP), "--init-model", "glas-unet-mobilenetv2",
+            "--out", str(tmp_path)))
+
+
+def test_fine_tuned_card_loads_in_the_server_and_segments(tmp_path, annotated):
+    """`roiseg train --annotations --init-model` end to end; the server runs the result."""
+    from roiseg.client import (
+        InProcessClient,
+        encode_png,
+        pixels_source,
+        segment_request,
+    )
+    from roiseg.models import ModelRegistry
+    from roiseg.service import SegmentationService
+    from shapely.geometry import box
+
+    out = tmp_path / "model"
+    args = _args("--images", str(annotated / "images"), "--annotations",
+                 str(annotated / "annotations"), "--source-mpp", str(GLAS_MPP),
+                 "--init-model", "glas-unet-mobilenetv2", "--val-fraction", "0.34",
+                 "--crop", "64", "--batch-size", "2", "--epochs", "1", "--steps-per-epoch",
+                 "2", "--lr", "1e-5", "--threads", "1", "--no-progress", "--out", str(out),
+                 "--model-id", "glas-finetuned")
+    assert train.run(args) == 0
+    card = json.loads((out / "model.json").read_text())
+    default = _default_card()
+    assert f"fine_tuned_from: {default.id}@{default.version} ({default.sha256})" \
+        in card["trained_on"]
+    assert [c["name"] for c in card["classes"]] == ["Stroma", "Gland epithelium"]
+    assert card["mpp"] == default.mpp and card["metrics"]["val_images"] == "1"
+    # Nearly the default model after 2 steps at a tiny learning rate: a good gland Dice on
+    # the held-out image's annotated part.
+    assert float(card["metrics"]["val_gland_dice"]) > 0.8
+
+    registry = ModelRegistry([out], torch.device("cpu"))
+    assert registry.default_id == "glas-finetuned"
+    import cv2
+    image = cv2.cvtColor(cv2.imread(str(GLAS / "images" / "train_4.png")), cv2.COLOR_BGR2RGB)
+    source = pixels_source(encoded=encode_png(image), downsample=1, origin_x=0, origin_y=0,
+                           pixel_size_um=GLAS_MPP, image_width=image.shape[1],
+                           image_height=image.shape[0])
+    with InProcessClient(SegmentationService(registry)) as client:
+        result = client.segment(segment_request(box(0, 0, 500, 400), source))
+    features = result.feature_collections["glas-finetuned"]["features"]
+    names = {f["properties"]["classification"]["name"] for f in features}
+    assert "Gland epithelium" in names
+
+
+def test_slide_annotations_read_only_the_annotated_area(tmp_path):
+    """An SVS with QuPath annotations: its own calibration, the bbox at the model's mpp."""
+    from conftest import CMU, CMU_MPP
+    from roiseg import training_data
+    from shapely.geometry import Point, box, mapping
+
+    outer = box(1000, 1200, 1600, 1700).difference(Point(1300, 1450).buffer(100))
+    features = [{"type": "Feature", "geometry": mapping(outer),
+                 "properties": {"classification": {"name": "Tumor"}}},
+                {"type": "Feature", "geometry": mapping(Point(1300, 1450).buffer(60)),
+                 "properties": {"classification": {"name": "Stroma"}}}]
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / CMU.name).symlink_to(CMU)
+    (tmp_path / f"{CMU.stem}.geojson").write_text(json.dumps(features))  # a plain list
+    pairs = training_data.find_annotated(tmp_path / "images", tmp_path)
+    sample = training_data.load_annotated_sample(*pairs[0], ["Stroma", "Tumor"], mpp=2.0,
+                                                 margin_px=10)
+    height, width = sample.labels.shape
+    assert abs(width - (600 * CMU_MPP / 2 + 20)) <= 2
+    assert abs(height - (500 * CMU_MPP / 2 + 20)) <= 2
+    counts = {v: np.count_nonzero(sample.labels == v) for v in (0, 1, train.IGNORE_INDEX)}
+    scale = (CMU_MPP / 2) ** 2
+    assert abs(counts[0] - np.pi * 60 ** 2 * scale) < 0.1 * np.pi * 60 ** 2 * scale
+    assert abs(counts[1] - outer.area * scale) < 0.05 * outer.area * scale
+    # The margin and the ring between the two annotations (the Tumor hole) are ignored.
+    ring = (np.pi * (100 ** 2 - 60 ** 2)) * scale
+    margin = height * width - (500 * CMU_MPP / 2) * (600 * CMU_MPP / 2)
+    assert abs(counts[train.IGNORE_INDEX] - (margin + ring)) < 0.1 * (margin + ring)

@@ -1,11 +1,10 @@
-"""The `roiseg` command: serve, models, segment, train, evaluate, compare."""
+"""The `roiseg` command: serve, models, segment, train, evaluate, compare, batch."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
-import math
 import os
 import signal
 import sys
@@ -16,21 +15,14 @@ from typing import Sequence
 from google.protobuf.json_format import MessageToDict
 from shapely.geometry import box
 from shapely.geometry.base import BaseGeometry
-from tqdm import tqdm
 
-from roiseg import __version__, compare, evaluate, overlay, roi, train
-from roiseg.client import (Client, InProcessClient, SegmentationError, encode_png,
-                           segment_request, slide_source)
+from roiseg import __version__, batch, commands, compare, evaluate, overlay, roi, train
+from roiseg.client import SegmentationError, encode_png, segment_request, slide_source
 from roiseg.errors import RoisegError
-from roiseg.models import ModelRegistry, select_device
-from roiseg.service import Limits, SegmentationService, create_server
-from roiseg.slides import Slide, choose_level, resample
-from roiseg.v1 import segmentation_pb2 as pb
+from roiseg.models import DEFAULT_MODELS_DIR  # noqa: F401 - re-exported for scripts
+from roiseg.service import Limits, create_server
+from roiseg.slides import Slide
 
-#: The embedded default model.
-DEFAULT_MODELS_DIR = Path(__file__).parent / "default_model"
-#: Longest side of the overlay picture, in pixels.
-OVERLAY_SIDE = 1600
 
 log = logging.getLogger("roiseg")
 
@@ -50,13 +42,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="roiseg", description=__doc__)
     parser.add_argument("--version", action="version", version=f"roiseg {__version__}")
-    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    subcommands = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="run the gRPC server")
+    serve = subcommands.add_parser("serve", help="run the gRPC server")
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to bind (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=int, default=50051, help="port (0: any free port)")
-    _add_model_arguments(serve)
+    commands.add_model_arguments(serve)
     serve.add_argument("--slide-root", action="append", type=Path, default=[],
                        help="directory whose slide files clients may ask the server to read "
                             "(repeatable; default: none)")
@@ -74,13 +66,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("-v", "--verbose", action="store_true")
     serve.set_defaults(run=_serve)
 
-    models = commands.add_parser("models", help="list the models")
-    _add_model_arguments(models)
-    _add_server_arguments(models, "ask this server (HOST:PORT) instead")
+    models = subcommands.add_parser("models", help="list the models")
+    commands.add_model_arguments(models)
+    commands.add_server_arguments(models, "ask this server (HOST:PORT) instead")
     models.add_argument("--json", action="store_true", help="print JSON")
     models.set_defaults(run=_models)
 
-    segment = commands.add_parser("segment", help="segment a region of a slide or image")
+    segment = subcommands.add_parser("segment", help="segment a region of a slide or image")
     segment.add_argument("image", type=Path, help="slide (SVS, TIFF, OME-TIFF) or PNG/JPEG/TIFF")
     where = segment.add_mutually_exclusive_group()
     where.add_argument("--roi", type=Path, help="GeoJSON file with the ROI polygon(s)")
@@ -93,62 +85,31 @@ def _parser() -> argparse.ArgumentParser:
                               "the file's)")
     segment.add_argument("-o", "--output", type=Path, required=True, help="GeoJSON to write")
     segment.add_argument("--overlay", type=Path, help="PNG overlay to write")
-    _add_server_arguments(segment, "HOST:PORT of a roiseg server; default: in-process")
+    commands.add_server_arguments(segment, "HOST:PORT of a roiseg server; default: in-process")
     segment.add_argument("--server-reads-slide", action="store_true",
                          help="let the server read the slide file itself (it must see the "
                               "same path under one of its --slide-root directories)")
-    segment.add_argument("--classes", nargs="+", default=[], help="class names to return")
-    segment.add_argument("--min-area", type=float, help="drop regions below this many µm²")
-    segment.add_argument("--min-hole", type=float, help="fill holes below this many µm²")
-    segment.add_argument("--simplify", type=float, help="simplification tolerance in µm")
-    segment.add_argument("--hysteresis", action="store_true",
-                         help="hysteresis thresholding of the tumour class (paper 003)")
-    segment.add_argument("--include-background", action="store_true",
-                         help="also return the non-tissue area as 'Background'")
-    segment.add_argument("--allow-upsample", action="store_true",
-                         help="accept images coarser than the model's resolution")
-    _add_model_arguments(segment)
+    commands.add_segment_arguments(segment)
+    commands.add_model_arguments(segment)
     segment.add_argument("-v", "--verbose", action="store_true")
     segment.set_defaults(run=_segment)
 
     for name, module, help_text in (
             ("train", train, "train or fine-tune a model"),
             ("evaluate", evaluate, "score predictions against a reference (papers' metrics)"),
-            ("compare", compare, "run several models on the same ROIs side by side")):
-        command = commands.add_parser(name, help=help_text, description=module.__doc__)
+            ("compare", compare, "run several models on the same ROIs side by side"),
+            ("batch", batch, "pre-annotate a QuPath project or a folder of images")):
+        command = subcommands.add_parser(name, help=help_text, description=module.__doc__)
         module.add_arguments(command)
         command.set_defaults(run=module.run)
     return parser
-
-
-def _add_server_arguments(parser: argparse.ArgumentParser, help_text: str) -> None:
-    parser.add_argument("--server", help=help_text)
-    parser.add_argument("--tls", action="store_true", help="connect to --server over TLS")
-    parser.add_argument("--tls-ca", type=Path, help="PEM certificate(s) to trust for --tls")
-    parser.add_argument("--token-file", type=Path,
-                        help="file holding the server's bearer token (or ROISEG_TOKEN)")
-
-
-def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--models", action="append", type=Path, default=[],
-                        help="directory of model cards (repeatable; default: the embedded "
-                             "default model)")
-    parser.add_argument("--default-model", help="id of the default model")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-
-
-def _service(args: argparse.Namespace, slide_roots: Sequence[Path] = (),
-             limits: Limits = Limits()) -> SegmentationService:
-    registry = ModelRegistry(args.models or [DEFAULT_MODELS_DIR], select_device(args.device),
-                             args.default_model)
-    return SegmentationService(registry, slide_roots, limits)
 
 
 def _serve(args: argparse.Namespace) -> int:
     limits = Limits(max_upload_bytes=int(args.max_upload_mb * 2**20),
                     upload_capacity_bytes=int(2 * args.max_upload_mb * 2**20),
                     max_roi_pixels=int(args.max_roi_megapixels * 1e6))
-    service = _service(args, args.slide_root, limits)
+    service = commands.service(args, args.slide_root, limits)
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ValueError("--tls-cert and --tls-key go together")
     tls = (args.tls_cert.read_bytes(), args.tls_key.read_bytes()) if args.tls_cert else None
@@ -171,7 +132,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
-    with _connect(args) as client:
+    with commands.connect(args) as client:
         models = client.list_models()
     if args.json:
         print(json.dumps([MessageToDict(m) for m in models], indent=2))
@@ -183,16 +144,6 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _connect(args: argparse.Namespace) -> Client | InProcessClient:
-    if args.server:
-        token = args.token_file.read_text().strip() if args.token_file else \
-            os.environ.get("ROISEG_TOKEN") or None
-        return Client(args.server, tls=args.tls,
-                      root_certificates=args.tls_ca.read_bytes() if args.tls_ca else None,
-                      token=token)
-    return InProcessClient(_service(args))
-
-
 def _segment(args: argparse.Namespace) -> int:
     with Slide.open(args.image) as slide:
         geometry = _roi(args, slide)
@@ -200,7 +151,7 @@ def _segment(args: argparse.Namespace) -> int:
         if not mpp and not args.server_reads_slide:
             raise ValueError(f"{args.image.name} has no pixel size in its metadata: pass it "
                              "with --mpp (µm per full-resolution pixel)")
-        with _connect(args) as client:
+        with commands.connect(args) as client:
             models = {m.id: m for m in client.list_models()}
             info = client.server_info()
             chosen = args.model_ids or [info.default_model_id]
@@ -208,19 +159,18 @@ def _segment(args: argparse.Namespace) -> int:
             if args.server_reads_slide:
                 source = slide_source(str(args.image.resolve()), args.mpp)
             else:
-                pixels, origin, downsample = _read(slide, geometry, target_mpp / mpp if mpp else 1)
+                pixels, origin, downsample = commands.read_region(slide, geometry,
+                                                                 target_mpp / mpp if mpp else 1)
                 source = client.pixels_source(
                     encode_png(pixels), downsample=downsample, origin_x=origin[0],
                     origin_y=origin[1], pixel_size_um=mpp, image_width=slide.width,
                     image_height=slide.height)
-            request = segment_request(geometry, source, chosen, _options(args))
-            with _ProgressBar() as bar:
+            request = segment_request(geometry, source, chosen, commands.segment_options(args))
+            with commands.ProgressBar() as bar:
                 result = client.segment(request, bar.update)
         written = _write(args.output, result.feature_collections)
         if args.overlay:
-            side = max(geometry.bounds[2] - geometry.bounds[0],
-                       geometry.bounds[3] - geometry.bounds[1])
-            pixels, origin, downsample = _read(slide, geometry, max(1.0, side / OVERLAY_SIDE))
+            pixels, origin, downsample = commands.overlay_view(slide, geometry)
             overlay.save_png(args.overlay, overlay.render(pixels, origin, downsample,
                                                           result.feature_collections, geometry))
             written.append(args.overlay)
@@ -246,38 +196,6 @@ def _roi(args: argparse.Namespace, slide: Slide) -> BaseGeometry:
     return box(0, 0, slide.width, slide.height)
 
 
-def _read(slide: Slide, geometry: BaseGeometry, downsample: float):
-    """The slide pixels covering the ROI's bounding box at `downsample` (read from the
-    level that suits it, then shrunk), with their full-resolution origin and downsample."""
-    level = choose_level(slide.levels, downsample)
-    extent = box(0, 0, slide.width, slide.height)
-    x0, y0, x1, y1 = geometry.intersection(extent).bounds \
-        if geometry.intersects(extent) else (0, 0, 1, 1)
-    lx0, ly0 = math.floor(x0 / level.downsample_x), math.floor(y0 / level.downsample_y)
-    lx1 = min(level.width, math.ceil(x1 / level.downsample_x))
-    ly1 = min(level.height, math.ceil(y1 / level.downsample_y))
-    pixels = slide.read_level_region(level.index, lx0, ly0, max(1, lx1 - lx0), max(1, ly1 - ly0))
-    origin = (lx0 * level.downsample_x, ly0 * level.downsample_y)
-    shrink = level.downsample_x / downsample
-    if shrink < 1 - 1e-3:
-        height, width = pixels.shape[:2]
-        size = max(1, round(width * shrink)), max(1, round(height * shrink))
-        pixels = resample(pixels, *size)
-        return pixels, origin, level.downsample_x * width / size[0]
-    return pixels, origin, level.downsample_x
-
-
-def _options(args: argparse.Namespace) -> pb.SegmentOptions:
-    options = pb.SegmentOptions(classes=args.classes, include_background=args.include_background,
-                                allow_upsample=args.allow_upsample,
-                                hysteresis=pb.Hysteresis(enabled=args.hysteresis))
-    for field, value in (("min_area_um2", args.min_area), ("min_hole_um2", args.min_hole),
-                         ("simplify_um", args.simplify)):
-        if value is not None:
-            setattr(options, field, value)
-    return options
-
-
 def _write(output: Path, collections: dict[str, dict]) -> list[Path]:
     """One GeoJSON per model: OUTPUT itself for one model, OUTPUT.<model id>.geojson else."""
     paths = []
@@ -290,28 +208,6 @@ def _write(output: Path, collections: dict[str, dict]) -> list[Path]:
         os.replace(partial, path)
         paths.append(path)
     return paths
-
-
-class _ProgressBar:
-    """A tqdm bar over tiles, labelled with the stage."""
-
-    _STAGES = {v.number: v.name.removeprefix("STAGE_").lower()
-               for v in pb.Stage.DESCRIPTOR.values}
-
-    def __enter__(self) -> "_ProgressBar":
-        self._bar = tqdm(total=0, unit="tile", file=sys.stderr, leave=False,
-                         disable=not sys.stderr.isatty())
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._bar.close()
-
-    def update(self, progress: pb.Progress) -> None:
-        self._bar.set_description(f"{progress.model_id} {self._STAGES.get(progress.stage, '')}")
-        if progress.tiles_total:
-            self._bar.total = progress.tiles_total
-            self._bar.n = progress.tiles_done
-        self._bar.refresh()
 
 
 if __name__ == "__main__":

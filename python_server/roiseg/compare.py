@@ -28,6 +28,7 @@ from shapely.geometry.base import BaseGeometry
 from roiseg import evaluate as ev
 from roiseg import overlay
 from roiseg import roi as roi_module
+from roiseg import commands
 from roiseg.client import SegmentationError, encode_png, segment_request
 from roiseg.errors import RoisegError
 from roiseg.slides import Slide
@@ -42,8 +43,6 @@ _MODEL_COLUMNS = ("dsc", "tpr", "ppv", "mcc", "informedness", "markedness", "reg
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``roiseg compare`` options to ``parser``."""
-    from roiseg import cli  # cli mounts this module: import it lazily
-
     parser.description = __doc__.split("\n\n")[0] if __doc__ else None
     parser.add_argument("images", type=Path, nargs="+", metavar="IMAGE",
                         help="slides (SVS, TIFF, OME-TIFF) or PNG/JPEG/TIFF images")
@@ -71,17 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     reference.add_argument("--downsample", type=float, default=0.0,
                            help="full-resolution pixels per evaluation pixel for GeoJSON "
                                 "references (default: the finest model's resolution)")
-    options = parser.add_argument_group("segmentation options (as roiseg segment)")
-    options.add_argument("--min-area", type=float, help="drop regions below this many µm²")
-    options.add_argument("--min-hole", type=float, help="fill holes below this many µm²")
-    options.add_argument("--simplify", type=float, help="simplification tolerance in µm")
-    options.add_argument("--hysteresis", action="store_true",
-                         help="hysteresis thresholding of the tumour class (paper 003)")
-    options.add_argument("--allow-upsample", action="store_true",
-                         help="accept images coarser than a model's resolution")
-    parser.set_defaults(classes=[], include_background=False)
-    cli._add_server_arguments(parser, "HOST:PORT of a roiseg server; default: in-process")
-    cli._add_model_arguments(parser)
+    commands.add_segment_arguments(parser, classes=False, background=False)
+    commands.add_server_arguments(parser, "HOST:PORT of a roiseg server; default: in-process")
+    commands.add_model_arguments(parser)
     parser.add_argument("-v", "--verbose", action="store_true")
 
 
@@ -94,16 +85,14 @@ class _Job:
 
 def run(args: argparse.Namespace) -> int:
     """Compare as ``args`` says; returns the exit status."""
-    from roiseg import cli
-
     try:
-        return _run(args, cli)
+        return _run(args)
     except (SegmentationError, RoisegError, ValueError, OSError) as error:
         print(f"roiseg: error: {error}", file=sys.stderr)
         return 2
 
 
-def _run(args: argparse.Namespace, cli) -> int:
+def _run(args: argparse.Namespace) -> int:
     jobs = _jobs(args)
     classes = ev.EvalClasses(ev.parse_map(args.map))
     region = ev.region_from_args(args)
@@ -113,7 +102,7 @@ def _run(args: argparse.Namespace, cli) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     rows: list[tuple[str, ev.ImageResult]] = []
     written: list[Path] = []
-    with cli._connect(args) as client:
+    with commands.connect(args) as client:
         models = {m.id: m for m in client.list_models()}
         chosen = list(dict.fromkeys(args.model_ids)) or list(models)
         unknown = [m for m in chosen if m not in models]
@@ -134,13 +123,13 @@ def _run(args: argparse.Namespace, cli) -> int:
                 if not mpp:
                     raise ValueError(f"{job.image.name} has no pixel size in its metadata: "
                                      "pass it with --mpp (µm per full-resolution pixel)")
-                pixels, origin, downsample = cli._read(slide, geometry, target_mpp / mpp)
+                pixels, origin, downsample = commands.read_region(slide, geometry, target_mpp / mpp)
                 source = client.pixels_source(
                     encode_png(pixels), downsample=downsample, origin_x=origin[0],
                     origin_y=origin[1], pixel_size_um=mpp, image_width=slide.width,
                     image_height=slide.height)
-                request = segment_request(geometry, source, chosen, cli._options(args))
-                with cli._ProgressBar() as bar:
+                request = segment_request(geometry, source, chosen, commands.segment_options(args))
+                with commands.ProgressBar() as bar:
                     result = client.segment(request, bar.update)
                 collections = {m: result.feature_collections[m] for m in chosen
                                if m in result.feature_collections}
@@ -154,10 +143,7 @@ def _run(args: argparse.Namespace, cli) -> int:
                     title = REFERENCE_TITLE if REFERENCE_TITLE not in panels \
                         else f"{REFERENCE_TITLE} ({job.reference.name})"
                     panels[title] = reference_collection(reference, geometry, colors)
-                bounds = geometry.bounds
-                side = max(bounds[2] - bounds[0], bounds[3] - bounds[1])
-                view, view_origin, view_downsample = cli._read(
-                    slide, geometry, max(1.0, side / cli.OVERLAY_SIDE))
+                view, view_origin, view_downsample = commands.overlay_view(slide, geometry)
                 sheet = args.out / f"{stem}.compare.png"
                 overlay.save_png(sheet, overlay.render(view, view_origin, view_downsample,
                                                        panels, geometry))

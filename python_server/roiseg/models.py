@@ -37,6 +37,8 @@ _STATE_DICT_WRAPPERS = ("state_dict", "model_state_dict", "model")
 _KEY_PREFIXES = ("module.", "model.")
 #: SMP constructor arguments the card sets itself, not through `extra`.
 _RESERVED_EXTRA = ("encoder_name", "encoder_weights", "in_channels", "classes")
+#: The embedded default model.
+DEFAULT_MODELS_DIR = Path(__file__).parent / "default_model"
 #: Class maps are uint8 and 255 is reserved for "no class".
 _MAX_CLASSES = 254
 #: Longest key-mismatch report quoted in an error.

@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -60,6 +61,8 @@ class Annotation:
     level: int = 1
     id: str | None = None
     handle: Any = field(default=None, repr=False, compare=False)
+    #: A key to use instead of `roi_key` (the whole-image ROI of folder mode).
+    fixed_key: str | None = None
 
     @property
     def class_name(self) -> str:
@@ -72,9 +75,10 @@ class Annotation:
     def name(self) -> str:
         return str(self.properties.get("name") or "")
 
-    @property
+    @cached_property
     def key(self) -> str:
-        return roi_key(self.geometry, self.id)
+        """The ROI's key in the journal and in its objects' metadata (`ROI_KEY`)."""
+        return self.fixed_key or roi_key(self.geometry, self.id)
 
 
 def polygonal(geometry: BaseGeometry) -> BaseGeometry:
@@ -226,7 +230,10 @@ class Project:
         if not path.exists():
             raise FileNotFoundError(f"QuPath project {path} does not exist")
         self.path = path if path.suffix == ".qpproj" else path / "project.qpproj"
-        self._project = self._QuPathProject(self.path, mode="r" if readonly else "r+")
+        try:
+            self._project = self._QuPathProject(self.path, mode="r" if readonly else "r+")
+        except Exception as error:  # noqa: BLE001 - Java exceptions from a broken project
+            raise ValueError(f"cannot open QuPath project {self.path}: {error}") from error
 
     @property
     def directory(self) -> Path:
@@ -258,9 +265,24 @@ class Project:
             log.debug("no pixel calibration for %s", image.name, exc_info=True)
         return None
 
-    def annotations(self, image: ProjectImage) -> list[Annotation]:
-        """Every annotation of the image, with its level and properties."""
-        return [self._annotation(a) for a in image.handle.hierarchy.annotations]
+    def annotations(self, image: ProjectImage,
+                    roi_classes: Sequence[str] | None = None) -> list[Annotation]:
+        """The image's annotations with their level and properties. With `roi_classes`
+        (None: all annotations) only those that `select_rois` could choose: of these
+        classes, or at the top level when the sequence is empty; this skips converting
+        the geometry of every other object (roiseg's children, say)."""
+        wanted = None if roi_classes is None else set(roi_classes)
+        chosen = []
+        for obj in image.handle.hierarchy.annotations:
+            if wanted is not None:
+                if wanted:
+                    path_class = obj.path_class
+                    if path_class is None or path_class.name not in wanted:
+                        continue
+                elif obj.level != 1:
+                    continue
+            chosen.append(self._annotation(obj))
+        return chosen
 
     def children(self, annotation: Annotation) -> list[Annotation]:
         java = annotation.handle.java_object
@@ -304,19 +326,19 @@ class Project:
             self._project.path_classes = existing + added
 
     def save_image(self, image: ProjectImage) -> None:
-        """Saves the image's data; OSError when paquo would skip saving (its image URI is
-        unreachable) or saving did not happen."""
+        """Saves the image's data. paquo's own `save` skips an image whose file it cannot
+        reach with only a log warning; this raises OSError instead."""
         entry = image.handle
         if not entry.is_readable():
-            raise OSError(f"QuPath cannot reach the image file of {image.name} ({entry.uri}); "
-                          "paquo would not save it: fix the project's image paths")
-        data = entry.entry_path / "data.qpdata"
-        before = data.stat().st_mtime_ns if data.exists() else None
-        changed = entry.is_changed()
+            raise OSError(f"QuPath cannot reach the image file of {image.name} ({entry.uri}), "
+                          "so paquo would not save it: fix the project's image paths")
         entry.save()
-        after = data.stat().st_mtime_ns if data.exists() else None
-        if changed and (after is None or after == before):
-            raise OSError(f"QuPath did not save {image.name} ({data})")
+
+    def release(self, image: ProjectImage) -> None:
+        """Forgets the image's loaded data (after saving), so a long batch does not keep
+        every image's hierarchy in memory."""
+        for name in ("_image_data", "hierarchy", "_image_server", "_properties"):
+            image.handle.__dict__.pop(name, None)
 
     def save(self) -> None:
         """Writes the project file (classes, entries) without touching the images."""
@@ -335,22 +357,17 @@ class Project:
 
 
 def _get_metadata(java: Any) -> dict[str, str]:
-    """An object's metadata: getMetadata() since QuPath 0.5, the MetadataStore before."""
-    if hasattr(java, "getMetadata"):
-        metadata = java.getMetadata()
-        return {str(k): str(metadata.get(k)) for k in metadata.keySet()}
-    if hasattr(java, "retrieveMetadataKeys"):
-        return {str(k): str(java.retrieveMetadataValue(k)) for k in java.retrieveMetadataKeys()}
-    return {}
+    """An object's metadata (QuPath >= 0.5; older QuPaths keep none on annotations)."""
+    if not hasattr(java, "getMetadata"):
+        return {}
+    metadata = java.getMetadata()
+    return {str(k): str(metadata.get(k)) for k in metadata.keySet()}
 
 
 def _put_metadata(java: Any, values: Mapping[str, str]) -> None:
-    if hasattr(java, "getMetadata"):
-        metadata = java.getMetadata()
-        for key, value in values.items():
-            metadata.put(str(key), str(value))
-    elif hasattr(java, "putMetadataValue"):
-        for key, value in values.items():
-            java.putMetadataValue(str(key), str(value))
-    else:
-        log.warning("this QuPath keeps no object metadata: roiseg cannot mark its objects")
+    if not hasattr(java, "getMetadata"):
+        raise QuPathUnavailable("this QuPath keeps no metadata on objects, so roiseg could not "
+                                "recognise its objects later: use QuPath 0.5 or newer")
+    metadata = java.getMetadata()
+    for key, value in values.items():
+        metadata.put(str(key), str(value))

@@ -1,17 +1,24 @@
-"""Train an SMP segmentation model on image/mask pairs and write a roiseg model card.
+"""Train or fine-tune an SMP segmentation model and write a roiseg model card.
 
 Mounted by the CLI as ``roiseg train`` (`add_arguments` + `run`); also runnable as
 ``python -m roiseg.train``. Output directory: ``model.pt`` (a float16 state_dict; the
-loader casts it back to float32) and ``model.json`` (see docs/model-cards.md).
+loader casts it back to float32) and ``model.json`` (see docs/model-cards.md and
+docs/training.md).
 
-Pipeline: image/mask pairs (same file stem) are resampled from ``--source-mpp`` to the
-model's ``--mpp`` (images INTER_AREA, masks nearest), mask values are mapped to classes,
-the images are split into training and validation sets by image (seeded), and the model
-is trained on class-balanced random crops with flips, 90° rotations and colour jitter,
-with cross-entropy + Dice loss, AdamW and a cosine schedule that ends with the budget
-(``--epochs`` or ``--max-minutes``, whichever comes first). Validation runs on whole
-held-out images at the model's resolution; the best epoch by validation Dice is exported
-and training stops early when it no longer improves (``--patience``).
+Input (`roiseg.training_data`): images with label masks (``--masks``), or images and slides
+with QuPath GeoJSON annotations (``--annotations``; unannotated pixels are ignored unless
+``--unannotated`` names their class), all at the model's resolution. The images are split
+into training and validation sets by image (seeded); the model is trained on class-balanced
+random crops with flips, 90° rotations and colour jitter, with cross-entropy + Dice loss,
+AdamW and a cosine schedule that ends with the budget (``--epochs`` or ``--max-minutes``,
+whichever comes first). ``--init-model`` starts from a registered model's weights and
+settings (its head re-initialised when the classes differ) instead of an ImageNet encoder.
+
+Validation runs the model exactly as the server does (`roiseg.inference.predict` on whole
+held-out images, the training model wrapped in a `LoadedModel` with an in-memory card); the
+best epoch by validation Dice is exported, training stops early when it no longer improves
+(``--patience``), and the final metrics are those of the written card and checkpoint
+loaded by the server's `load_model`.
 """
 
 from __future__ import annotations
@@ -32,21 +39,37 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from roiseg.models import ClassSpec, sha256_file
+from roiseg.inference import predict
+from roiseg.models import (
+    ClassSpec,
+    LoadedModel,
+    ModelCard,
+    ModelRegistry,
+    load_model,
+    sha256_file,
+)
 from roiseg.pretrained import load_imagenet_encoder
+from roiseg.training_data import (
+    IGNORE_INDEX,
+    CropSampler,
+    MaskMapping,
+    Sample,
+    annotation_class_names,
+    find_annotated,
+    find_pairs,
+    load_annotated_sample,
+    load_sample,
+    parse_mask_values,
+    split_by_image,
+)
 
-#: Label value of pixels that carry no class (padding); ignored by the loss and metrics.
-IGNORE_INDEX = 255
 #: Normalisation of RGB/255 the ImageNet encoders expect.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-#: Classes of binary masks (0 -> the first, any other value -> the second).
-DEFAULT_BINARY_CLASSES = ("Stroma", "Gland epithelium")
 #: Colours of well-known class names (lower case); other classes take `_PALETTE`.
 KNOWN_CLASS_COLORS: dict[str, tuple[int, int, int]] = {
     "stroma": (80, 160, 80),
@@ -57,78 +80,14 @@ KNOWN_CLASS_COLORS: dict[str, tuple[int, int, int]] = {
 }
 _PALETTE = ((31, 119, 180), (255, 127, 14), (148, 103, 189), (140, 86, 75),
             (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-_STATE_VERSION = 1
-#: Every n-th pixel of a class is kept as a candidate crop centre (memory).
-_CENTRE_STRIDE = 7
+_STATE_VERSION = 2
+#: Defaults of the card's inference settings when no model is fine-tuned.
+_DEFAULT_MPP, _DEFAULT_TILE, _DEFAULT_OVERLAP, _DEFAULT_INFERENCE_BATCH = 1.0, 512, 128, 4
+#: Prefix of the SMP segmentation head's parameters (re-initialised for other classes).
+_HEAD_PREFIX = "segmentation_head."
 
 
 # --------------------------------------------------------------------------- data
-
-
-@dataclass(frozen=True)
-class MaskMapping:
-    """How mask pixel values become class indices.
-
-    ``values`` maps a mask value to a class index; when ``other`` is not None every value
-    not in ``values`` maps to class ``other`` (binary masks: 0 -> 0, anything else -> 1).
-    """
-
-    names: tuple[str, ...]
-    values: Mapping[int, int]
-    other: int | None = None
-
-    def lookup_table(self, max_value: int) -> np.ndarray:
-        """Table of size ``max_value + 1``: class index per value, -1 for unmapped."""
-        table = np.full(max_value + 1, -1 if self.other is None else self.other, np.int32)
-        for value, index in self.values.items():
-            if 0 <= value <= max_value:
-                table[value] = index
-        return table
-
-
-@dataclass
-class Sample:
-    """One image at the model's resolution with its class-index labels."""
-
-    name: str
-    image: np.ndarray  # H x W x 3, uint8, RGB
-    labels: np.ndarray  # H x W, uint8 class indices (IGNORE_INDEX = no label)
-
-
-def parse_mask_values(text: str | None) -> MaskMapping:
-    """Parse ``0=Stroma,255="Gland epithelium"`` into a `MaskMapping`.
-
-    Classes are numbered in order of first appearance; several values may name the same
-    class. ``None`` or an empty string gives the binary default: 0 -> "Stroma", any
-    other value -> "Gland epithelium".
-    """
-    if not text or not text.strip():
-        return MaskMapping(DEFAULT_BINARY_CLASSES, {0: 0}, other=1)
-    pattern = re.compile(r"""\s*(\d+)\s*=\s*("([^"]*)"|'([^']*)'|[^,]*?)\s*(?:,|$)""")
-    names: list[str] = []
-    values: dict[int, int] = {}
-    position = 0
-    text = text.strip()
-    while position < len(text):
-        match = pattern.match(text, position)
-        if not match or match.end() == position:
-            raise ValueError(f"cannot parse --mask-values {text!r} at {text[position:]!r}; "
-                             'expected e.g. 0=Stroma,255="Gland epithelium"')
-        value = int(match.group(1))
-        name = next(g for g in (match.group(3), match.group(4), match.group(2))
-                    if g is not None).strip()
-        if not name:
-            raise ValueError(f"mask value {value} has no class name")
-        if value in values:
-            raise ValueError(f"mask value {value} is given twice")
-        if name not in names:
-            names.append(name)
-        values[value] = names.index(name)
-        position = match.end()
-    if len(names) < 2:
-        raise ValueError("a segmentation model needs at least two classes")
-    return MaskMapping(tuple(names), values)
 
 
 def class_specs(names: Sequence[str],
@@ -146,174 +105,6 @@ def class_specs(names: Sequence[str],
     return specs
 
 
-def find_pairs(images_dir: Path, masks_dir: Path) -> list[tuple[Path, Path]]:
-    """Image/mask pairs matched by file stem, sorted by name; unmatched images are an error."""
-    images = sorted(p for p in Path(images_dir).iterdir()
-                    if p.suffix.lower() in _IMAGE_SUFFIXES and not p.name.startswith("."))
-    masks = {p.stem: p for p in Path(masks_dir).iterdir()
-             if p.suffix.lower() in _IMAGE_SUFFIXES}
-    if not images:
-        raise ValueError(f"no images in {images_dir}")
-    missing = [p.name for p in images if p.stem not in masks]
-    if missing:
-        raise ValueError(f"{len(missing)} image(s) have no mask in {masks_dir}: "
-                         f"{', '.join(missing[:5])}")
-    return [(p, masks[p.stem]) for p in images]
-
-
-def load_sample(image_path: Path, mask_path: Path, mapping: MaskMapping,
-                scale: float) -> Sample:
-    """Read one pair, map the mask to classes and resample both by ``scale``.
-
-    ``scale`` = source µm/px / model µm/px. Images are resampled with INTER_AREA (INTER_LINEAR
-    when upsampling), labels with nearest neighbour.
-    """
-    bgr = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ValueError(f"cannot read image {image_path}")
-    image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    mask = cv2.imread(str(mask_path), cv2.IMREAD_UNCHANGED)
-    if mask is None:
-        raise ValueError(f"cannot read mask {mask_path}")
-    if mask.ndim == 3:
-        if not all(np.array_equal(mask[..., 0], mask[..., c]) for c in range(1, 3)):
-            raise ValueError(f"mask {mask_path} has colour channels; masks must hold "
-                             "one value per pixel")
-        mask = mask[..., 0]
-    if mask.dtype not in (np.uint8, np.uint16):
-        raise ValueError(f"mask {mask_path} must be 8- or 16-bit, not {mask.dtype}")
-    if mask.shape != image.shape[:2]:
-        raise ValueError(f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} px, its image "
-                         f"{image.shape[1]}x{image.shape[0]} px")
-    table = mapping.lookup_table(int(np.iinfo(mask.dtype).max))
-    classes = table[mask]
-    if (classes < 0).any():
-        unmapped = sorted(int(v) for v in np.unique(mask[classes < 0]))[:10]
-        raise ValueError(f"mask {mask_path} has values {unmapped} that --mask-values "
-                         "does not map to a class")
-    labels = classes.astype(np.uint8)
-    if abs(scale - 1.0) > 1e-6:
-        h, w = labels.shape
-        size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-        image = cv2.resize(image, size, interpolation=interpolation)
-        labels = cv2.resize(labels, size, interpolation=cv2.INTER_NEAREST)
-    return Sample(image_path.stem, np.ascontiguousarray(image), labels)
-
-
-def split_by_image(names: Sequence[str], val_fraction: float,
-                   seed: int) -> tuple[list[int], list[int]]:
-    """Deterministic split of sample indices: (train, validation), both sorted.
-
-    The validation set holds round(``val_fraction`` * n) images (at least one when the
-    fraction is positive, and at least one image is left for training).
-    """
-    n = len(names)
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError("--val-fraction must be in [0, 1)")
-    n_val = 0 if val_fraction == 0 else min(n - 1, max(1, round(val_fraction * n)))
-    order = sorted(range(n), key=lambda i: names[i])
-    permuted = [order[i] for i in np.random.default_rng(seed).permutation(n)]
-    return sorted(permuted[n_val:]), sorted(permuted[:n_val])
-
-
-class CropSampler:
-    """Class-balanced random crops with flips, 90° rotations and colour jitter.
-
-    A crop is drawn by picking a class uniformly among the classes present, then a pixel
-    of that class uniformly over all training images; the crop is placed around it (with
-    a random offset of up to a quarter crop) and kept inside the image. Images smaller than
-    the crop are padded (reflected image, IGNORE_INDEX labels).
-    """
-
-    def __init__(self, samples: Sequence[Sample], crop: int, num_classes: int,
-                 rng: np.random.Generator, augment: bool = True) -> None:
-        if not samples:
-            raise ValueError("no training images")
-        self.crop = crop
-        self.rng = rng
-        self.augment = augment
-        self._images: list[np.ndarray] = []
-        self._labels: list[np.ndarray] = []
-        for s in samples:
-            image, labels = _pad_to(s.image, s.labels, crop)
-            self._images.append(image)
-            self._labels.append(labels)
-        self._centres: list[list[np.ndarray]] = [[] for _ in range(num_classes)]
-        self._owners: list[np.ndarray] = []
-        self._weights: list[np.ndarray] = []
-        for c in range(num_classes):
-            counts = []
-            for labels in self._labels:
-                flat = np.flatnonzero(labels.ravel() == c)[::_CENTRE_STRIDE].astype(np.int32)
-                self._centres[c].append(flat)
-                counts.append(flat.size)
-            self._weights.append(np.asarray(counts, np.float64))
-        self.classes_present = [c for c in range(num_classes) if self._weights[c].sum() > 0]
-        if not self.classes_present:
-            raise ValueError("the training masks hold no labelled pixels")
-
-    def batch(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-        """``batch_size`` crops: images (B, crop, crop, 3) uint8, labels (B, crop, crop)."""
-        images = np.empty((batch_size, self.crop, self.crop, 3), np.uint8)
-        labels = np.empty((batch_size, self.crop, self.crop), np.uint8)
-        for b in range(batch_size):
-            images[b], labels[b] = self.sample()
-        return images, labels
-
-    def sample(self) -> tuple[np.ndarray, np.ndarray]:
-        """One augmented crop (image, labels)."""
-        rng = self.rng
-        c = int(rng.choice(self.classes_present))
-        weights = self._weights[c]
-        i = int(rng.choice(len(weights), p=weights / weights.sum()))
-        labels = self._labels[i]
-        flat = int(self._centres[c][i][rng.integers(self._centres[c][i].size)])
-        cy, cx = divmod(flat, labels.shape[1])
-        h, w = labels.shape
-        jitter = self.crop // 4
-        y0 = int(np.clip(cy - self.crop // 2 + rng.integers(-jitter, jitter + 1), 0, h - self.crop))
-        x0 = int(np.clip(cx - self.crop // 2 + rng.integers(-jitter, jitter + 1), 0, w - self.crop))
-        image = self._images[i][y0:y0 + self.crop, x0:x0 + self.crop]
-        crop_labels = labels[y0:y0 + self.crop, x0:x0 + self.crop]
-        if self.augment:
-            image, crop_labels = _augment(image, crop_labels, rng)
-        return np.ascontiguousarray(image), np.ascontiguousarray(crop_labels)
-
-
-def _pad_to(image: np.ndarray, labels: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    h, w = labels.shape
-    ph, pw = max(0, size - h), max(0, size - w)
-    if not ph and not pw:
-        return image, labels
-    image = cv2.copyMakeBorder(image, 0, ph, 0, pw, cv2.BORDER_REFLECT_101)
-    labels = cv2.copyMakeBorder(labels, 0, ph, 0, pw, cv2.BORDER_CONSTANT, value=IGNORE_INDEX)
-    return image, labels
-
-
-def _augment(image: np.ndarray, labels: np.ndarray,
-             rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Flips, 90° rotations, HSV jitter, then brightness/contrast jitter."""
-    k = int(rng.integers(4))
-    if k:
-        image, labels = np.rot90(image, k), np.rot90(labels, k)
-    if rng.random() < 0.5:
-        image, labels = image[:, ::-1], labels[:, ::-1]
-    image = np.ascontiguousarray(image)
-    if rng.random() < 0.8:
-        hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV).astype(np.float32)
-        hsv[..., 0] = (hsv[..., 0] + rng.uniform(-5, 5)) % 180  # OpenCV hue: 0..179
-        hsv[..., 1] *= rng.uniform(0.8, 1.2)
-        hsv[..., 2] *= rng.uniform(0.9, 1.1)
-        image = cv2.cvtColor(np.clip(hsv, 0, 255).astype(np.uint8), cv2.COLOR_HSV2RGB)
-    if rng.random() < 0.8:
-        x = image.astype(np.float32)
-        mean = float(x.mean())
-        x = (x - mean) * rng.uniform(0.85, 1.15) + mean + rng.uniform(-0.08, 0.08) * 255
-        image = np.clip(x, 0, 255).astype(np.uint8)
-    return image, labels
-
-
 # --------------------------------------------------------------------------- model
 
 
@@ -325,9 +116,75 @@ def build_model(architecture: str, encoder: str, num_classes: int, pretrained: b
     model = smp.create_model(arch=architecture, encoder_name=encoder, encoder_weights=None,
                              in_channels=3, classes=num_classes, **dict(extra or {}))
     if pretrained:
-
         load_imagenet_encoder(model, encoder)
     return model
+
+
+def resolve_card(spec: str, model_dirs: Sequence[Path] = ()) -> ModelCard:
+    """The card of ``spec``: a path to a model.json (or its directory), else a model id
+    registered in ``model_dirs`` (searched in order) or in the embedded default.
+
+    Raises:
+        ValueError: no such card or id; the message lists the ids found.
+    """
+    path = Path(spec)
+    if path.suffix == ".json" or path.is_file() or (path / "model.json").is_file():
+        card_path = path / "model.json" if path.is_dir() else path
+        if not card_path.is_file():
+            raise ValueError(f"--init-model: no model card {card_path}")
+        return ModelCard.from_file(card_path)
+    from roiseg.cli import DEFAULT_MODELS_DIR  # cli imports this module
+
+    found: list[str] = []
+    for directory in [*model_dirs, DEFAULT_MODELS_DIR]:
+        registry = ModelRegistry([directory], torch.device("cpu"))
+        ids = [card.id for card in registry.cards()]
+        if spec in ids:
+            return registry.card(spec)
+        found += ids
+    raise ValueError(f"--init-model {spec!r}: no such model card or id; registered ids: "
+                     + ", ".join(dict.fromkeys(found)))
+
+
+def init_from_card(model: torch.nn.Module, card: ModelCard,
+                   classes: Sequence[str]) -> bool:
+    """Load a card's checkpoint into ``model`` (same architecture and encoder).
+
+    When ``classes`` differ from the card's (names or order), the segmentation head keeps
+    ``model``'s fresh initialisation and only the encoder and decoder weights are loaded.
+    The checkpoint's SHA-256 is checked as the server checks it.
+
+    Returns:
+        True when the head was re-initialised.
+
+    Raises:
+        ValueError: a checkpoint that does not match the card or does not fit ``model``.
+    """
+    if card.format != "state_dict":
+        raise ValueError(f"--init-model {card.id}: only state_dict models can be fine-tuned, "
+                         f"not {card.format}")
+    actual = sha256_file(card.checkpoint)
+    if actual != card.sha256:
+        raise ValueError(f"{card.checkpoint}: sha256 is {actual}, the card expects "
+                         f"{card.sha256}")
+    state = torch.load(card.checkpoint, map_location="cpu", weights_only=True)
+    if isinstance(state, Mapping) and not all(isinstance(v, torch.Tensor) for v in state.values()):
+        state = next((state[k] for k in ("state_dict", "model") if isinstance(state.get(k), Mapping)),
+                     state)
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    reinit = list(classes) != [c.name for c in card.classes]
+    if reinit:
+        state = {k: v for k, v in state.items() if not k.startswith(_HEAD_PREFIX)}
+    own = model.state_dict()
+    missing = [k for k in own if k not in state and not (reinit and k.startswith(_HEAD_PREFIX))]
+    mismatched = [k for k, v in state.items() if k in own and v.shape != own[k].shape]
+    unexpected = [k for k in state if k not in own]
+    if missing or mismatched or unexpected:
+        raise ValueError(f"{card.checkpoint} does not fit {card.architecture}/{card.encoder}: "
+                         f"missing {missing[:3]}, unexpected {unexpected[:3]}, "
+                         f"other shapes {mismatched[:3]}")
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=False)
+    return reinit
 
 
 def to_input(images: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN,
@@ -345,8 +202,10 @@ def to_input(images: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN,
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Cross-entropy + (1 - soft Dice averaged over classes); IGNORE_INDEX pixels excluded."""
     logits = logits.float()
-    ce = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
     valid = (target != IGNORE_INDEX).unsqueeze(1).float()
+    # Cross-entropy of a batch without any labelled pixel would be 0/0.
+    ce = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX) if valid.any() \
+        else logits.sum() * 0.0
     probs = logits.softmax(dim=1) * valid
     onehot = F.one_hot(target.clamp(max=logits.shape[1] - 1), logits.shape[1])
     onehot = onehot.permute(0, 3, 1, 2).float() * valid
@@ -357,81 +216,57 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tenso
     return ce + (1.0 - dice.mean())
 
 
-@torch.no_grad()
-def predict_probabilities(model: torch.nn.Module, image: np.ndarray,
-                          mean: Sequence[float] = IMAGENET_MEAN,
-                          std: Sequence[float] = IMAGENET_STD, tile_size: int = 512,
-                          overlap: int = 128, device: torch.device | str = "cpu",
-                          amp: bool = False) -> np.ndarray:
-    """Class probabilities (C, H, W) of a whole RGB image at the model's resolution.
-
-    Images up to ``tile_size`` are run whole (reflect-padded to a multiple of 32); larger
-    ones in tiles of ``tile_size`` overlapping by ``overlap``, the last row and column
-    aligned to the border, with overlapping probabilities averaged.
-    """
-    model.eval()
-    h, w = image.shape[:2]
-    tile_h, tile_w = min(tile_size, h), min(tile_size, w)
-    stride = max(1, tile_size - overlap)
-    ys = _tile_starts(h, tile_h, stride)
-    xs = _tile_starts(w, tile_w, stride)
-    total: np.ndarray | None = None
-    count = np.zeros((h, w), np.float32)
-    for y in ys:
-        for x in xs:
-            tile = image[y:y + tile_h, x:x + tile_w]
-            ph, pw = (-tile_h) % 32, (-tile_w) % 32
-            if ph or pw:
-                tile = cv2.copyMakeBorder(tile, 0, ph, 0, pw, cv2.BORDER_REFLECT_101)
-            inputs = to_input(tile, mean, std, device)
-            with torch.autocast("cuda", dtype=torch.float16,
-                                enabled=amp and inputs.device.type == "cuda"):
-                logits = model(inputs)
-            probs = logits.float().softmax(1)[0, :, :tile_h, :tile_w].cpu().numpy()
-            if total is None:
-                total = np.zeros((probs.shape[0], h, w), np.float32)
-            total[:, y:y + tile_h, x:x + tile_w] += probs
-            count[y:y + tile_h, x:x + tile_w] += 1
-    assert total is not None
-    return total / count
+def in_memory_card(classes: Sequence[ClassSpec], *, architecture: str = "Unet",
+                   encoder: str = "mobilenet_v2", mpp: float = _DEFAULT_MPP,
+                   tile_size: int = _DEFAULT_TILE, overlap: int = _DEFAULT_OVERLAP,
+                   batch_size: int = _DEFAULT_INFERENCE_BATCH,
+                   mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                   model_id: str = "in-training",
+                   extra: Mapping[str, Any] | None = None) -> ModelCard:
+    """A card for a model that has no files yet, to run it with `roiseg.inference.predict`."""
+    return ModelCard(id=model_id, name=model_id, description="", version="0", format="state_dict",
+                     architecture=architecture, encoder=encoder, checkpoint=Path(),
+                     sha256="", mpp=mpp, tile_size=tile_size, overlap=overlap,
+                     batch_size=batch_size, mean=tuple(mean), std=tuple(std),
+                     classes=tuple(classes), background_class=None, tumor_class=None,
+                     trained_on="", metrics={}, extra=dict(extra or {}), card_path=Path())
 
 
-def _tile_starts(length: int, tile: int, stride: int) -> list[int]:
-    if length <= tile:
-        return [0]
-    starts = list(range(0, length - tile, stride))
-    return starts + [length - tile]
+def evaluate(model: LoadedModel, samples: Sequence[Sample]) -> dict[str, Any]:
+    """Dice per class on whole images, predicted as the server predicts them.
 
-
-def evaluate(model: torch.nn.Module, samples: Sequence[Sample], num_classes: int,
-             mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-             tile_size: int = 512, overlap: int = 128, device: torch.device | str = "cpu",
-             amp: bool = False) -> dict[str, Any]:
-    """Dice per class on whole images.
+    ``model`` runs through `roiseg.inference.predict` (the server's tiling, padding and
+    blending, with the card's tile size and overlap); wrap a module in training with
+    ``LoadedModel(in_memory_card(...), module, device)``. Pixels labelled `IGNORE_INDEX`
+    are left out.
 
     Returns ``{"dice": [...], "dice_image_mean": [...], "score": float}``: ``dice`` pools
     all pixels of all images, ``dice_image_mean`` averages per-image Dice (images where a
     class is absent in both prediction and reference count as 1), ``score`` is the mean
     pooled Dice of the classes after the first (the early-stopping criterion).
     """
+    num_classes = len(model.card.classes)
+    was_training = model.module.training
+    model.module.eval()
     intersection = np.zeros(num_classes)
     sizes = np.zeros(num_classes)
     per_image: list[np.ndarray] = []
-    for sample in samples:
-        probs = predict_probabilities(model, sample.image, mean, std, tile_size, overlap,
-                                      device, amp)
-        prediction = probs.argmax(0)
-        valid = sample.labels != IGNORE_INDEX
-        inter_i = np.zeros(num_classes)
-        sizes_i = np.zeros(num_classes)
-        for c in range(num_classes):
-            pred_c = (prediction == c) & valid
-            ref_c = sample.labels == c
-            inter_i[c] = np.count_nonzero(pred_c & ref_c)
-            sizes_i[c] = np.count_nonzero(pred_c) + np.count_nonzero(ref_c)
-        intersection += inter_i
-        sizes += sizes_i
-        per_image.append(np.where(sizes_i > 0, 2 * inter_i / np.maximum(sizes_i, 1), 1.0))
+    try:
+        for sample in samples:
+            prediction = predict(model, sample.image).class_map
+            valid = sample.labels != IGNORE_INDEX
+            inter_i = np.zeros(num_classes)
+            sizes_i = np.zeros(num_classes)
+            for c in range(num_classes):
+                pred_c = (prediction == c) & valid
+                ref_c = sample.labels == c
+                inter_i[c] = np.count_nonzero(pred_c & ref_c)
+                sizes_i[c] = np.count_nonzero(pred_c) + np.count_nonzero(ref_c)
+            intersection += inter_i
+            sizes += sizes_i
+            per_image.append(np.where(sizes_i > 0, 2 * inter_i / np.maximum(sizes_i, 1), 1.0))
+    finally:
+        model.module.train(was_training)
     dice = np.where(sizes > 0, 2 * intersection / np.maximum(sizes, 1), 1.0)
     image_mean = np.mean(per_image, axis=0) if per_image else np.ones(num_classes)
     score = float(dice[1:].mean()) if num_classes > 1 else float(dice[0])
@@ -513,20 +348,40 @@ def _metric_keys(classes: Sequence[ClassSpec]) -> list[str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``roiseg train`` options to ``parser``."""
-    data = parser.add_argument_group("data")
-    data.add_argument("--images", type=Path, required=True, help="directory of RGB images")
-    data.add_argument("--masks", type=Path, required=True,
-                      help="directory of label masks, same file names (stems) as the images")
+    data = parser.add_argument_group(
+        "data", "--images with either --masks (label masks) or --annotations (QuPath GeoJSON)")
+    data.add_argument("--images", type=Path, required=True,
+                      help="directory of RGB images (with --annotations also SVS/TIFF slides)")
+    labels = data.add_mutually_exclusive_group(required=True)
+    labels.add_argument("--masks", type=Path,
+                        help="directory of label masks, same file names (stems) as the images")
+    labels.add_argument("--annotations", type=Path,
+                        help="directory of QuPath GeoJSON exports: NAME.geojson for image "
+                             "NAME.EXT, classes by properties.classification.name, "
+                             "coordinates in full-resolution pixels of the image")
     data.add_argument("--mask-values", default=None,
                       help='mask value to class, e.g. 0=Stroma,255="Gland epithelium"; '
                            "classes are numbered in order of appearance. Default: binary "
                            "masks, 0 = Stroma, any other value = Gland epithelium")
+    data.add_argument("--classes", default=None, metavar='"A,B,C"',
+                      help="with --annotations: the model's classes, in output order "
+                           "(annotations of other classes are left out). Default: the "
+                           "fine-tuned model's classes, else the names found, sorted")
+    data.add_argument("--unannotated", default=None, metavar="CLASS",
+                      help="with --annotations: class of the pixels no annotation covers "
+                           "(default: they are ignored by the loss and the metrics)")
+    data.add_argument("--margin", type=int, default=64,
+                      help="with --annotations: model pixels read around the annotations' "
+                           "bounding box (default 64)")
     data.add_argument("--colors", action="append", default=[], metavar='"NAME=R,G,B"',
-                      help="class colour (repeatable); default: known names, then a palette")
-    data.add_argument("--source-mpp", type=float, required=True,
-                      help="µm per pixel of the images (GlaS: about 0.62)")
-    data.add_argument("--mpp", type=float, default=1.0,
-                      help="µm per pixel the model works at (default 1.0)")
+                      help="class colour (repeatable); default: the fine-tuned model's, "
+                           "known names, then a palette")
+    data.add_argument("--source-mpp", type=float, default=None,
+                      help="µm per pixel of the images (GlaS: about 0.62); required for "
+                           "--masks, default the slide's calibration for --annotations")
+    data.add_argument("--mpp", type=float, default=None,
+                      help="µm per pixel the model works at (default: the fine-tuned "
+                           f"model's, else {_DEFAULT_MPP:g})")
     data.add_argument("--val-fraction", type=float, default=0.15,
                       help="fraction of images held out for validation, split by image "
                            "(default 0.15; 0 = no validation)")
@@ -534,8 +389,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="one phrase describing the data, for the card's trained_on")
 
     model = parser.add_argument_group("model")
-    model.add_argument("--architecture", default="Unet", help="SMP architecture (default Unet)")
-    model.add_argument("--encoder", default="mobilenet_v2", help="SMP encoder (default mobilenet_v2)")
+    model.add_argument("--init-model", default=None, metavar="ID_OR_CARD",
+                       help="fine-tune a registered model: its id (in --models or the "
+                            "embedded default) or the path of its model.json. Its weights, "
+                            "architecture, encoder, mpp, tile size, normalisation and classes "
+                            "are the defaults; other classes re-initialise its head")
+    model.add_argument("--models", type=Path, action="append", default=[], metavar="DIR",
+                       help="models directory to look up --init-model ids in (repeatable)")
+    model.add_argument("--architecture", default=None,
+                       help="SMP architecture (default Unet, or the fine-tuned model's)")
+    model.add_argument("--encoder", default=None,
+                       help="SMP encoder (default mobilenet_v2, or the fine-tuned model's)")
     model.add_argument("--no-pretrained", action="store_true",
                        help="random encoder initialisation instead of ImageNet weights")
     model.add_argument("--extra", type=json.loads, default=None,
@@ -569,10 +433,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--model-name", default=None, help="card name")
     out.add_argument("--description", default=None, help="card description")
     out.add_argument("--model-version", default="0.1.0", help="card version (default 0.1.0)")
-    out.add_argument("--tile-size", type=int, default=512, help="card tile_size (default 512)")
-    out.add_argument("--overlap", type=int, default=128, help="card overlap (default 128)")
-    out.add_argument("--inference-batch-size", type=int, default=4,
-                     help="card batch_size (default 4)")
+    out.add_argument("--tile-size", type=int, default=None,
+                     help=f"card tile_size (default: the fine-tuned model's, else {_DEFAULT_TILE})")
+    out.add_argument("--overlap", type=int, default=None,
+                     help=f"card overlap (default: the fine-tuned model's, else {_DEFAULT_OVERLAP})")
+    out.add_argument("--inference-batch-size", type=int, default=None,
+                     help="card batch_size (default: the fine-tuned model's, else "
+                          f"{_DEFAULT_INFERENCE_BATCH})")
     out.add_argument("--state", type=Path, default=None,
                      help="resumable training state (default OUT/train_state.pt); written "
                           "every epoch, removed after a completed run unless --keep-state")
@@ -610,9 +477,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 @dataclass
 class _Config:
+    """The options resolved: defaults of the fine-tuned model filled in, classes fixed."""
+
     args: argparse.Namespace
-    mapping: MaskMapping
     classes: list[ClassSpec]
+    mapping: MaskMapping | None  # --masks
+    annotated: list[tuple[Path, Path]]  # --annotations: (image, GeoJSON) pairs
+    unannotated: int | None
+    init_card: ModelCard | None
+    architecture: str
+    encoder: str
+    extra: dict[str, Any] | None
+    mpp: float
+    tile_size: int
+    overlap: int
+    inference_batch_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
     state_path: Path
     device: torch.device
     amp: bool
@@ -621,31 +502,106 @@ class _Config:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> _Config:
-        if args.source_mpp <= 0 or args.mpp <= 0:
-            raise ValueError("--source-mpp and --mpp must be positive")
         if args.crop < 32 or args.crop % 32:
             raise ValueError("--crop must be a multiple of 32")
         if args.batch_size < 1 or args.epochs < 1 or args.steps_per_epoch < 1:
             raise ValueError("--batch-size, --epochs and --steps-per-epoch must be >= 1")
-        mapping = parse_mask_values(args.mask_values)
-        colors: dict[str, list[int]] = {}
+        if any(v is not None and v <= 0 for v in (args.source_mpp, args.mpp)):
+            raise ValueError("--source-mpp and --mpp must be positive")
+        card = resolve_card(args.init_model, args.models) if args.init_model else None
+        for option, value, own in (("--architecture", args.architecture, "architecture"),
+                                   ("--encoder", args.encoder, "encoder"),
+                                   ("--extra", args.extra, "extra")):
+            if card is not None and value is not None and value != getattr(card, own):
+                raise ValueError(f"{option} {value} differs from the {own} of --init-model "
+                                 f"{card.id} ({getattr(card, own)}); its weights would not fit")
+
+        annotated: list[tuple[Path, Path]] = []
+        mapping = None
+        unannotated = None
+        if args.masks is not None:
+            if args.classes or args.unannotated:
+                raise ValueError("--classes and --unannotated go with --annotations; with "
+                                 "--masks the classes come from --mask-values")
+            if args.source_mpp is None:
+                raise ValueError("--masks needs --source-mpp (µm per pixel of the images)")
+            mapping = parse_mask_values(args.mask_values)
+            names = list(mapping.names)
+        else:
+            if args.mask_values:
+                raise ValueError("--mask-values goes with --masks")
+            annotated = find_annotated(args.images, args.annotations)
+            names = _annotation_classes(args, card, annotated)
+            if args.unannotated is not None:
+                if args.unannotated not in names:
+                    raise ValueError(f"--unannotated {args.unannotated!r} is not one of the "
+                                     f"classes {', '.join(names)}")
+                unannotated = names.index(args.unannotated)
+        if len(names) < 2:
+            raise ValueError(f"a segmentation model needs at least two classes, got {names}")
+        if len(names) >= IGNORE_INDEX:
+            raise ValueError(f"at most {IGNORE_INDEX - 1} classes")
+
+        colors: dict[str, Sequence[int]] = {c.name: c.color for c in card.classes} if card \
+            else {}
+        given: dict[str, list[int]] = {}
         for item in args.colors:
             name, _, rgb = item.rpartition("=")
             try:
-                colors[name.strip().strip("\"'")] = [int(v) for v in rgb.split(",")]
+                given[name.strip().strip("\"'")] = [int(v) for v in rgb.split(",")]
             except ValueError:
                 raise ValueError(f"--colors {item!r}: expected NAME=R,G,B") from None
-        unknown = set(colors) - set(mapping.names)
+        unknown = set(given) - set(names)
         if unknown:
             raise ValueError(f"--colors names unknown classes: {', '.join(sorted(unknown))}")
+        colors.update(given)
+
         if args.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda: no CUDA device available")
         use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-        device = torch.device("cuda" if use_cuda else "cpu")
-        return cls(args=args, mapping=mapping, classes=class_specs(mapping.names, colors),
+
+        def pick(value: Any, own: str, default: Any) -> Any:
+            return value if value is not None else getattr(card, own) if card else default
+
+        return cls(args=args, classes=class_specs(names, colors), mapping=mapping,
+                   annotated=annotated, unannotated=unannotated, init_card=card,
+                   architecture=pick(args.architecture, "architecture", "Unet"),
+                   encoder=pick(args.encoder, "encoder", "mobilenet_v2"),
+                   extra=pick(args.extra, "extra", None) or None,
+                   mpp=pick(args.mpp, "mpp", _DEFAULT_MPP),
+                   tile_size=pick(args.tile_size, "tile_size", _DEFAULT_TILE),
+                   overlap=pick(args.overlap, "overlap", _DEFAULT_OVERLAP),
+                   inference_batch_size=pick(args.inference_batch_size, "batch_size",
+                                             _DEFAULT_INFERENCE_BATCH),
+                   mean=tuple(card.mean) if card else IMAGENET_MEAN,
+                   std=tuple(card.std) if card else IMAGENET_STD,
                    state_path=args.state or Path(args.out) / "train_state.pt",
-                   device=device, amp=use_cuda and not args.no_amp, threads=args.threads,
+                   device=torch.device("cuda" if use_cuda else "cpu"),
+                   amp=use_cuda and not args.no_amp, threads=args.threads,
                    command=_command_line(args))
+
+
+def _annotation_classes(args: argparse.Namespace, card: ModelCard | None,
+                        annotated: Sequence[tuple[Path, Path]]) -> list[str]:
+    """--classes, else the fine-tuned model's classes, else the annotated names sorted (with
+    --unannotated's class)."""
+    if args.classes:
+        names = [n.strip().strip("\"'") for n in args.classes.split(",") if n.strip()]
+        if len(set(names)) != len(names):
+            raise ValueError(f"--classes names a class twice: {args.classes}")
+        return names
+    found = annotation_class_names(p for _, p in annotated)
+    if card is not None:
+        own = [c.name for c in card.classes]
+        other = sorted(set(found) - set(own))
+        if other:
+            raise ValueError(f"the annotations use classes that {card.id} does not have "
+                             f"({', '.join(other)}); pass --classes to train a new "
+                             "segmentation head for the classes you want")
+        return own
+    if args.unannotated and args.unannotated not in found:
+        found = sorted([*found, args.unannotated])
+    return found
 
 
 def _command_line(args: argparse.Namespace) -> str:
@@ -697,6 +653,10 @@ class _Progress:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
+def _kept(name: str | None, names: Sequence[str]) -> str | None:
+    return name if name in names else None
+
+
 class _Trainer:
     def __init__(self, config: _Config) -> None:
         self.config = config
@@ -705,21 +665,59 @@ class _Trainer:
 
     # -- setup
     def _load_data(self) -> tuple[list[Sample], list[Sample]]:
-        args = self.args
-        pairs = find_pairs(args.images, args.masks)
-        scale = args.source_mpp / args.mpp
-        samples = [load_sample(i, m, self.config.mapping, scale) for i, m in pairs]
+        args, config = self.args, self.config
+        if config.mapping is not None:
+            scale = args.source_mpp / config.mpp
+            samples = [load_sample(i, m, config.mapping, scale)
+                       for i, m in find_pairs(args.images, args.masks)]
+        else:
+            names = [c.name for c in config.classes]
+            samples = [load_annotated_sample(i, g, names, config.mpp, args.source_mpp,
+                                             config.unannotated, args.margin)
+                       for i, g in config.annotated]
         train_idx, val_idx = split_by_image([s.name for s in samples], args.val_fraction,
                                             args.seed)
         return [samples[i] for i in train_idx], [samples[i] for i in val_idx]
 
     def _fingerprint(self, train: Sequence[Sample], val: Sequence[Sample]) -> dict[str, Any]:
-        a = self.args
-        return {"architecture": a.architecture, "encoder": a.encoder, "extra": a.extra,
-                "classes": [c.name for c in self.config.classes], "mpp": a.mpp,
+        a, c = self.args, self.config
+        return {"architecture": c.architecture, "encoder": c.encoder, "extra": c.extra,
+                "classes": [s.name for s in c.classes], "mpp": c.mpp,
                 "source_mpp": a.source_mpp, "crop": a.crop, "batch_size": a.batch_size,
                 "steps_per_epoch": a.steps_per_epoch, "seed": a.seed,
+                "init": c.init_card.sha256 if c.init_card else None,
+                "unannotated": c.unannotated,
                 "train": [s.name for s in train], "val": [s.name for s in val]}
+
+    def _model(self) -> torch.nn.Module:
+        """The model to train: the fine-tuned model's weights, else an ImageNet encoder."""
+        args, config = self.args, self.config
+        card = config.init_card
+        model = build_model(config.architecture, config.encoder, self.num_classes,
+                            pretrained=card is None and not args.no_pretrained,
+                            extra=config.extra)
+        if card is not None:
+            names = [c.name for c in config.classes]
+            if init_from_card(model, card, names):
+                print(f"roiseg train: the classes differ from {card.id}'s "
+                      f"({', '.join(c.name for c in card.classes)} -> {', '.join(names)}): "
+                      f"its segmentation head is re-initialised for {len(names)} classes, "
+                      "the encoder and decoder weights are kept", file=sys.stderr)
+            print(f"roiseg train: fine-tuning {self.fine_tuned_from}", file=sys.stderr)
+        return model
+
+    @property
+    def fine_tuned_from(self) -> str | None:
+        card = self.config.init_card
+        return f"{card.id}@{card.version} ({card.sha256})" if card else None
+
+    def _loaded(self, module: torch.nn.Module) -> LoadedModel:
+        """``module`` as the server would run it, with the card being trained."""
+        c = self.config
+        return LoadedModel(in_memory_card(
+            c.classes, architecture=c.architecture, encoder=c.encoder, mpp=c.mpp,
+            tile_size=c.tile_size, overlap=c.overlap, batch_size=c.inference_batch_size,
+            mean=c.mean, std=c.std, extra=c.extra), module, c.device)
 
     def _lr_factor(self, progress: _Progress, total_steps: int, budget_s: float | None) -> float:
         """Linear warm-up, then cosine to 1 % over the budget (steps or time, whichever ends first)."""
@@ -744,12 +742,11 @@ class _Trainer:
         t_load = time.monotonic()
         train_set, val_set = self._load_data()
         print(f"roiseg train: {len(train_set)} training and {len(val_set)} validation images "
-              f"at {args.mpp} µm/px ({time.monotonic() - t_load:.1f} s to load); "
+              f"at {config.mpp:g} µm/px ({time.monotonic() - t_load:.1f} s to load); "
               f"device {config.device}{' + AMP' if config.amp else ''}", file=sys.stderr)
         fingerprint = self._fingerprint(train_set, val_set)
 
-        model = build_model(args.architecture, args.encoder, self.num_classes,
-                            pretrained=not args.no_pretrained, extra=args.extra)
+        model = self._model()
         model = model.to(config.device).to(memory_format=torch.channels_last)
         optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr,
                                       weight_decay=args.weight_decay)
@@ -801,7 +798,7 @@ class _Trainer:
                 for group in optimizer.param_groups:
                     group["lr"] = args.lr * factor
                 images, labels = sampler.batch(args.batch_size)
-                inputs = to_input(images, IMAGENET_MEAN, IMAGENET_STD, config.device)
+                inputs = to_input(images, config.mean, config.std, config.device)
                 target = torch.from_numpy(labels).to(config.device).long()
                 with torch.autocast("cuda", dtype=torch.float16, enabled=config.amp):
                     logits = model(inputs)
@@ -825,8 +822,7 @@ class _Trainer:
                                         "loss": float(np.mean(losses))}
             if val_set:
                 t_val = time.monotonic()
-                result = evaluate(model, val_set, self.num_classes, device=config.device,
-                                  amp=config.amp)
+                result = evaluate(self._loaded(model), val_set)
                 progress.last_val_s = time.monotonic() - t_val
                 record["val_score"] = result["score"]
                 if result["score"] > progress.best_score + 1e-4:
@@ -876,19 +872,19 @@ class _Trainer:
     def _finish(self, best_state: dict[str, torch.Tensor], train_set: Sequence[Sample],
                 val_set: Sequence[Sample], progress: _Progress, stop_reason: str) -> int:
         args, config = self.args, self.config
-        model = build_model(args.architecture, args.encoder, self.num_classes, extra=args.extra)
+        model = build_model(config.architecture, config.encoder, self.num_classes,
+                            extra=config.extra)
         model.load_state_dict(best_state)
-        card = self._card(train_set, val_set, progress, stop_reason, metrics={})
-        written = export_model(model, args.out, card)
-        # Metrics of the model exactly as the server will run it: the float16 checkpoint
-        # cast back to float32, whole held-out images at the model's resolution.
+        out_dir = Path(args.out)
+        written = export_model(model, out_dir, self._card(train_set, val_set, progress,
+                                                          stop_reason, metrics={}))
+        # Metrics of the model exactly as the server will run it: the card and float16
+        # checkpoint just written, loaded by the server's loader, whole held-out images at
+        # the model's resolution through the server's tiled inference.
         metrics: dict[str, str] = {}
         if val_set:
-            exported = load_float_state_dict(
-                build_model(args.architecture, args.encoder, self.num_classes, extra=args.extra),
-                Path(args.out) / written["checkpoint"]).to(config.device)
-            result = evaluate(exported, val_set, self.num_classes, tile_size=args.tile_size,
-                              overlap=args.overlap, device=config.device)
+            exported = load_model(ModelCard.from_file(out_dir / "model.json"), config.device)
+            result = evaluate(exported, val_set)
             keys = _metric_keys(config.classes)
             for key, spec in zip(keys, config.classes):
                 metrics[key] = f"{result['dice'][spec.index]:.3f}"
@@ -896,7 +892,6 @@ class _Trainer:
                 metrics[f"{key}_image_mean"] = f"{result['dice_image_mean'][spec.index]:.3f}"
             metrics["val_images"] = str(len(val_set))
         card = self._card(train_set, val_set, progress, stop_reason, metrics)
-        out_dir = Path(args.out)
         write_card(out_dir, {**card, "checkpoint": written["checkpoint"],
                              "sha256": written["sha256"]})
         size_mb = (out_dir / written["checkpoint"]).stat().st_size / 1e6
@@ -914,45 +909,62 @@ class _Trainer:
         model_id = args.model_id or re.sub(r"[^a-z0-9._-]+", "-",
                                            Path(args.out).resolve().name.lower())
         names = [c.name for c in config.classes]
-        data = args.data_description or f"image/mask pairs from {args.images}"
-        init = ("an ImageNet-initialised encoder (pretrained.py)" if not args.no_pretrained
-                else "a randomly initialised encoder")
+        n_images = len(train_set) + len(val_set)
+        if config.mapping is not None:
+            data = args.data_description or f"image/mask pairs from {args.images}"
+            images = (f"{n_images} images resampled from {args.source_mpp:g} to "
+                      f"{config.mpp:g} µm/px")
+        else:
+            data = args.data_description or (f"images from {args.images} with QuPath "
+                                             f"GeoJSON annotations from {args.annotations}")
+            unlabelled = (f"unannotated pixels = {args.unannotated}"
+                          if config.unannotated is not None else "unannotated pixels ignored")
+            images = (f"{n_images} annotated images (their annotations' bounding box) at "
+                      f"{config.mpp:g} µm/px, {unlabelled}")
+        if config.init_card is not None:
+            init = f"weights fine-tuned from {config.init_card.id}"
+        elif args.no_pretrained:
+            init = "a randomly initialised encoder"
+        else:
+            init = "an ImageNet-initialised encoder (pretrained.py)"
         trained_on = (
-            f"{data}: {len(train_set) + len(val_set)} images resampled from "
-            f"{args.source_mpp:g} to {args.mpp:g} µm/px; {len(train_set)} for training, "
+            f"{data}: {images}; {len(train_set)} for training, "
             f"{len(val_set)} held out for validation (split by image, seed {args.seed}). "
-            f"{args.architecture}/{args.encoder} with {init}, trained on "
+            f"{config.architecture}/{config.encoder} with {init}, trained on "
             f"{args.crop}x{args.crop} px class-balanced random crops (batch {args.batch_size}; "
             f"flips, 90° rotations, HSV/brightness/contrast jitter), cross-entropy + Dice "
             f"loss, AdamW lr {args.lr:g} with a cosine schedule; {progress.step} steps / "
             f"{progress.epoch} epochs in {progress.elapsed_s / 60:.1f} min on "
             f"{self._device_name()} ({stop_reason}); best validation epoch "
             f"{progress.best_epoch} exported in float16. "
-            f"Command: {config.command}")
+            + (f"fine_tuned_from: {self.fine_tuned_from}. " if config.init_card else "")
+            + f"Command: {config.command}")
+        init_card = config.init_card
         card: dict[str, Any] = {
             "id": model_id,
-            "name": args.model_name or f"{model_id} ({args.architecture} / {args.encoder})",
+            "name": args.model_name or f"{model_id} ({config.architecture} / {config.encoder})",
             "description": args.description or (
-                f"{args.architecture}/{args.encoder} segmentation of {', '.join(names)} "
-                f"at {args.mpp:g} µm/px."),
+                f"{config.architecture}/{config.encoder} segmentation of {', '.join(names)} "
+                f"at {config.mpp:g} µm/px."),
             "version": args.model_version,
             "format": "state_dict",
-            "architecture": args.architecture,
-            "encoder": args.encoder,
-            "mpp": args.mpp,
-            "tile_size": args.tile_size,
-            "overlap": args.overlap,
-            "batch_size": args.inference_batch_size,
-            "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+            "architecture": config.architecture,
+            "encoder": config.encoder,
+            "mpp": config.mpp,
+            "tile_size": config.tile_size,
+            "overlap": config.overlap,
+            "batch_size": config.inference_batch_size,
+            "normalization": {"mean": list(config.mean), "std": list(config.std)},
             "classes": [{"index": c.index, "name": c.name, "color": list(c.color)}
                         for c in config.classes],
-            "background_class": None,
-            "tumor_class": None,
+            # The fine-tuned model's background/tumour roles carry over to same-named classes.
+            "background_class": _kept(init_card.background_class if init_card else None, names),
+            "tumor_class": _kept(init_card.tumor_class if init_card else None, names),
             "trained_on": trained_on,
             "metrics": metrics,
         }
-        if args.extra:
-            card["extra"] = args.extra
+        if config.extra:
+            card["extra"] = config.extra
         return card
 
     def _device_name(self) -> str:

@@ -86,7 +86,7 @@ public final class Resolution {
             double h = height * scale;
             if (w * h > maxRoiPixels) {
                 return Optional.of(String.format(Locale.ROOT, "The annotation covers %.0f x %.0f pixels at the "
-                        + "model's resolution (%.0f megapixels), above the server's limit of %.0f megapixels. "
+                        + "model's resolution (%.1f megapixels), above the server's limit of %.1f megapixels. "
                         + "Draw a smaller annotation, or split it into several.", w, h, w * h / 1e6,
                         maxRoiPixels / 1e6));
             }

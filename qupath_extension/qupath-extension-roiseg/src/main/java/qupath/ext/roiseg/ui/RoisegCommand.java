@@ -1,0 +1,368 @@
+package qupath.ext.roiseg.ui;
+
+import java.awt.image.BufferedImage;
+import java.util.Collection;
+import java.util.List;
+import java.util.Locale;
+import java.util.OptionalDouble;
+import java.util.ResourceBundle;
+import java.util.Set;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.CompletionException;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+import java.util.function.Consumer;
+import javafx.application.Platform;
+import javafx.beans.property.ReadOnlyBooleanProperty;
+import javafx.beans.property.ReadOnlyBooleanWrapper;
+import javafx.concurrent.Task;
+import org.roiseg.client.CancellationHandle;
+import org.roiseg.client.ClassDescription;
+import org.roiseg.client.ModelDescription;
+import org.roiseg.client.RoisegCancelledException;
+import org.roiseg.client.RoisegClient;
+import org.roiseg.client.RoisegException;
+import org.roiseg.client.ServerInfo;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
+import qupath.ext.roiseg.ModelChoice;
+import qupath.ext.roiseg.PixelSizes;
+import qupath.ext.roiseg.ResultMapper;
+import qupath.ext.roiseg.RoisegRunner;
+import qupath.ext.roiseg.ScriptSteps;
+import qupath.ext.roiseg.ServerSettings;
+import qupath.fx.dialogs.Dialogs;
+import qupath.lib.common.ThreadTools;
+import qupath.lib.gui.QuPathGUI;
+import qupath.lib.images.ImageData;
+import qupath.lib.objects.PathObject;
+import qupath.lib.objects.classes.PathClass;
+import qupath.lib.plugins.workflow.DefaultScriptableWorkflowStep;
+
+/**
+ * The commands of the Extensions &gt; roiseg menu. Each runs on the JavaFX thread, asks what it must
+ * there (pixel size, models), then does the network and pixel work in a {@link Task} on one daemon
+ * background thread, with a progress window whose Cancel button stops the server call.
+ */
+public class RoisegCommand {
+
+    static final ResourceBundle resources = ResourceBundle.getBundle("qupath.ext.roiseg.ui.strings");
+
+    private static final Logger logger = LoggerFactory.getLogger(RoisegCommand.class);
+
+    private final QuPathGUI qupath;
+    private final RoisegController controller;
+    private final ExecutorService pool = Executors.newSingleThreadExecutor(
+            ThreadTools.createThreadFactory("roiseg", true));
+    private final ReadOnlyBooleanWrapper running = new ReadOnlyBooleanWrapper(false);
+
+    /** Commands for this QuPath window. */
+    public RoisegCommand(QuPathGUI qupath) {
+        this.qupath = qupath;
+        this.controller = new RoisegController(qupath.getStage());
+    }
+
+    /** True while a segmentation or a server call runs (the menu items are disabled then). */
+    public ReadOnlyBooleanProperty runningProperty() {
+        return running.getReadOnlyProperty();
+    }
+
+    /** Extensions &gt; roiseg &gt; Segment selected annotations. */
+    public void segmentSelected() {
+        segment(true, RoisegPrefs.chosenModelIds(), false, resources.getString("title.segment"));
+    }
+
+    /** Extensions &gt; roiseg &gt; Segment all annotations in image. */
+    public void segmentAll() {
+        segment(false, RoisegPrefs.chosenModelIds(), false, resources.getString("title.segment"));
+    }
+
+    /** Extensions &gt; roiseg &gt; Compare models on selection. */
+    public void compareModels() {
+        String title = resources.getString("title.compare");
+        if (selectedAnnotations(title) == null) {
+            return;
+        }
+        fetchModels(title, models -> controller.chooseModelsToCompare(models,
+                ModelChoice.parseIds(RoisegPrefs.compareModelIdsProperty().get())).ifPresent(ids -> {
+                    RoisegPrefs.compareModelIdsProperty().set(ModelChoice.joinIds(ids));
+                    segment(true, ids, true, title);
+                }));
+    }
+
+    /** Extensions &gt; roiseg &gt; Choose model. */
+    public void chooseModel() {
+        String title = resources.getString("title.models");
+        fetchModels(title, models -> controller.chooseModel(models, RoisegPrefs.modelIdProperty().get())
+                .ifPresent(model -> {
+                    RoisegPrefs.modelIdProperty().set(model.id());
+                    for (ClassDescription c : model.classes()) {
+                        addAvailableClass(ResultMapper.pathClass(c.name(), c.rgb()));
+                    }
+                    Dialogs.showInfoNotification(title, String.format(Locale.ROOT,
+                            resources.getString("info.modelChosen"), ModelChoice.label(model)));
+                }));
+    }
+
+    /** Extensions &gt; roiseg &gt; Server settings. */
+    public void serverSettings() {
+        controller.editServerSettings(RoisegPrefs.serverSettings(), this::testConnection)
+                .ifPresent(RoisegPrefs::setServerSettings);
+    }
+
+    // ------------------------------------------------------------------ segmentation
+
+    private void segment(boolean selectedOnly, List<String> modelIds, boolean compare, String title) {
+        ImageData<BufferedImage> imageData = qupath.getImageData();
+        if (imageData == null) {
+            Dialogs.showWarningNotification(title, resources.getString("error.noImage"));
+            return;
+        }
+        List<PathObject> rois;
+        if (selectedOnly) {
+            rois = selectedAnnotations(title);
+            if (rois == null) {
+                return;
+            }
+        } else {
+            rois = RoisegRunner.segmentableAnnotations(imageData.getHierarchy().getAnnotationObjects());
+            if (rois.isEmpty()) {
+                Dialogs.showWarningNotification(title, resources.getString("error.noAnnotations"));
+                return;
+            }
+        }
+        double userPixelSize = 0;
+        OptionalDouble pixelSize = RoisegRunner.pixelSizeMicrons(imageData.getServer(), 0);
+        if (pixelSize.isEmpty()) {
+            Double typed = Dialogs.showInputDialog(resources.getString("pixelSize.title"),
+                    resources.getString("pixelSize.prompt"), PixelSizes.SUGGESTED_MICRONS);
+            if (typed == null) {
+                return;
+            }
+            var problem = PixelSizes.validate(typed);
+            if (problem.isPresent()) {
+                Dialogs.showErrorNotification(title, problem.get());
+                return;
+            }
+            userPixelSize = typed;
+        }
+        ServerSettings settings = RoisegPrefs.serverSettings();
+        if (!settings.problems().isEmpty()) {
+            Dialogs.showErrorNotification(title, String.join(" ", settings.problems()));
+            return;
+        }
+        RoisegRunner runner = new RoisegRunner(imageData, settings, RoisegPrefs.segmentOptions(modelIds))
+                .pixelSizeMicrons(userPixelSize)
+                .nameObjectsByModel(compare)
+                .hierarchyThread(RoisegCommand::runOnFxThreadAndWait);
+        SegmentTask task = new SegmentTask(runner, rois);
+        double recordedPixelSize = userPixelSize;
+        start(task, title, resources.getString("info.cancelled"), summary -> {
+            Dialogs.showInfoNotification(title, String.format(Locale.ROOT, resources.getString("info.done"),
+                    summary.segmented(), summary.annotations(), summary.added(), summary.removed()));
+            if (!summary.warnings().isEmpty()) {
+                Dialogs.showWarningNotification(title, String.join("\n", summary.warnings()));
+            }
+            if (compare && !summary.areas().isEmpty()) {
+                controller.showComparison(summary.areas());
+            }
+            imageData.getHistoryWorkflow().addStep(new DefaultScriptableWorkflowStep(
+                    resources.getString("workflow.step"),
+                    ScriptSteps.segmentScript(selectedOnly, recordedPixelSize, summary.modelIds())));
+        });
+    }
+
+    /** Segments on the background thread; Cancel stops the server call through the handle. */
+    private final class SegmentTask extends Task<RoisegRunner.Summary> {
+
+        private final RoisegRunner runner;
+        private final List<PathObject> rois;
+        private final CancellationHandle handle = new CancellationHandle();
+
+        SegmentTask(RoisegRunner runner, List<PathObject> rois) {
+            this.runner = runner;
+            this.rois = List.copyOf(rois);
+            updateMessage(resources.getString("progress.starting"));
+        }
+
+        @Override
+        protected RoisegRunner.Summary call() {
+            runner.listener(new RoisegRunner.Listener() {
+                @Override
+                public void progress(String message, double fraction) {
+                    updateMessage(message);
+                    updateProgress(fraction >= 0 ? fraction : -1, 1);
+                }
+
+                @Override
+                public void classesUsed(Set<PathClass> classes) {
+                    Platform.runLater(() -> classes.forEach(RoisegCommand.this::addAvailableClass));
+                }
+            });
+            return runner.run(rois, handle);
+        }
+
+        @Override
+        protected void cancelled() {
+            handle.cancel();
+        }
+    }
+
+    // ------------------------------------------------------------------ server calls
+
+    private void fetchModels(String title, Consumer<List<ModelDescription>> then) {
+        ServerSettings settings = RoisegPrefs.serverSettings();
+        Task<List<ModelDescription>> task = new Task<>() {
+            @Override
+            protected List<ModelDescription> call() {
+                updateMessage(resources.getString("progress.models"));
+                updateProgress(-1, 1);
+                try (RoisegClient client = settings.clientBuilder().build()) {
+                    return client.listModels();
+                }
+            }
+        };
+        start(task, title, null, then);
+    }
+
+    private void testConnection(ServerSettings settings, Consumer<String> report) {
+        Task<String> task = new Task<>() {
+            @Override
+            protected String call() {
+                try (RoisegClient client = settings.clientBuilder().build()) {
+                    ServerInfo info = client.serverInfo();
+                    List<ModelDescription> models = client.listModels();
+                    return String.format(Locale.ROOT, resources.getString("settings.connected"),
+                            info.serverVersion(), info.contractVersion(), info.device(), models.size(),
+                            info.defaultModelId());
+                }
+            }
+        };
+        task.setOnSucceeded(e -> report.accept(task.getValue()));
+        task.setOnFailed(e -> report.accept(userMessage(task.getException())));
+        pool.execute(task);
+    }
+
+    /**
+     * Runs a task on the background thread with a progress window, and the menu disabled meanwhile.
+     * The window closes before {@code succeeded} runs (which may open a dialog); failures end in an
+     * error notification.
+     *
+     * @param cancelledMessage notification when the user cancels; null for none
+     */
+    private <T> void start(Task<T> task, String title, String cancelledMessage, Consumer<T> succeeded) {
+        RoisegProgressDialog dialog = new RoisegProgressDialog(qupath.getStage(), task);
+        running.set(true);
+        task.setOnSucceeded(e -> {
+            running.set(false);
+            dialog.hide();
+            succeeded.accept(task.getValue());
+        });
+        task.setOnFailed(e -> {
+            running.set(false);
+            dialog.hide();
+            showError(title, task.getException());
+        });
+        task.setOnCancelled(e -> {
+            running.set(false);
+            dialog.hide();
+            if (cancelledMessage != null) {
+                Dialogs.showInfoNotification(title, cancelledMessage);
+            }
+        });
+        dialog.show();
+        pool.execute(task);
+    }
+
+    // ------------------------------------------------------------------ helpers
+
+    /** The selected area annotations, or null (after telling the user) when there are none. */
+    private List<PathObject> selectedAnnotations(String title) {
+        ImageData<BufferedImage> imageData = qupath.getImageData();
+        if (imageData == null) {
+            Dialogs.showWarningNotification(title, resources.getString("error.noImage"));
+            return null;
+        }
+        Collection<PathObject> selected = imageData.getHierarchy().getSelectionModel().getSelectedObjects();
+        List<PathObject> rois = RoisegRunner.segmentableAnnotations(selected);
+        if (rois.isEmpty()) {
+            Dialogs.showWarningNotification(title, resources.getString("error.noSelection"));
+            return null;
+        }
+        return rois;
+    }
+
+    /** Lists a class in QuPath's class list (on the JavaFX thread). */
+    private void addAvailableClass(PathClass pathClass) {
+        var available = qupath.getAvailablePathClasses();
+        if (pathClass != null && !available.contains(pathClass)) {
+            available.add(pathClass);
+        }
+    }
+
+    /** Shows a failure as a notification with a message for the user, never a stack trace. */
+    static void showError(String title, Throwable error) {
+        Throwable e = unwrap(error);
+        if (e instanceof RoisegCancelledException) {
+            Dialogs.showInfoNotification(title, resources.getString("info.cancelled"));
+            return;
+        }
+        if (e instanceof RoisegException || e instanceof IllegalArgumentException
+                || e instanceof IllegalStateException) {
+            logger.debug("roiseg: {}", e.getMessage(), e);
+        } else {
+            logger.error("roiseg failed", e);
+        }
+        Dialogs.showErrorNotification(title, userMessage(e));
+    }
+
+    /** The message to show for a failure. */
+    static String userMessage(Throwable error) {
+        Throwable e = unwrap(error);
+        if (e instanceof RoisegException) {
+            return ((RoisegException) e).getUserMessage();
+        }
+        if ((e instanceof IllegalArgumentException || e instanceof IllegalStateException) && e.getMessage() != null) {
+            return e.getMessage();
+        }
+        return resources.getString("error.unexpected") + e;
+    }
+
+    private static Throwable unwrap(Throwable error) {
+        Throwable e = error;
+        while ((e instanceof CompletionException || e instanceof java.util.concurrent.ExecutionException)
+                && e.getCause() != null) {
+            e = e.getCause();
+        }
+        return e;
+    }
+
+    /** Runs a hierarchy change on the JavaFX thread and waits for it, rethrowing its failure. */
+    static void runOnFxThreadAndWait(Runnable change) {
+        if (Platform.isFxApplicationThread()) {
+            change.run();
+            return;
+        }
+        CompletableFuture<Void> done = new CompletableFuture<>();
+        Platform.runLater(() -> {
+            try {
+                change.run();
+                done.complete(null);
+            } catch (Throwable t) {
+                done.completeExceptionally(t);
+            }
+        });
+        try {
+            done.join();
+        } catch (CompletionException e) {
+            Throwable cause = e.getCause();
+            if (cause instanceof RuntimeException) {
+                throw (RuntimeException) cause;
+            }
+            if (cause instanceof Error) {
+                throw (Error) cause;
+            }
+            throw e;
+        }
+    }
+}

@@ -1,0 +1,338 @@
+package qupath.ext.roiseg.ui;
+
+import java.io.File;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Locale;
+import java.util.Map;
+import java.util.Optional;
+import java.util.ResourceBundle;
+import java.util.function.BiConsumer;
+import java.util.function.Consumer;
+import javafx.event.ActionEvent;
+import javafx.geometry.Insets;
+import javafx.scene.Node;
+import javafx.scene.control.Button;
+import javafx.scene.control.ButtonType;
+import javafx.scene.control.CheckBox;
+import javafx.scene.control.Dialog;
+import javafx.scene.control.Label;
+import javafx.scene.control.ListCell;
+import javafx.scene.control.ListView;
+import javafx.scene.control.PasswordField;
+import javafx.scene.control.TextField;
+import javafx.scene.layout.GridPane;
+import javafx.scene.layout.HBox;
+import javafx.scene.layout.Priority;
+import javafx.scene.layout.VBox;
+import javafx.scene.paint.Color;
+import javafx.scene.shape.Rectangle;
+import javafx.stage.FileChooser;
+import javafx.stage.Window;
+import org.roiseg.client.ClassDescription;
+import org.roiseg.client.Conventions;
+import org.roiseg.client.ModelDescription;
+import qupath.ext.roiseg.AreaSummary;
+import qupath.ext.roiseg.ModelChoice;
+import qupath.ext.roiseg.PixelSizes;
+import qupath.ext.roiseg.ServerSettings;
+
+/**
+ * The extension's dialogs: server settings, model choice, models to compare, and the comparison.
+ * Built in code (no FXML, so nothing depends on the class loader that loads FXML). Call on the
+ * JavaFX thread.
+ */
+class RoisegController {
+
+    private final ResourceBundle resources = RoisegCommand.resources;
+    private final Window owner;
+
+    RoisegController(Window owner) {
+        this.owner = owner;
+    }
+
+    /**
+     * Edits the server settings.
+     *
+     * @param current the settings to start from
+     * @param tester  tests settings: called with the settings and a consumer of the result's text
+     * @return the new settings, or empty when cancelled
+     */
+    Optional<ServerSettings> editServerSettings(ServerSettings current,
+                                                BiConsumer<ServerSettings, Consumer<String>> tester) {
+        TextField host = new TextField(current.host());
+        TextField port = new TextField(Integer.toString(current.port()));
+        port.setPrefColumnCount(6);
+        CheckBox tls = new CheckBox(resources.getString("settings.tls"));
+        tls.setSelected(current.tls());
+        TextField certificate = new TextField(current.trustCertificate());
+        certificate.setPromptText(resources.getString("settings.certificate.prompt"));
+        certificate.disableProperty().bind(tls.selectedProperty().not());
+        Button browse = new Button(resources.getString("settings.browse"));
+        browse.disableProperty().bind(tls.selectedProperty().not());
+        browse.setOnAction(e -> {
+            FileChooser chooser = new FileChooser();
+            chooser.setTitle(resources.getString("settings.certificate"));
+            File file = chooser.showOpenDialog(browse.getScene().getWindow());
+            if (file != null) {
+                certificate.setText(file.getAbsolutePath());
+            }
+        });
+        PasswordField token = new PasswordField();
+        token.setText(current.bearerToken());
+        token.setPromptText(resources.getString("settings.token.prompt"));
+        TextField timeout = new TextField(Integer.toString(current.timeoutMinutes()));
+        timeout.setPrefColumnCount(6);
+        CheckBox readsSlide = new CheckBox(resources.getString("settings.readsSlide"));
+        readsSlide.setSelected(current.serverReadsSlide());
+        TextField localPrefix = new TextField(current.localPathPrefix());
+        localPrefix.setPromptText(resources.getString("settings.localPrefix.prompt"));
+        localPrefix.disableProperty().bind(readsSlide.selectedProperty().not());
+        TextField serverPrefix = new TextField(current.serverPathPrefix());
+        serverPrefix.setPromptText(resources.getString("settings.serverPrefix.prompt"));
+        serverPrefix.disableProperty().bind(readsSlide.selectedProperty().not());
+        Label status = new Label();
+        status.setWrapText(true);
+        status.setMaxWidth(520);
+
+        GridPane grid = grid();
+        int row = 0;
+        grid.addRow(row++, new Label(resources.getString("settings.host")), host);
+        grid.addRow(row++, new Label(resources.getString("settings.port")), port);
+        grid.add(tls, 1, row++);
+        HBox certificateBox = new HBox(6, certificate, browse);
+        HBox.setHgrow(certificate, Priority.ALWAYS);
+        grid.addRow(row++, new Label(resources.getString("settings.certificate")), certificateBox);
+        grid.addRow(row++, new Label(resources.getString("settings.token")), token);
+        grid.addRow(row++, new Label(resources.getString("settings.timeout")), timeout);
+        grid.add(readsSlide, 0, row++, 2, 1);
+        grid.addRow(row++, new Label(resources.getString("settings.localPrefix")), localPrefix);
+        grid.addRow(row++, new Label(resources.getString("settings.serverPrefix")), serverPrefix);
+        Button test = new Button(resources.getString("settings.test"));
+        grid.add(test, 0, row);
+        grid.add(status, 1, row);
+
+        // Reads the fields; reports the first problem in the status label and returns null
+        java.util.function.Supplier<ServerSettings> read = () -> {
+            try {
+                int minutes;
+                try {
+                    minutes = Integer.parseInt(timeout.getText().strip());
+                } catch (NumberFormatException ex) {
+                    throw new IllegalArgumentException("The time limit must be a whole number of minutes.");
+                }
+                ServerSettings settings = new ServerSettings(host.getText(), ServerSettings.parsePort(port.getText()),
+                        tls.isSelected(), certificate.getText(), token.getText(), minutes, readsSlide.isSelected(),
+                        localPrefix.getText(), serverPrefix.getText());
+                List<String> problems = settings.problems();
+                if (!problems.isEmpty()) {
+                    throw new IllegalArgumentException(String.join(" ", problems));
+                }
+                status.setText(String.join(" ", settings.warnings()));
+                return settings;
+            } catch (IllegalArgumentException ex) {
+                status.setText(ex.getMessage());
+                return null;
+            }
+        };
+        test.setOnAction(e -> {
+            ServerSettings settings = read.get();
+            if (settings != null) {
+                status.setText(resources.getString("settings.testing"));
+                test.setDisable(true);
+                tester.accept(settings, text -> {
+                    status.setText(text);
+                    test.setDisable(false);
+                });
+            }
+        });
+
+        Dialog<ButtonType> dialog = dialog(resources.getString("title.settings"), grid);
+        ServerSettings[] result = new ServerSettings[1];
+        dialog.getDialogPane().lookupButton(ButtonType.OK).addEventFilter(ActionEvent.ACTION, e -> {
+            result[0] = read.get();
+            if (result[0] == null) {
+                e.consume();
+            }
+        });
+        return dialog.showAndWait().filter(b -> b == ButtonType.OK).map(b -> result[0]);
+    }
+
+    /**
+     * Chooses the model for "Segment", and the segmentation options.
+     *
+     * @param models    the server's models
+     * @param currentId the model chosen before; empty: the server's default
+     * @return the chosen model, or empty when cancelled; the options are stored in {@link RoisegPrefs}
+     */
+    Optional<ModelDescription> chooseModel(List<ModelDescription> models, String currentId) {
+        ListView<ModelDescription> list = modelList(models);
+        ModelDescription current = models.stream().filter(m -> m.id().equals(currentId)).findFirst()
+                .orElse(models.stream().filter(ModelDescription::isDefault).findFirst().orElse(null));
+        VBox details = new VBox(6);
+        details.setPrefWidth(360);
+        list.getSelectionModel().selectedItemProperty().addListener((v, o, n) ->
+                details.getChildren().setAll(modelDetails(n)));
+        if (current != null) {
+            list.getSelectionModel().select(current);
+        } else if (!models.isEmpty()) {
+            list.getSelectionModel().select(0);
+        }
+        CheckBox background = new CheckBox(resources.getString("models.includeBackground"));
+        background.setSelected(RoisegPrefs.includeBackgroundProperty().get());
+        CheckBox hysteresis = new CheckBox(resources.getString("models.hysteresis"));
+        hysteresis.setSelected(RoisegPrefs.hysteresisProperty().get());
+        CheckBox upsample = new CheckBox(resources.getString("models.allowUpsample"));
+        upsample.setSelected(RoisegPrefs.allowUpsampleProperty().get());
+
+        HBox top = new HBox(12, list, details);
+        VBox root = new VBox(10, top, background, hysteresis, upsample);
+        Dialog<ButtonType> dialog = dialog(resources.getString("title.models"), root);
+        dialog.getDialogPane().lookupButton(ButtonType.OK).disableProperty()
+                .bind(list.getSelectionModel().selectedItemProperty().isNull());
+        Optional<ButtonType> button = dialog.showAndWait();
+        if (button.isEmpty() || button.get() != ButtonType.OK) {
+            return Optional.empty();
+        }
+        RoisegPrefs.includeBackgroundProperty().set(background.isSelected());
+        RoisegPrefs.hysteresisProperty().set(hysteresis.isSelected());
+        RoisegPrefs.allowUpsampleProperty().set(upsample.isSelected());
+        return Optional.ofNullable(list.getSelectionModel().getSelectedItem());
+    }
+
+    /**
+     * Chooses at least two models to compare.
+     *
+     * @param models   the server's models
+     * @param previous ids ticked last time
+     * @return the ticked ids, or empty when cancelled
+     */
+    Optional<List<String>> chooseModelsToCompare(List<ModelDescription> models, List<String> previous) {
+        VBox boxes = new VBox(6);
+        List<CheckBox> checks = new ArrayList<>();
+        for (ModelDescription model : models) {
+            CheckBox check = new CheckBox(ModelChoice.label(model));
+            check.setUserData(model.id());
+            check.setSelected(previous.contains(model.id()) || (previous.isEmpty() && models.size() <= 3));
+            checks.add(check);
+            boxes.getChildren().add(check);
+        }
+        Label prompt = new Label(resources.getString("models.compare.prompt"));
+        prompt.setWrapText(true);
+        prompt.setMaxWidth(480);
+        Label problem = new Label();
+        VBox root = new VBox(10, prompt, boxes, problem);
+        Dialog<ButtonType> dialog = dialog(resources.getString("title.compare"), root);
+        dialog.getDialogPane().lookupButton(ButtonType.OK).addEventFilter(ActionEvent.ACTION, e -> {
+            if (checks.stream().filter(CheckBox::isSelected).count() < 2) {
+                problem.setText(resources.getString("error.compareNeedsTwo"));
+                e.consume();
+            }
+        });
+        return dialog.showAndWait().filter(b -> b == ButtonType.OK).map(b -> checks.stream()
+                .filter(CheckBox::isSelected).map(c -> (String) c.getUserData()).toList());
+    }
+
+    /** Shows the class areas of compared models. */
+    void showComparison(AreaSummary areas) {
+        GridPane grid = grid();
+        List<List<String>> rows = areas.rows();
+        for (int r = 0; r < rows.size(); r++) {
+            List<String> row = rows.get(r);
+            for (int c = 0; c < row.size(); c++) {
+                Label cell = new Label(row.get(c));
+                if (r == 0 || c == 0) {
+                    cell.setStyle("-fx-font-weight: bold");
+                }
+                grid.add(cell, c, r);
+            }
+        }
+        VBox root = new VBox(10, new Label(resources.getString("compare.table")), grid);
+        Dialog<ButtonType> dialog = new Dialog<>();
+        dialog.setTitle(resources.getString("title.compare"));
+        if (owner != null) {
+            dialog.initOwner(owner);
+        }
+        dialog.getDialogPane().setContent(root);
+        dialog.getDialogPane().getButtonTypes().setAll(ButtonType.OK);
+        dialog.setResizable(true);
+        dialog.show();
+    }
+
+    private ListView<ModelDescription> modelList(List<ModelDescription> models) {
+        ListView<ModelDescription> list = new ListView<>();
+        list.getItems().setAll(models);
+        list.setPrefSize(320, 260);
+        list.setCellFactory(v -> new ListCell<>() {
+            @Override
+            protected void updateItem(ModelDescription item, boolean empty) {
+                super.updateItem(item, empty);
+                setText(empty || item == null ? null : ModelChoice.label(item));
+            }
+        });
+        return list;
+    }
+
+    private List<Node> modelDetails(ModelDescription model) {
+        List<Node> nodes = new ArrayList<>();
+        if (model == null) {
+            return nodes;
+        }
+        Label title = new Label(model.name() == null || model.name().isBlank() ? model.id() : model.name());
+        title.setStyle("-fx-font-weight: bold");
+        nodes.add(title);
+        StringBuilder text = new StringBuilder();
+        if (model.description() != null && !model.description().isBlank()) {
+            text.append(model.description().strip()).append("\n\n");
+        }
+        text.append(String.format(Locale.ROOT, "Id: %s, version %s%n%s / %s, %s \u00b5m/px, tiles of %d px%n",
+                model.id(), model.version(), model.architecture(), model.encoder(), PixelSizes.format(model.mpp()),
+                model.tileSize()));
+        if (model.trainedOn() != null && !model.trainedOn().isBlank()) {
+            text.append("Trained on: ").append(model.trainedOn().strip()).append('\n');
+        }
+        for (Map.Entry<String, String> metric : model.metrics().entrySet()) {
+            text.append(metric.getKey()).append(": ").append(metric.getValue()).append('\n');
+        }
+        if (model.tumorClass() != null && !model.tumorClass().isBlank()) {
+            text.append("Hysteresis applies to: ").append(model.tumorClass()).append('\n');
+        }
+        Label info = new Label(text.toString().strip());
+        info.setWrapText(true);
+        nodes.add(info);
+        Label classes = new Label(resources.getString("models.classes"));
+        classes.setStyle("-fx-font-weight: bold");
+        nodes.add(classes);
+        for (ClassDescription c : model.classes()) {
+            nodes.add(classRow(c.name(), c.rgb()));
+        }
+        return nodes;
+    }
+
+    private static Node classRow(String name, int rgb) {
+        Rectangle swatch = new Rectangle(14, 14, Color.rgb(Conventions.red(rgb), Conventions.green(rgb),
+                Conventions.blue(rgb)));
+        swatch.setStroke(Color.GRAY);
+        return new HBox(6, swatch, new Label(name));
+    }
+
+    private Dialog<ButtonType> dialog(String title, Node content) {
+        Dialog<ButtonType> dialog = new Dialog<>();
+        dialog.setTitle(title);
+        if (owner != null) {
+            dialog.initOwner(owner);
+        }
+        dialog.getDialogPane().setContent(content);
+        dialog.getDialogPane().getButtonTypes().setAll(ButtonType.OK, ButtonType.CANCEL);
+        dialog.setResizable(true);
+        return dialog;
+    }
+
+    private static GridPane grid() {
+        GridPane grid = new GridPane();
+        grid.setHgap(8);
+        grid.setVgap(6);
+        grid.setPadding(new Insets(4));
+        return grid;
+    }
+}

@@ -1,0 +1,47 @@
+package qupath.ext.roiseg;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.util.List;
+import org.junit.jupiter.api.Test;
+import org.roiseg.client.ModelDescription;
+
+class ModelChoiceTest {
+
+    final List<ModelDescription> models = List.of(ResolutionTest.model("a", 1.0, false),
+            ResolutionTest.model("b", 0.5, true));
+
+    @Test
+    void noIdsMeansTheServerDefault() {
+        assertEquals("b", ModelChoice.resolve(models, List.of()).get(0).id());
+        assertEquals("a", ModelChoice.resolve(List.of(models.get(0)), null).get(0).id());
+    }
+
+    @Test
+    void idsInOrderWithoutDuplicates() {
+        assertEquals(List.of("b", "a"), ModelChoice.resolve(models, List.of("b", "a", "b")).stream()
+                .map(ModelDescription::id).toList());
+    }
+
+    @Test
+    void unknownModelsAndEmptyServersAreExplained() {
+        IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+                () -> ModelChoice.resolve(models, List.of("zz")));
+        assertTrue(e.getMessage().contains("\"zz\"") && e.getMessage().contains("a, b"), e.getMessage());
+        assertThrows(IllegalArgumentException.class, () -> ModelChoice.resolve(List.of(), List.of()));
+    }
+
+    @Test
+    void storedIds() {
+        assertEquals(List.of("a", "b c"), ModelChoice.parseIds(" a, b c ,,a"));
+        assertEquals(List.of(), ModelChoice.parseIds(" "));
+        assertEquals("a,b", ModelChoice.joinIds(List.of("a", "b", "a")));
+    }
+
+    @Test
+    void labels() {
+        assertEquals("b \u2013 0.5 \u00b5m/px, server default", ModelChoice.label(models.get(1)));
+    }
+}
