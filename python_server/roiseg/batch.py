@@ -53,8 +53,7 @@ from tqdm import tqdm
 
 from roiseg import overlay
 from roiseg import commands
-from roiseg.client import (Client, InProcessClient, SegmentationError, encode_png,
-                           segment_request, slide_source)
+from roiseg.client import (Client, InProcessClient, SegmentationError, segment_request, slide_source)
 from roiseg.conventions import MODEL_ID_KEY, feature_collection
 from roiseg.errors import RoisegError
 from roiseg.qupath_project import (ROI_MODELS_KEY, ROI_TIME_KEY, Annotation, QuPathUnavailable,
@@ -863,12 +862,8 @@ class _Batch:
             source = slide_source(str(image.path.resolve()), image.mpp)
         else:
             with Slide.open(image.path) as slide:
-                pixels, origin, downsample = commands.read_region(slide, roi.geometry,
-                                                                  self.target_mpp / image.mpp)
-            source = client.pixels_source(encode_png(pixels), downsample=downsample,
-                                          origin_x=origin[0], origin_y=origin[1],
-                                          pixel_size_um=image.mpp, image_width=image.width,
-                                          image_height=image.height)
+                source = commands.region_source(client, slide, roi.geometry, image.mpp,
+                                                self.target_mpp)
         return client.segment(segment_request(roi.geometry, source, job.model_ids, self.options))
 
 

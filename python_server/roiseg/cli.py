@@ -17,7 +17,7 @@ from shapely.geometry import box
 from shapely.geometry.base import BaseGeometry
 
 from roiseg import __version__, batch, commands, compare, evaluate, overlay, roi, train
-from roiseg.client import SegmentationError, encode_png, segment_request, slide_source
+from roiseg.client import SegmentationError, segment_request, slide_source
 from roiseg.errors import RoisegError
 from roiseg.models import DEFAULT_MODELS_DIR  # noqa: F401 - re-exported for scripts
 from roiseg.service import Limits, create_server
@@ -159,12 +159,7 @@ def _segment(args: argparse.Namespace) -> int:
             if args.server_reads_slide:
                 source = slide_source(str(args.image.resolve()), args.mpp)
             else:
-                pixels, origin, downsample = commands.read_region(slide, geometry,
-                                                                 target_mpp / mpp if mpp else 1)
-                source = client.pixels_source(
-                    encode_png(pixels), downsample=downsample, origin_x=origin[0],
-                    origin_y=origin[1], pixel_size_um=mpp, image_width=slide.width,
-                    image_height=slide.height)
+                source = commands.region_source(client, slide, geometry, mpp, target_mpp)
             request = segment_request(geometry, source, chosen, commands.segment_options(args))
             with commands.ProgressBar() as bar:
                 result = client.segment(request, bar.update)

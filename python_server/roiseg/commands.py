@@ -16,7 +16,7 @@ from shapely.geometry import box
 from shapely.geometry.base import BaseGeometry
 from tqdm import tqdm
 
-from roiseg.client import Client, InProcessClient
+from roiseg.client import Client, InProcessClient, encode_png
 from roiseg.models import DEFAULT_MODELS_DIR, ModelRegistry, select_device
 from roiseg.service import Limits, SegmentationService
 from roiseg.slides import Slide, choose_level, resample
@@ -125,6 +125,16 @@ def read_region(slide: Slide, geometry: BaseGeometry,
         pixels = resample(pixels, *size)
         return pixels, origin, level.downsample_x * width / size[0]
     return pixels, origin, level.downsample_x
+
+
+def region_source(client: Client | InProcessClient, slide: Slide, geometry: BaseGeometry,
+                  mpp: float, target_mpp: float) -> pb.ImageSource:
+    """The ROI's pixels read here, near `target_mpp`, as the request's image (uploaded
+    first when they are too large for one message)."""
+    pixels, origin, downsample = read_region(slide, geometry, target_mpp / mpp)
+    return client.pixels_source(encode_png(pixels), downsample=downsample, origin_x=origin[0],
+                                origin_y=origin[1], pixel_size_um=mpp, image_width=slide.width,
+                                image_height=slide.height)
 
 
 def overlay_view(slide: Slide, geometry: BaseGeometry):

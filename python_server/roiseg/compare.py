@@ -29,7 +29,7 @@ from roiseg import evaluate as ev
 from roiseg import overlay
 from roiseg import roi as roi_module
 from roiseg import commands
-from roiseg.client import SegmentationError, encode_png, segment_request
+from roiseg.client import SegmentationError, segment_request
 from roiseg.errors import RoisegError
 from roiseg.slides import Slide
 
@@ -123,11 +123,7 @@ def _run(args: argparse.Namespace) -> int:
                 if not mpp:
                     raise ValueError(f"{job.image.name} has no pixel size in its metadata: "
                                      "pass it with --mpp (µm per full-resolution pixel)")
-                pixels, origin, downsample = commands.read_region(slide, geometry, target_mpp / mpp)
-                source = client.pixels_source(
-                    encode_png(pixels), downsample=downsample, origin_x=origin[0],
-                    origin_y=origin[1], pixel_size_um=mpp, image_width=slide.width,
-                    image_height=slide.height)
+                source = commands.region_source(client, slide, geometry, mpp, target_mpp)
                 request = segment_request(geometry, source, chosen, commands.segment_options(args))
                 with commands.ProgressBar() as bar:
                     result = client.segment(request, bar.update)
