@@ -18,7 +18,6 @@ import argparse
 import csv
 import json
 import math
-import re
 import sys
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -39,6 +38,7 @@ from shapely.geometry.base import BaseGeometry
 from roiseg import roi as roi_module
 from roiseg.conventions import BACKGROUND_CLASS, RasterTransform
 from roiseg.errors import RoisegError
+from roiseg.masks import parse_values
 
 __all__ = [
     "BACKGROUND", "PIXEL_METRICS", "REGION_METRICS", "Annotation", "Counts", "EvalClasses",
@@ -280,31 +280,6 @@ class EvalClasses:
 
     def __len__(self) -> int:
         return len(self.names)
-
-
-_VALUE = re.compile(r"""\s*(\d+)\s*=\s*("([^"]*)"|'([^']*)'|[^,]*?)\s*(?:,|$)""")
-
-
-def parse_values(text: str | None) -> dict[int, str] | None:
-    """``0=background,255="Gland epithelium"`` -> {0: "background", 255: ...}; None if empty."""
-    if not text or not text.strip():
-        return None
-    text, position, values = text.strip(), 0, {}
-    while position < len(text):
-        match = _VALUE.match(text, position)
-        if not match or match.end() == position:
-            raise ValueError(f"cannot parse mask values {text!r} at {text[position:]!r}; "
-                             'expected e.g. 0=background,255="Gland epithelium"')
-        value = int(match.group(1))
-        name = next(g for g in (match.group(3), match.group(4), match.group(2))
-                    if g is not None).strip()
-        if not name:
-            raise ValueError(f"mask value {value} has no class name")
-        if value in values:
-            raise ValueError(f"mask value {value} is given twice")
-        values[value] = name
-        position = match.end()
-    return values
 
 
 # --------------------------------------------------------------------------- grids

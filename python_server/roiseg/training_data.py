@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from rasterio.features import rasterize
 from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 
+from roiseg.masks import parse_values
 from roiseg.slides import Slide, read_slide_region
 
 log = logging.getLogger("roiseg.train")
@@ -88,27 +88,12 @@ def parse_mask_values(text: str | None) -> MaskMapping:
     """
     if not text or not text.strip():
         return MaskMapping(DEFAULT_BINARY_CLASSES, {0: 0}, other=1)
-    pattern = re.compile(r"""\s*(\d+)\s*=\s*("([^"]*)"|'([^']*)'|[^,]*?)\s*(?:,|$)""")
     names: list[str] = []
     values: dict[int, int] = {}
-    position = 0
-    text = text.strip()
-    while position < len(text):
-        match = pattern.match(text, position)
-        if not match or match.end() == position:
-            raise ValueError(f"cannot parse --mask-values {text!r} at {text[position:]!r}; "
-                             'expected e.g. 0=Stroma,255="Gland epithelium"')
-        value = int(match.group(1))
-        name = next(g for g in (match.group(3), match.group(4), match.group(2))
-                    if g is not None).strip()
-        if not name:
-            raise ValueError(f"mask value {value} has no class name")
-        if value in values:
-            raise ValueError(f"mask value {value} is given twice")
+    for value, name in parse_values(text).items():
         if name not in names:
             names.append(name)
         values[value] = names.index(name)
-        position = match.end()
     if len(names) < 2:
         raise ValueError("a segmentation model needs at least two classes")
     return MaskMapping(tuple(names), values)
