@@ -10,6 +10,7 @@ import grpc
 import numpy as np
 import pytest
 import tifffile
+import torch
 
 from roiseg.client import Client
 from roiseg.models import DEFAULT_MODELS_DIR, ModelRegistry, select_device
@@ -26,6 +27,15 @@ CMU_MPP = 0.499
 def pytest_collection_modifyitems(items):
     if not SHARED.is_dir():
         raise pytest.UsageError(f"the real test data is missing: expected {SHARED}")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models on 2 shared cores run faster on one thread than oversubscribed."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -23,13 +23,7 @@ CLASSES = [{"index": 0, "name": "Stroma", "color": [150, 200, 150]},
            {"index": 2, "name": "Glass", "color": [255, 255, 255]}]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models on shared cores run faster on one thread than oversubscribed."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def _smp_model(classes: int = len(CLASSES)) -> torch.nn.Module:
     torch.manual_seed(0)

@@ -19,12 +19,7 @@ from roiseg.pretrained import load_imagenet_encoder, mobilenet_v2_weights_path
 GLAS_MPP = 0.62
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
