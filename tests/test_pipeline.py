@@ -63,3 +63,4 @@ def test_glass_is_not_tissue(registry):
     (output,) = _run(registry, box(0, 0, 600, 600), include_background=True)
     names = {f["properties"]["classification"]["name"] for f in output.features}
     assert names == {BACKGROUND_CLASS}
+

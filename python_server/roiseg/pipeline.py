@@ -154,17 +154,19 @@ def run(job: Job, registry: ModelRegistry, *, max_roi_pixels: int,
         roi = _clip_to_image(job.roi, job.source, slide)
         rasters: dict[float, _Raster] = {}
         for card in cards:
-            started = time.perf_counter()
             _check_size(roi, source_mpp, card, max_roi_pixels)
             if card.mpp not in rasters:
                 rasters[card.mpp] = _raster(job, slide, roi, source_mpp, card, progress, should_stop)
-            yield _segment(job, card, registry, rasters[card.mpp], source_mpp, started,
-                           progress, should_stop)
+            yield _segment(job, card, registry, rasters[card.mpp], source_mpp, progress,
+                           should_stop)
 
 
 def _segment(job: Job, card: ModelCard, registry: ModelRegistry, raster: _Raster,
-             source_mpp: float, started: float, progress: Callable[[Progress], None],
+             source_mpp: float, progress: Callable[[Progress], None],
              should_stop: Callable[[], bool]) -> ModelOutput:
+    """One model's output; its total time counts the (possibly shared) read and tissue
+    stages once."""
+    started = time.perf_counter()
     timings = Timings(read_s=raster.read_s, tissue_s=raster.tissue_s)
     options = job.options
     read = raster.read
