@@ -42,6 +42,12 @@ _NEIGHBOURS_4 = ((-1, 0), (1, 0), (0, -1), (0, 1))
 # --------------------------------------------------------------------------- public API
 
 
+def present_values(class_map: np.ndarray) -> np.ndarray:
+    """The values that occur in a uint8 map, ascending (a histogram, no full-size copy)."""
+    histogram = cv2.calcHist([np.ascontiguousarray(class_map)], [0], None, [256], [0, 256])
+    return np.flatnonzero(histogram.ravel())
+
+
 def tissue_mask(rgb: np.ndarray, mpp: float) -> np.ndarray:
     """Pixels showing tissue (or anything with texture) rather than blank glass.
 
@@ -313,7 +319,7 @@ def _resize_mask_area(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def _wanted_classes(class_map: np.ndarray, classes: Sequence[int] | None) -> list[int]:
-    present = np.flatnonzero(np.bincount(class_map.ravel(), minlength=256))
+    present = present_values(class_map)
     present = [int(c) for c in present if c != NO_CLASS]
     if classes is None:
         return present

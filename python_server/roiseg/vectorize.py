@@ -16,7 +16,7 @@ from affine import Affine
 from shapely.geometry import Polygon
 from shapely.geometry.base import BaseGeometry
 
-from roiseg.postprocess import NO_CLASS
+from roiseg.postprocess import NO_CLASS, present_values
 
 __all__ = ["Region", "class_regions", "rasterize_regions", "roi_mask"]
 
@@ -144,13 +144,17 @@ def _quiet() -> Iterator[None]:
         yield
 
 
+#: Pixels per block when averaging probabilities per label.
+_MEANS_BLOCK_PIXELS = 1 << 22
+
+
 def _label_classes(class_map: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Int32 labels of the 4-connected regions of every class (0 on NO_CLASS), numbered
     class by class, and the class of each label (index 0 unused)."""
     labels = np.zeros(class_map.shape, dtype=np.int32)
     label_class = [np.array([NO_CLASS], dtype=np.uint8)]
     offset = 0
-    present = np.flatnonzero(np.bincount(class_map.ravel(), minlength=256))
+    present = present_values(class_map)
     for value in present:
         if value == NO_CLASS:
             continue
@@ -158,20 +162,25 @@ def _label_classes(class_map: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         count, lab = cv2.connectedComponents(mask.view(np.uint8), connectivity=4,
                                              ltype=cv2.CV_32S)
         count -= 1
-        labels[mask] = lab[mask] + offset
+        lab += offset  # in place, then copied where the class is: no full-size temporaries
+        np.copyto(labels, lab, where=mask)
         label_class.append(np.full(count, value, dtype=np.uint8))
         offset += count
     return labels, np.concatenate(label_class)
 
 
 def _label_means(labels: np.ndarray, probability: np.ndarray, count: int) -> np.ndarray:
+    """Mean probability (0..1) of each label, summed in row blocks so that no full-size
+    float array is made."""
+    sums = np.zeros(count, dtype=np.float64)
+    sizes = np.zeros(count, dtype=np.int64)
+    rows = max(1, _MEANS_BLOCK_PIXELS // max(1, labels.shape[1]))
+    for top in range(0, labels.shape[0], rows):
+        block = labels[top:top + rows].ravel()
+        sums += np.bincount(block, weights=probability[top:top + rows].ravel(), minlength=count)
+        sizes += np.bincount(block, minlength=count)
     if probability.dtype == np.uint8:
-        weights = probability.ravel().astype(np.float64) / 255.0
-    else:
-        weights = probability.ravel().astype(np.float64)
-    flat = labels.ravel()
-    sums = np.bincount(flat, weights=weights, minlength=count)
-    sizes = np.bincount(flat, minlength=count)
+        sums /= 255.0
     return sums / np.maximum(sizes, 1)
 
 
@@ -185,7 +194,7 @@ def _polygons(labels: np.ndarray, mask: np.ndarray, class_map: np.ndarray | None
     leaves such corners out of a ring that runs straight through them).
     """
     ids: list[int] = []
-    coords: list[tuple[float, float]] = []
+    ring_coords: list[np.ndarray] = []  # arrays, not Python tuples: 16 bytes a vertex
     ring_sizes: list[int] = []
     polygon_rings: list[int] = []
     with _quiet():
@@ -195,11 +204,11 @@ def _polygons(labels: np.ndarray, mask: np.ndarray, class_map: np.ndarray | None
             ids.append(int(value))
             polygon_rings.append(len(rings))
             for ring in rings:
-                coords.extend(ring)
+                ring_coords.append(np.asarray(ring, dtype=np.float64))
                 ring_sizes.append(len(ring))
     if not ids:
         return np.zeros(0, dtype=np.int64), np.empty(0, dtype=object)
-    xy = np.asarray(coords, dtype=np.float64)
+    xy = np.concatenate(ring_coords)
     sizes = np.asarray(ring_sizes, dtype=np.int64)
     if class_map is not None:
         xy, sizes = _insert_junctions(xy, sizes, class_map)
