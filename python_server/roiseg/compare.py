@@ -317,13 +317,3 @@ def _report(out: Path, rows: Sequence[tuple[str, ev.ImageResult]], classes: ev.E
 def _mean_ci(row: ev.SummaryRow) -> str:
     ci = ev.fmt_ci(row.low, row.high, row.key)
     return ev.fmt(row.mean, row.key) + ("" if ci == "n/a" else f" ({ci})")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="roiseg compare")
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -905,13 +905,3 @@ def run(args: argparse.Namespace) -> int:
     print(text)
     print(f"wrote {args.out / 'metrics.csv'}, {args.out / 'summary.md'}")
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="roiseg evaluate")
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
