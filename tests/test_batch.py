@@ -24,8 +24,10 @@ import tifffile
 from shapely.geometry import box, mapping, shape
 
 from conftest import CMU_MPP, GLAS, REPO
+from roiseg import cli
 from roiseg.batch import Journal, add_arguments, run, summary_rows
 from roiseg.conventions import MODEL_ID_KEY, is_roiseg_object
+from roiseg.models import DEFAULT_MODELS_DIR
 from roiseg.qupath_project import ROI_KEY, roi_key
 from roiseg.service import SegmentationService, create_server
 
@@ -33,6 +35,7 @@ from roiseg.service import SegmentationService, create_server
 GLAS_NAMES = ("train_41.png", "train_7.png", "train_12.png", "train_36.png", "train_84.png")
 GLAS_MPP = "0.62"
 DEFAULT_MODEL = "glas-unet-mobilenetv2"
+DEFAULT_VERSION = json.loads((DEFAULT_MODELS_DIR / "model.json").read_text())["version"]
 REGION_A = box(60, 60, 420, 380)
 REGION_B = box(480, 200, 860, 660).difference(box(600, 350, 700, 450))
 
@@ -130,7 +133,7 @@ def test_folder_mode_end_to_end_through_a_server(address, tmp_path, cmu_level0, 
         stem = Path(name).stem
         features = check_features(out / f"{stem}.geojson")
         assert {f["properties"]["metadata"][ROI_KEY] for f in features} == {"image"}
-        picture = cv2.imread(str(out / f"{stem}.png"))
+        picture = cv2.imread(str(out / f"{stem}.overlay.png"))
         assert picture is not None and picture.shape[0] > 400 and picture.shape[1] > 500
     # The crop: only roiseg's features (the ROIs are not copied), each inside its ROI.
     features = check_features(out / "cmu_crop.geojson")
@@ -139,7 +142,7 @@ def test_folder_mode_end_to_end_through_a_server(address, tmp_path, cmu_level0, 
     for feature in features:
         region = keys[feature["properties"]["metadata"][ROI_KEY]]
         assert region.buffer(1.0).covers(shape(feature["geometry"]))
-    assert cv2.imread(str(out / "cmu_crop.png")) is not None
+    assert cv2.imread(str(out / "cmu_crop.overlay.png")) is not None
     assert crop.exists() and not (out / "cmu_crop.ome.geojson").exists()
 
     rows = read_csv(out / "summary.csv")
@@ -147,13 +150,25 @@ def test_folder_mode_end_to_end_through_a_server(address, tmp_path, cmu_level0, 
         [(n, "image") for n in GLAS_NAMES[:3]] + [("cmu_crop.ome.tif", k) for k in keys])
     for row in rows:
         assert row["status"] == "ok" and row["error"] == "" and row["server"] == address
-        assert row["model"] == DEFAULT_MODEL and row["model_version"] == "0.1.0"
+        assert row["model"] == DEFAULT_MODEL and row["model_version"] == DEFAULT_VERSION
         assert float(row["seconds"]) > 0
         assert float(row["area_um2:Stroma"] or 0) + float(row["area_um2:Gland epithelium"] or 0) > 0
     crop_rows = [r for r in rows if r["image"] == "cmu_crop.ome.tif"]
     assert {r["roi_class"] for r in crop_rows} == {"Region"}
     records = journal_lines(out / "roiseg-journal.jsonl")
     assert len(records) == 5 and all(r["status"] == "ok" for r in records)
+
+    # The output folder is what `roiseg evaluate` takes: paired with the masks by name.
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for name in GLAS_NAMES[:3]:
+        shutil.copy(GLAS / "masks" / name, masks / name)
+    assert cli.main(["evaluate", str(out), str(masks), "--positive", "Gland epithelium",
+                     "--truth-values", '0=Stroma,255="Gland epithelium"',
+                     "--out", str(tmp_path / "evaluation")]) == 0
+    scores = read_csv(tmp_path / "evaluation" / "metrics.csv")
+    assert sorted(r["image"] for r in scores) == sorted(Path(n).stem for n in GLAS_NAMES[:3])
+    assert all(float(r["dsc"]) > 0.7 for r in scores), scores
 
     # A re-run does nothing and rewrites no output.
     before = {p.name: stat(p) for p in out.iterdir() if p.suffix in (".geojson", ".png")}
@@ -176,10 +191,10 @@ def test_folder_mode_end_to_end_through_a_server(address, tmp_path, cmu_level0, 
     assert len(read_csv(out / "summary.csv")) == 5
 
     # An output deleted by hand is made again, whatever the journal says.
-    (out / "train_7.png").unlink()
+    (out / "train_7.overlay.png").unlink()
     assert batch("--images", images, "--out", out, "--mpp", GLAS_MPP, "--server", address,
                  "--roi-class", "Region") == 0
-    assert (out / "train_7.png").is_file()
+    assert (out / "train_7.overlay.png").is_file()
     assert stat(out / "train_41.geojson") == before["train_41.geojson"]
     assert len(journal_lines(out / "roiseg-journal.jsonl")) == 8
 
@@ -217,16 +232,16 @@ def test_kill_mid_run_then_resume_does_every_image_once(address, tmp_path):
     killed = journal_lines(journal)
     assert 1 <= len(killed) < len(GLAS_NAMES), "the run ended before it could be killed"
     first = out / f"{Path(killed[0]['image']).stem}.geojson"
-    first_stat, first_png = stat(first), stat(first.with_suffix(".png"))
+    first_stat, first_png = stat(first), stat(first.with_suffix(".overlay.png"))
 
     assert batch("--images", images, "--out", out, "--mpp", GLAS_MPP, "--server", address) == 0
     records = journal_lines(journal)
     assert sorted(r["image"] for r in records) == sorted(GLAS_NAMES)  # each exactly once
     assert all(r["status"] == "ok" for r in records)
-    assert stat(first) == first_stat and stat(first.with_suffix(".png")) == first_png
+    assert stat(first) == first_stat and stat(first.with_suffix(".overlay.png")) == first_png
     for name in GLAS_NAMES:
         check_features(out / f"{Path(name).stem}.geojson")
-        assert (out / f"{Path(name).stem}.png").stat().st_size > 0
+        assert (out / f"{Path(name).stem}.overlay.png").stat().st_size > 0
     assert sorted(r["image"] for r in read_csv(out / "summary.csv")) == sorted(GLAS_NAMES)
 
 

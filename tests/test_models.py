@@ -92,6 +92,7 @@ def test_card_fields(tmp_path, smp_model):
                             ClassSpec(2, "Glass", (255, 255, 255)))
     assert card.mean == (0.485, 0.456, 0.406) and card.std == (0.229, 0.224, 0.225)
     assert card.background_index == 2 and card.tumor_index == 1
+    assert card.kept_on_glass == ()
     assert card.description == "" and card.metrics == {"val_dice": "0.5", "epochs": "3"}
     assert card.extra == EXTRA
     assert card.class_named("Tumor").index == 1
@@ -122,6 +123,10 @@ def test_card_fields(tmp_path, smp_model):
     ({"classes": [CLASSES[0], {**CLASSES[1], "color": [0, 0, 300]}]}, "classes[1].color",
      "0..255"),
     ({"classes": [CLASSES[0], {"index": 1, "name": "x"}]}, "classes[1]", '"color"'),
+    ({"classes": [CLASSES[0], {**CLASSES[1], "keep_on_glass": "yes"}]},
+     "classes[1].keep_on_glass", "true or false"),
+    ({"classes": [CLASSES[0], {**CLASSES[1], "keep_in_glass": True}]}, "classes[1]",
+     '"keep_on_glass"'),
     ({"background_class": "Fat"}, "background_class", "not one of the classes"),
     ({"tumor_class": "Tumour"}, "tumor_class", "not one of the classes"),
     ({"tumor_class": "Glass"}, "tumor_class", "differ from background_class"),
@@ -146,6 +151,15 @@ def test_card_missing_and_unknown_fields(tmp_path, fields, message):
     with pytest.raises(ValueError, match=r"model\.json: " + message.replace("(", r"\(")
                        .replace(")", r"\)")):
         ModelCard.from_file(path)
+
+
+def test_keep_on_glass(tmp_path, smp_model):
+    classes = [CLASSES[0], {**CLASSES[1], "keep_on_glass": True},
+               {**CLASSES[2], "keep_on_glass": False}]
+    card = ModelCard.from_file(_write_model(tmp_path / "m", smp_model.state_dict(),
+                                            classes=classes))
+    assert [spec.keep_on_glass for spec in card.classes] == [False, True, False]
+    assert card.kept_on_glass == (1,)
 
 
 def test_unreadable_card(tmp_path):

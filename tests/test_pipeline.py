@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+
+import cv2
 import numpy as np
 import pytest
+from rasterio.features import rasterize
 from shapely.geometry import Point, Polygon, box, shape
 
-from conftest import CMU, CMU_MPP
+from conftest import CMU, CMU_MPP, GLAS
 from roiseg import pipeline, postprocess, vectorize
 from roiseg.conventions import BACKGROUND_CLASS
+from roiseg.models import DEFAULT_MODELS_DIR, ModelRegistry, select_device
 
 
 def _run(registry, roi, **options):
@@ -64,3 +70,39 @@ def test_glass_is_not_tissue(registry):
     names = {f["properties"]["classification"]["name"] for f in output.features}
     assert names == {BACKGROUND_CLASS}
 
+
+
+def test_keep_on_glass_keeps_a_glands_lumen(tmp_path):
+    """GlaS train_24: a gland's lumen, open to the image's edge, is blank glass to the tissue
+    mask. With the gland class marked keep_on_glass the glands keep it (as GlaS's
+    reference does); unmarked, they end at the tissue's edge. Stroma never covers glass."""
+    rgb = cv2.cvtColor(cv2.imread(str(GLAS / "images" / "train_24.png")), cv2.COLOR_BGR2RGB)
+    reference = cv2.imread(str(GLAS / "masks" / "train_24.png"), cv2.IMREAD_GRAYSCALE) == 255
+    height, width = reference.shape
+    outputs = {}
+    for keep in (False, True):
+        directory = tmp_path / str(keep)
+        shutil.copytree(DEFAULT_MODELS_DIR, directory)
+        card = json.loads((directory / "model.json").read_text())
+        for spec in card["classes"]:
+            spec["keep_on_glass"] = keep and spec["name"] == "Gland epithelium"
+        (directory / "model.json").write_text(json.dumps(card))
+        registry = ModelRegistry([directory], select_device("cpu"), card["id"])
+        job = pipeline.Job((card["id"],), pipeline.PixelSource(rgb, 0, 0, 1.0, 0.62),
+                           box(0, 0, width, height))
+        (outputs[keep],) = pipeline.run(job, registry, max_roi_pixels=10_000_000)
+    gland = outputs[False].card.class_named("Gland epithelium").index
+    stroma = outputs[False].card.class_named("Stroma").index
+    unmarked, marked = outputs[False].class_map, outputs[True].class_map
+    assert np.array_equal(unmarked == stroma, marked == stroma)
+    assert np.all(marked[unmarked == gland] == gland)
+    lumen = (marked == gland) & (unmarked == postprocess.NO_CLASS)
+    assert lumen.mean() > 0.02, f"{lumen.mean():.4f}"
+
+    def gland_dice(output) -> float:
+        drawn = rasterize([(shape(f["geometry"]), 1) for f in output.features
+                           if f["properties"]["classification"]["name"] == "Gland epithelium"],
+                          out_shape=reference.shape, fill=0, dtype="uint8").astype(bool)
+        return 2 * np.count_nonzero(drawn & reference) / (drawn.sum() + reference.sum())
+
+    assert gland_dice(outputs[True]) > gland_dice(outputs[False]) + 0.02

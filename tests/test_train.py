@@ -6,6 +6,7 @@ import argparse
 import json
 import re
 import shlex
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -122,6 +123,32 @@ def test_crops_are_class_balanced_and_augmented(samples):
     assert 6 <= np.count_nonzero(centres == 1) <= 26
 
 
+def _stripe_widths(labels: np.ndarray) -> list[float]:
+    """Mean width of the label stripes crossed by each crop's middle row or column."""
+    widths = []
+    for crop in labels:
+        middle = crop[crop.shape[0] // 2]
+        if np.all(middle == middle[0]):  # rotated: the stripes run along the rows
+            middle = crop[:, crop.shape[1] // 2]
+        edges = np.flatnonzero(np.diff(middle.astype(int)))
+        widths.append(float(np.mean(np.diff(edges))))
+    return widths
+
+
+def test_scale_jitter_resizes_the_tissue(samples):
+    """Labels in 16 px stripes: crops keep 16 px without jitter, and show them from
+    16 / 1.5 to 16 x 1.5 px wide with --scale-jitter 0.5."""
+    image = samples[0].image
+    stripes = ((np.arange(image.shape[1]) // 16) % 2).astype(np.uint8)
+    striped = train.Sample("stripes", image, np.broadcast_to(stripes, image.shape[:2]).copy())
+    plain = train.CropSampler([striped], 96, 2, np.random.default_rng(0))
+    assert set(_stripe_widths(plain.batch(16)[1])) == {16.0}
+    jittered = train.CropSampler([striped], 96, 2, np.random.default_rng(0), scale_jitter=0.5)
+    widths = _stripe_widths(jittered.batch(64)[1])
+    assert min(widths) < 13 and max(widths) > 20, widths
+    assert 16 / 1.5 - 1 <= min(widths) and max(widths) <= 16 * 1.5 + 1, widths
+
+
 # ------------------------------------------------------------------ training
 
 
@@ -197,12 +224,14 @@ def test_roiseg_train_end_to_end(tmp_path):
         "--images", str(data / "images"), "--masks", str(data / "masks"),
         "--source-mpp", str(GLAS_MPP), "--val-fraction", "0.34", "--crop", "64",
         "--batch-size", "2", "--epochs", "2", "--steps-per-epoch", "2", "--threads", "1",
-        "--no-progress", "--out", str(out), "--model-id", "tiny"])
+        "--no-progress", "--out", str(out), "--model-id", "tiny",
+        "--keep-on-glass", "Gland epithelium"])
     assert train.run(args) == 0
     card = json.loads((out / "model.json").read_text())
     assert sorted(p.name for p in out.iterdir()) == ["model.json", "model.pt"]
     assert card["id"] == "tiny" and card["sha256"] == train.sha256_file(out / "model.pt")
     assert [c["name"] for c in card["classes"]] == ["Stroma", "Gland epithelium"]
+    assert [c.get("keep_on_glass", False) for c in card["classes"]] == [False, True]
     assert card["mpp"] == 1.0 and card["tile_size"] == 512 and card["overlap"] == 128
     assert card["metrics"]["val_images"] == "1"
     assert 0.0 <= float(card["metrics"]["val_gland_dice"]) <= 1.0
@@ -213,6 +242,20 @@ def test_roiseg_train_end_to_end(tmp_path):
     rebuilt = parser.parse_args(shlex.split(command)[2:])
     assert vars(rebuilt) == vars(args)
     load_model(ModelCard.from_file(out / "model.json"), torch.device("cpu"))
+
+
+def test_recorded_command_leaves_out_resume(tmp_path, monkeypatch):
+    argv = ["--images", str(GLAS / "images"), "--masks", str(GLAS / "masks"),
+            "--source-mpp", "0.62", "--ema", "0.99", "--out", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", ["roiseg", "train", *argv, "--resume"])
+    assert train._command_line(_args(*argv, "--resume")) == shlex.join(["roiseg", "train", *argv])
+
+
+def test_keep_on_glass_names_a_class(tmp_path):
+    with pytest.raises(ValueError, match="--keep-on-glass names unknown classes: Lumen"):
+        train._Config.from_args(_args(
+            "--images", str(GLAS / "images"), "--masks", str(GLAS / "masks"),
+            "--source-mpp", "0.62", "--keep-on-glass", "Lumen", "--out", str(tmp_path)))
 
 
 def test_resume_requires_matching_state(tmp_path):
@@ -226,17 +269,31 @@ def test_resume_requires_matching_state(tmp_path):
 # ------------------------------------------------------------------ the shipped model
 
 
-def test_default_model_card_and_checkpoint():
+def test_default_model_card_and_checkpoint(monkeypatch):
+    """The shipped card is complete, and its validation figures are what the shipped
+    checkpoint scores on the held-out images its own recorded command selects."""
     directory = Path(train.__file__).parent / "default_model"
     card = json.loads((directory / "model.json").read_text())
     assert list(card) == list(_card_fields_from_docs())
-    assert card["id"] == "glas-unet-mobilenetv2" and card["version"] == "0.1.0"
-    assert [c["name"] for c in card["classes"]] == ["Stroma", "Gland epithelium"]
+    assert card["id"] == "glas-unet-mobilenetv2" and card["version"] == "0.2.0"
+    assert [(c["name"], c.get("keep_on_glass", False)) for c in card["classes"]] == \
+        [("Stroma", False), ("Gland epithelium", True)]
     checkpoint = directory / card["checkpoint"]
     assert checkpoint.stat().st_size <= 15 * 2**20
     assert card["sha256"] == train.sha256_file(checkpoint)
-    assert float(card["metrics"]["val_gland_dice"]) >= 0.8
-    assert "Command: " in card["trained_on"]
+
+    command = shlex.split(card["trained_on"].split("Command: ", 1)[1])
+    assert command[:3] == ["python", "-m", "roiseg.train"]
+    monkeypatch.chdir(REPO)  # the command's paths are relative to the repository
+    config = train._Config.from_args(_args(*command[3:]))
+    _, held_out = train._Trainer(config)._load_data()
+    assert len(held_out) == int(card["metrics"]["val_images"])
+    result = train.evaluate(load_model(ModelCard.from_file(directory / "model.json"),
+                                       torch.device("cpu")), held_out)
+    assert result["dice"][1] == pytest.approx(float(card["metrics"]["val_gland_dice"]),
+                                              abs=1.5e-3)
+    assert result["dice_image_mean"][1] == pytest.approx(
+        float(card["metrics"]["val_gland_dice_image_mean"]), abs=1.5e-3)
 
 
 # ------------------------------------------------------------------ QuPath GeoJSON input
@@ -386,6 +443,7 @@ def test_fine_tuning_starts_from_the_default_model(tmp_path, samples):
             config.overlap) == (card.architecture, card.encoder, card.mpp, card.tile_size,
                                 card.overlap)
     assert [c.name for c in config.classes] == [c.name for c in card.classes]
+    assert [c.keep_on_glass for c in config.classes] == [c.keep_on_glass for c in card.classes]
     assert tuple(config.mean) == card.mean and tuple(config.std) == card.std
     model = train._Trainer(config)._model().eval()
     # Its first training step sees exactly the default model's outputs on a real crop.

@@ -8,7 +8,7 @@ Two sources of work:
 * ``roiseg batch --images DIR --out DIR`` needs no QuPath: for each slide or image in DIR
   (with optional QuPath GeoJSON ROIs beside it, ``NAME.geojson``; default: the whole
   image) it writes ``OUT/NAME.geojson`` (roiseg's features only, importable into QuPath),
-  an overlay ``OUT/NAME.png`` and ``OUT/summary.csv``.
+  an overlay ``OUT/NAME.overlay.png`` and ``OUT/summary.csv``.
 
 Jobs are (image, ROI) pairs. They run in-process, or through one or more servers
 (``--server`` repeated): one worker thread per server pulls jobs from a shared queue; a
@@ -71,6 +71,9 @@ PROJECT_JOURNAL = "roiseg-batch.jsonl"
 PROJECT_SUMMARY = "roiseg-batch-summary.csv"
 #: Files folder mode reads as images (".ome.tif(f)" included).
 IMAGE_SUFFIXES = (".svs", ".tif", ".tiff", ".png", ".jpg", ".jpeg")
+#: Folder mode's overlay beside NAME.geojson (not NAME.png, so that `roiseg evaluate`
+#: pairs the output folder with reference masks by name).
+OVERLAY_SUFFIX = ".overlay.png"
 #: ROI key of the whole-image ROI (folder mode, no GeoJSON beside the image).
 WHOLE_IMAGE_KEY = "image"
 IN_PROCESS = "in-process"
@@ -375,7 +378,8 @@ class _FolderSource:
     def outputs_exist(self, plan: ImagePlan) -> bool:
         """Whether the image's GeoJSON and overlay are there (if not, its ROIs are redone
         whatever the journal says)."""
-        return all((self.out / f"{plan.stem}{suffix}").is_file() for suffix in (".geojson", ".png"))
+        return all((self.out / f"{plan.stem}{suffix}").is_file()
+                   for suffix in (".geojson", OVERLAY_SUFFIX))
 
     def images(self) -> list[Path]:
         files = sorted(p for p in self.images_dir.iterdir()
@@ -429,7 +433,7 @@ class _FolderSource:
         features = merge_features(existing, redone, new)
         write_atomic(geojson_path, json.dumps(feature_collection(features),
                                               ensure_ascii=False).encode("utf-8"))
-        png_path = self.out / f"{plan.stem}.png"
+        png_path = self.out / f"{plan.stem}{OVERLAY_SUFFIX}"
         write_atomic(png_path, _overlay_png(plan, features, model_ids))
         return [geojson_path.name, png_path.name]
 

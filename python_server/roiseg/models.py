@@ -49,11 +49,16 @@ _PROBE_SIZE = 64
 
 @dataclass(frozen=True)
 class ClassSpec:
-    """One output class: its channel index, name and display colour (RGB)."""
+    """One output class: its channel index, name and display colour (RGB).
+
+    `keep_on_glass`: the class's pixels are kept where the tissue mask sees blank glass
+    (a gland's lumen belongs to the gland); other classes end at the tissue's edge.
+    """
 
     index: int
     name: str
     color: tuple[int, int, int]
+    keep_on_glass: bool = False
 
 
 @dataclass(frozen=True)
@@ -115,6 +120,11 @@ class ModelCard:
         """Output channel of `background_class`, if the card names one."""
         return None if self.background_class is None else self.class_named(
             self.background_class).index
+
+    @property
+    def kept_on_glass(self) -> tuple[int, ...]:
+        """Output channels of the classes marked `keep_on_glass`."""
+        return tuple(spec.index for spec in self.classes if spec.keep_on_glass)
 
     @property
     def tumor_index(self) -> int | None:
@@ -262,8 +272,14 @@ class _CardReader:
         specs = []
         for i, item in enumerate(value):
             field = f"classes[{i}]"
-            if not isinstance(item, dict) or set(item) != {"index", "name", "color"}:
-                raise self.error(field, 'must be {"index": i, "name": "...", "color": [r, g, b]}')
+            if not isinstance(item, dict) or not {"index", "name", "color"} <= set(item) \
+                    or not set(item) <= {"index", "name", "color", "keep_on_glass"}:
+                raise self.error(field, 'must be {"index": i, "name": "...", "color": [r, g, b]}'
+                                        ' with an optional "keep_on_glass": true/false')
+            keep_on_glass = item.get("keep_on_glass", False)
+            if not isinstance(keep_on_glass, bool):
+                raise self.error(f"{field}.keep_on_glass",
+                                 f"must be true or false, got {keep_on_glass!r}")
             color = item["color"]
             if not isinstance(color, list) or len(color) != 3 or any(
                     isinstance(c, bool) or not isinstance(c, int) or not 0 <= c <= 255
@@ -271,7 +287,8 @@ class _CardReader:
                 raise self.error(f"{field}.color", f"must be 3 integers 0..255, got {color!r}")
             specs.append(ClassSpec(index=self.integer(f"{field}.index", item["index"], minimum=0),
                                    name=self.text(f"{field}.name", item["name"]),
-                                   color=(color[0], color[1], color[2])))
+                                   color=(color[0], color[1], color[2]),
+                                   keep_on_glass=keep_on_glass))
         specs.sort(key=lambda spec: spec.index)
         indexes = [spec.index for spec in specs]
         if indexes != list(range(len(specs))):

@@ -193,7 +193,10 @@ def _segment(job: Job, card: ModelCard, registry: ModelRegistry, raster: _Raster
                                                options.hysteresis.low, options.hysteresis.high)
         class_map = np.where(tumorous, np.uint8(tumor),
                              np.where(class_map == tumor, prediction.fallback_map, class_map))
-    no_class = ~raster.tissue | ~raster.roi_mask
+    glass = ~raster.tissue
+    if card.kept_on_glass:
+        glass &= ~np.isin(class_map, card.kept_on_glass)
+    no_class = glass | ~raster.roi_mask
     if card.background_index is not None:
         no_class |= class_map == card.background_index
     class_map = np.where(no_class, np.uint8(postprocess.NO_CLASS), class_map).astype(np.uint8)

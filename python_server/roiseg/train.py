@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from roiseg.inference import predict
 from roiseg.models import (
@@ -80,7 +81,7 @@ KNOWN_CLASS_COLORS: dict[str, tuple[int, int, int]] = {
 }
 _PALETTE = ((31, 119, 180), (255, 127, 14), (148, 103, 189), (140, 86, 75),
             (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))
-_STATE_VERSION = 2
+_STATE_VERSION = 3
 #: Defaults of the card's inference settings when no model is fine-tuned.
 _DEFAULT_MPP, _DEFAULT_TILE, _DEFAULT_OVERLAP, _DEFAULT_INFERENCE_BATCH = 1.0, 512, 128, 4
 #: Prefix of the SMP segmentation head's parameters (re-initialised for other classes).
@@ -90,9 +91,10 @@ _HEAD_PREFIX = "segmentation_head."
 # --------------------------------------------------------------------------- data
 
 
-def class_specs(names: Sequence[str],
-                colors: Mapping[str, Sequence[int]] | None = None) -> list[ClassSpec]:
-    """Classes with colours: given ones, then `KNOWN_CLASS_COLORS`, then a palette."""
+def class_specs(names: Sequence[str], colors: Mapping[str, Sequence[int]] | None = None,
+                keep_on_glass: Sequence[str] = ()) -> list[ClassSpec]:
+    """Classes with colours: given ones, then `KNOWN_CLASS_COLORS`, then a palette; the
+    classes named in `keep_on_glass` are marked so."""
     colors = {k.lower(): v for k, v in (colors or {}).items()}
     specs: list[ClassSpec] = []
     palette = iter(_PALETTE * (1 + len(names) // len(_PALETTE)))
@@ -101,7 +103,8 @@ def class_specs(names: Sequence[str],
         rgb = tuple(int(c) for c in (color if color is not None else next(palette)))
         if len(rgb) != 3 or not all(0 <= c <= 255 for c in rgb):
             raise ValueError(f"colour of {name!r} must be three values 0..255, got {rgb}")
-        specs.append(ClassSpec(index, name, (rgb[0], rgb[1], rgb[2])))
+        specs.append(ClassSpec(index, name, (rgb[0], rgb[1], rgb[2]),
+                               keep_on_glass=name in keep_on_glass))
     return specs
 
 
@@ -376,6 +379,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--colors", action="append", default=[], metavar='"NAME=R,G,B"',
                       help="class colour (repeatable); default: the fine-tuned model's, "
                            "known names, then a palette")
+    data.add_argument("--keep-on-glass", action="append", default=[], metavar="CLASS",
+                      help="class whose pixels the server keeps where its tissue mask sees "
+                           "blank glass (repeatable), e.g. glands whose lumens the masks "
+                           "include; default: the fine-tuned model's, else none")
     data.add_argument("--source-mpp", type=float, default=None,
                       help="µm per pixel of the images (GlaS: about 0.62); required for "
                            "--masks, default the slide's calibration for --annotations")
@@ -408,6 +415,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train = parser.add_argument_group("training")
     train.add_argument("--crop", type=int, default=256, help="crop size in px (default 256)")
     train.add_argument("--batch-size", type=int, default=8)
+    train.add_argument("--scale-jitter", type=float, default=0.0, metavar="S",
+                       help="random crop scale: tissue up to (1 + S) times larger or smaller "
+                            "(default 0: none)")
     train.add_argument("--epochs", type=int, default=100)
     train.add_argument("--steps-per-epoch", type=int, default=40,
                        help="optimiser steps between validations (default 40)")
@@ -416,6 +426,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--lr", type=float, default=1e-3)
     train.add_argument("--weight-decay", type=float, default=1e-4)
     train.add_argument("--warmup-steps", type=int, default=30)
+    train.add_argument("--ema", type=float, default=0.995, metavar="DECAY",
+                       help="validate and export an exponential moving average of the "
+                            "weights with this decay per step (default 0.995; 0 = the "
+                            "weights as trained)")
     train.add_argument("--patience", type=int, default=10,
                        help="stop after this many epochs without a better validation Dice")
     train.add_argument("--seed", type=int, default=0)
@@ -506,6 +520,10 @@ class _Config:
             raise ValueError("--crop must be a multiple of 32")
         if args.batch_size < 1 or args.epochs < 1 or args.steps_per_epoch < 1:
             raise ValueError("--batch-size, --epochs and --steps-per-epoch must be >= 1")
+        if not 0 <= args.scale_jitter <= 1:
+            raise ValueError(f"--scale-jitter must be in [0, 1], got {args.scale_jitter}")
+        if not 0 <= args.ema < 1:
+            raise ValueError(f"--ema must be 0 (off) or a decay in (0, 1), got {args.ema}")
         if any(v is not None and v <= 0 for v in (args.source_mpp, args.mpp)):
             raise ValueError("--source-mpp and --mpp must be positive")
         card = resolve_card(args.init_model, args.models) if args.init_model else None
@@ -556,6 +574,14 @@ class _Config:
             raise ValueError(f"--colors names unknown classes: {', '.join(sorted(unknown))}")
         colors.update(given)
 
+        keep_on_glass = [n.strip().strip("\"'") for n in args.keep_on_glass]
+        if not args.keep_on_glass and card is not None:
+            keep_on_glass = [c.name for c in card.classes if c.keep_on_glass]
+        unknown = set(keep_on_glass) - set(names) if args.keep_on_glass else set()
+        if unknown:
+            raise ValueError(f"--keep-on-glass names unknown classes: "
+                             f"{', '.join(sorted(unknown))}")
+
         if args.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda: no CUDA device available")
         use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
@@ -563,7 +589,8 @@ class _Config:
         def pick(value: Any, own: str, default: Any) -> Any:
             return value if value is not None else getattr(card, own) if card else default
 
-        return cls(args=args, classes=class_specs(names, colors), mapping=mapping,
+        return cls(args=args, classes=class_specs(names, colors, keep_on_glass),
+                   mapping=mapping,
                    annotated=annotated, unannotated=unannotated, init_card=card,
                    architecture=pick(args.architecture, "architecture", "Unet"),
                    encoder=pick(args.encoder, "encoder", "mobilenet_v2"),
@@ -606,7 +633,8 @@ def _annotation_classes(args: argparse.Namespace, card: ModelCard | None,
 
 def _command_line(args: argparse.Namespace) -> str:
     """The command that reproduces ``args``: the process's own command line when it parses
-    to the same options, else an equivalent ``roiseg train`` command rebuilt from them."""
+    to the same options, else an equivalent ``roiseg train`` command rebuilt from them;
+    ``--resume`` left out (an interrupted run resumed gives the same result)."""
     parser = argparse.ArgumentParser(add_help=False)
     add_arguments(parser)
     argv = list(sys.argv)
@@ -616,10 +644,11 @@ def _command_line(args: argparse.Namespace) -> str:
     tail = argv[1:]
     if tail and tail[0] == "train":
         head, tail = head + ["train"], tail[1:]
+    tail = [a for a in tail if a != "--resume"]
     try:
         with contextlib.redirect_stderr(io.StringIO()):
             parsed = parser.parse_args(tail)
-        if all(getattr(args, k, None) == v for k, v in vars(parsed).items()):
+        if all(getattr(args, k, None) == v for k, v in vars(parsed).items() if k != "resume"):
             return shlex.join(head + tail)
     except SystemExit:
         pass
@@ -628,7 +657,7 @@ def _command_line(args: argparse.Namespace) -> str:
         if not action.option_strings or action.dest == "help":
             continue
         value = getattr(args, action.dest, action.default)
-        if value == action.default:
+        if value == action.default or action.dest == "resume":
             continue
         option = action.option_strings[0]
         if isinstance(action, argparse._StoreTrueAction):
@@ -651,6 +680,13 @@ class _Progress:
     bad_epochs: int = 0
     last_val_s: float = 0.0
     history: list[dict[str, float]] = field(default_factory=list)
+
+
+def _averaged(model: torch.nn.Module, decay: float) -> AveragedModel | None:
+    """An exponential moving average of ``model``'s weights and BatchNorm statistics."""
+    if decay == 0:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def _kept(name: str | None, names: Sequence[str]) -> str | None:
@@ -684,7 +720,8 @@ class _Trainer:
         return {"architecture": c.architecture, "encoder": c.encoder, "extra": c.extra,
                 "classes": [s.name for s in c.classes], "mpp": c.mpp,
                 "source_mpp": a.source_mpp, "crop": a.crop, "batch_size": a.batch_size,
-                "steps_per_epoch": a.steps_per_epoch, "seed": a.seed,
+                "steps_per_epoch": a.steps_per_epoch, "seed": a.seed, "ema": a.ema,
+                "scale_jitter": a.scale_jitter,
                 "init": c.init_card.sha256 if c.init_card else None,
                 "unannotated": c.unannotated,
                 "train": [s.name for s in train], "val": [s.name for s in val]}
@@ -750,6 +787,7 @@ class _Trainer:
         model = model.to(config.device).to(memory_format=torch.channels_last)
         optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr,
                                       weight_decay=args.weight_decay)
+        averaged = _averaged(model, args.ema)
         scaler = torch.amp.GradScaler("cuda", enabled=config.amp)
         rng = np.random.default_rng(args.seed)
         progress = _Progress()
@@ -763,6 +801,8 @@ class _Trainer:
                       file=sys.stderr)
                 return 2
             model.load_state_dict(state["model"])
+            if averaged is not None:
+                averaged.load_state_dict(state["averaged"])
             optimizer.load_state_dict(state["optimizer"])
             scaler.load_state_dict(state["scaler"])
             rng.bit_generator.state = state["rng"]
@@ -772,7 +812,8 @@ class _Trainer:
             print(f"roiseg train: resumed at epoch {progress.epoch}, step {progress.step}, "
                   f"{progress.elapsed_s / 60:.1f} min spent", file=sys.stderr)
 
-        sampler = CropSampler(train_set, args.crop, self.num_classes, rng)
+        sampler = CropSampler(train_set, args.crop, self.num_classes, rng,
+                              scale_jitter=args.scale_jitter)
         total_steps = args.epochs * args.steps_per_epoch
         budget_s = args.max_minutes * 60 if args.max_minutes else None
         stop_reason = "epochs done"
@@ -807,6 +848,8 @@ class _Trainer:
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
+                if averaged is not None:
+                    averaged.update_parameters(model)
                 losses.append(float(loss.detach()))
                 progress.step += 1
                 step_s = time.monotonic() - clock - progress.elapsed_s
@@ -820,19 +863,20 @@ class _Trainer:
             progress.epoch += 1
             record: dict[str, float] = {"epoch": progress.epoch, "step": progress.step,
                                         "loss": float(np.mean(losses))}
+            weights = model if averaged is None else averaged.module
             if val_set:
                 t_val = time.monotonic()
-                result = evaluate(self._loaded(model), val_set)
+                result = evaluate(self._loaded(weights), val_set)
                 progress.last_val_s = time.monotonic() - t_val
                 record["val_score"] = result["score"]
                 if result["score"] > progress.best_score + 1e-4:
                     progress.best_score, progress.best_epoch = result["score"], progress.epoch
                     progress.bad_epochs = 0
-                    best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                    best_state = {k: v.detach().cpu().clone() for k, v in weights.state_dict().items()}
                 else:
                     progress.bad_epochs += 1
             else:
-                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                best_state = {k: v.detach().cpu().clone() for k, v in weights.state_dict().items()}
                 progress.best_epoch = progress.epoch
             progress.elapsed_s = time.monotonic() - clock
             record["minutes"] = progress.elapsed_s / 60
@@ -841,7 +885,8 @@ class _Trainer:
                       + (f", val Dice {record['val_score']:.4f} (best {progress.best_score:.4f}"
                          f" @ {progress.best_epoch})" if "val_score" in record else "")
                       + f", {record['minutes']:.1f} min", file=sys.stderr)
-            self._save_state(model, optimizer, scaler, rng, progress, best_state, fingerprint)
+            self._save_state(model, averaged, optimizer, scaler, rng, progress, best_state,
+                             fingerprint)
             if out_of_time:
                 stop_reason = "time budget"
                 break
@@ -854,7 +899,8 @@ class _Trainer:
             return 1
         return self._finish(best_state, train_set, val_set, progress, stop_reason)
 
-    def _save_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+    def _save_state(self, model: torch.nn.Module, averaged: AveragedModel | None,
+                    optimizer: torch.optim.Optimizer,
                     scaler: torch.amp.GradScaler, rng: np.random.Generator, progress: _Progress,
                     best_state: dict[str, torch.Tensor] | None,
                     fingerprint: dict[str, Any]) -> None:
@@ -862,6 +908,7 @@ class _Trainer:
         path.parent.mkdir(parents=True, exist_ok=True)
         state = {"version": _STATE_VERSION, "fingerprint": fingerprint,
                  "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                 "averaged": None if averaged is None else averaged.state_dict(),
                  "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                  "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
                  "progress": copy.deepcopy(progress.__dict__), "best": best_state}
@@ -932,8 +979,11 @@ class _Trainer:
             f"{len(val_set)} held out for validation (split by image, seed {args.seed}). "
             f"{config.architecture}/{config.encoder} with {init}, trained on "
             f"{args.crop}x{args.crop} px class-balanced random crops (batch {args.batch_size}; "
-            f"flips, 90° rotations, HSV/brightness/contrast jitter), cross-entropy + Dice "
-            f"loss, AdamW lr {args.lr:g} with a cosine schedule; {progress.step} steps / "
+            + (f"scale jitter ±{args.scale_jitter:g}, " if args.scale_jitter else "")
+            + "flips, 90° rotations, HSV/brightness/contrast jitter), cross-entropy + Dice "
+            f"loss, AdamW lr {args.lr:g} with a cosine schedule"
+            + (f", weights averaged (EMA, decay {args.ema:g})" if args.ema else "")
+            + f"; {progress.step} steps / "
             f"{progress.epoch} epochs in {progress.elapsed_s / 60:.1f} min on "
             f"{self._device_name()} ({stop_reason}); best validation epoch "
             f"{progress.best_epoch} exported in float16. "
@@ -955,7 +1005,8 @@ class _Trainer:
             "overlap": config.overlap,
             "batch_size": config.inference_batch_size,
             "normalization": {"mean": list(config.mean), "std": list(config.std)},
-            "classes": [{"index": c.index, "name": c.name, "color": list(c.color)}
+            "classes": [{"index": c.index, "name": c.name, "color": list(c.color),
+                         **({"keep_on_glass": True} if c.keep_on_glass else {})}
                         for c in config.classes],
             # The fine-tuned model's background/tumour roles carry over to same-named classes.
             "background_class": _kept(init_card.background_class if init_card else None, names),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -362,21 +363,28 @@ def split_by_image(names: Sequence[str], val_fraction: float,
 
 
 class CropSampler:
-    """Class-balanced random crops with flips, 90° rotations and colour jitter.
+    """Class-balanced random crops with scale jitter, flips, 90° rotations and colour jitter.
 
     A crop is drawn by picking a class uniformly among the classes present, then a pixel
     of that class uniformly over all training images; the crop is placed around it (with
     a random offset of up to a quarter crop) and kept inside the image. Images smaller than
-    the crop are padded (reflected image, IGNORE_INDEX labels).
+    the crop are padded (reflected image, IGNORE_INDEX labels). With ``scale_jitter`` s the
+    window read is ``crop x f`` pixels, f log-uniform in [1 / (1 + s), 1 + s] (as far as
+    the image allows), resized to the crop: the tissue appears up to (1 + s) times larger
+    or smaller, as under another scanner's calibration.
     """
 
     def __init__(self, samples: Sequence[Sample], crop: int, num_classes: int,
-                 rng: np.random.Generator, augment: bool = True) -> None:
+                 rng: np.random.Generator, augment: bool = True,
+                 scale_jitter: float = 0.0) -> None:
         if not samples:
             raise ValueError("no training images")
+        if scale_jitter < 0:
+            raise ValueError(f"scale jitter must be >= 0, got {scale_jitter}")
         self.crop = crop
         self.rng = rng
         self.augment = augment
+        self.scale_jitter = scale_jitter
         self._images: list[np.ndarray] = []
         self._labels: list[np.ndarray] = []
         for s in samples:
@@ -415,11 +423,20 @@ class CropSampler:
         flat = int(self._centres[c][i][rng.integers(self._centres[c][i].size)])
         cy, cx = divmod(flat, labels.shape[1])
         h, w = labels.shape
-        jitter = self.crop // 4
-        y0 = int(np.clip(cy - self.crop // 2 + rng.integers(-jitter, jitter + 1), 0, h - self.crop))
-        x0 = int(np.clip(cx - self.crop // 2 + rng.integers(-jitter, jitter + 1), 0, w - self.crop))
-        image = self._images[i][y0:y0 + self.crop, x0:x0 + self.crop]
-        crop_labels = labels[y0:y0 + self.crop, x0:x0 + self.crop]
+        window = self.crop
+        if self.augment and self.scale_jitter:
+            bound = math.log1p(self.scale_jitter)
+            window = min(h, w, round(self.crop * math.exp(rng.uniform(-bound, bound))))
+        jitter = window // 4
+        y0 = int(np.clip(cy - window // 2 + rng.integers(-jitter, jitter + 1), 0, h - window))
+        x0 = int(np.clip(cx - window // 2 + rng.integers(-jitter, jitter + 1), 0, w - window))
+        image = self._images[i][y0:y0 + window, x0:x0 + window]
+        crop_labels = labels[y0:y0 + window, x0:x0 + window]
+        if window != self.crop:
+            size = (self.crop, self.crop)
+            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA if window > self.crop
+                               else cv2.INTER_LINEAR)
+            crop_labels = cv2.resize(crop_labels, size, interpolation=cv2.INTER_NEAREST)
         if self.augment:
             image, crop_labels = _augment(image, crop_labels, rng)
         return np.ascontiguousarray(image), np.ascontiguousarray(crop_labels)
