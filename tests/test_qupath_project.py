@@ -18,6 +18,7 @@ from shapely.geometry import LineString, Point, box, mapping
 from conftest import CMU
 from roiseg.batch import add_arguments, run
 from roiseg.conventions import MODEL_ID_KEY, ROISEG_SOURCE_KEY, is_roiseg_object
+from roiseg.models import DEFAULT_MODELS_DIR
 from roiseg.qupath_project import (ROI_KEY, ROI_MODELS_KEY, Annotation, merge_features,
                                    read_geojson_annotations, replaceable, roi_key, select_rois,
                                    tag_features)
@@ -193,7 +194,8 @@ def test_project_mode_with_qupath(address, tmp_path):
     assert children and all(m.get(ROISEG_SOURCE_KEY) == "roiseg" for _, m, _ in children)
     assert {c for c, _, _ in children} <= {"Stroma", "Gland epithelium"}
     assert {"Stroma", "Gland epithelium"} <= classes
-    assert metadata[ROI_MODELS_KEY] == "glas-unet-mobilenetv2@0.1.0"
+    default = json.loads((DEFAULT_MODELS_DIR / "model.json").read_text())
+    assert metadata[ROI_MODELS_KEY] == f"{default['id']}@{default['version']}"
     assert _children(project_dir, "Other")[0]["O1"][1] == []
     journal = [json.loads(line) for line in
                (project_dir / "roiseg-batch.jsonl").read_text().splitlines()]
