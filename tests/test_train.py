@@ -251,6 +251,18 @@ def test_recorded_command_leaves_out_resume(tmp_path, monkeypatch):
     assert train._command_line(_args(*argv, "--resume")) == shlex.join(["roiseg", "train", *argv])
 
 
+def test_encoder_learns_at_its_own_rate(tmp_path):
+    model = train.build_model("Unet", "mobilenet_v2", 2)
+    encoder, rest = train._parameter_groups(model, 1e-3, 0.2)
+    assert (encoder["base_lr"], rest["base_lr"]) == (pytest.approx(2e-4), 1e-3)
+    assert {id(p) for p in encoder["params"]} == {id(p) for p in model.encoder.parameters()}
+    assert len(encoder["params"]) + len(rest["params"]) == len(list(model.parameters()))
+    with pytest.raises(ValueError, match="--encoder-lr-scale"):
+        train._Config.from_args(_args(
+            "--images", str(GLAS / "images"), "--masks", str(GLAS / "masks"),
+            "--source-mpp", "0.62", "--encoder-lr-scale", "0", "--out", str(tmp_path)))
+
+
 def test_keep_on_glass_names_a_class(tmp_path):
     with pytest.raises(ValueError, match="--keep-on-glass names unknown classes: Lumen"):
         train._Config.from_args(_args(

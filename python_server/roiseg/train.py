@@ -424,6 +424,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--max-minutes", type=float, default=None,
                        help="wall-clock budget of the training loop, validation included")
     train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--encoder-lr-scale", type=float, default=1.0, metavar="F",
+                       help="the encoder learns at F x --lr (default 1; below 1 keeps more "
+                            "of its ImageNet or fine-tuned features)")
     train.add_argument("--weight-decay", type=float, default=1e-4)
     train.add_argument("--warmup-steps", type=int, default=30)
     train.add_argument("--ema", type=float, default=0.995, metavar="DECAY",
@@ -522,6 +525,8 @@ class _Config:
             raise ValueError("--batch-size, --epochs and --steps-per-epoch must be >= 1")
         if not 0 <= args.scale_jitter <= 1:
             raise ValueError(f"--scale-jitter must be in [0, 1], got {args.scale_jitter}")
+        if not 0 < args.encoder_lr_scale <= 1:
+            raise ValueError(f"--encoder-lr-scale must be in (0, 1], got {args.encoder_lr_scale}")
         if not 0 <= args.ema < 1:
             raise ValueError(f"--ema must be 0 (off) or a decay in (0, 1), got {args.ema}")
         if any(v is not None and v <= 0 for v in (args.source_mpp, args.mpp)):
@@ -682,6 +687,16 @@ class _Progress:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
+def _parameter_groups(model: torch.nn.Module, lr: float,
+                      encoder_scale: float) -> list[dict[str, Any]]:
+    """The encoder's parameters at ``lr x encoder_scale``, the others at ``lr``."""
+    encoder = {id(p) for p in model.encoder.parameters()}
+    return [{"params": [p for p in model.parameters() if id(p) in encoder],
+             "base_lr": lr * encoder_scale},
+            {"params": [p for p in model.parameters() if id(p) not in encoder],
+             "base_lr": lr}]
+
+
 def _averaged(model: torch.nn.Module, decay: float) -> AveragedModel | None:
     """An exponential moving average of ``model``'s weights and BatchNorm statistics."""
     if decay == 0:
@@ -785,8 +800,8 @@ class _Trainer:
 
         model = self._model()
         model = model.to(config.device).to(memory_format=torch.channels_last)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr,
-                                      weight_decay=args.weight_decay)
+        optimizer = torch.optim.AdamW(_parameter_groups(model, args.lr, args.encoder_lr_scale),
+                                      lr=args.lr, weight_decay=args.weight_decay)
         averaged = _averaged(model, args.ema)
         scaler = torch.amp.GradScaler("cuda", enabled=config.amp)
         rng = np.random.default_rng(args.seed)
@@ -837,7 +852,7 @@ class _Trainer:
                     break
                 factor = self._lr_factor(progress, total_steps, budget_s)
                 for group in optimizer.param_groups:
-                    group["lr"] = args.lr * factor
+                    group["lr"] = group["base_lr"] * factor
                 images, labels = sampler.batch(args.batch_size)
                 inputs = to_input(images, config.mean, config.std, config.device)
                 target = torch.from_numpy(labels).to(config.device).long()
@@ -981,7 +996,9 @@ class _Trainer:
             f"{args.crop}x{args.crop} px class-balanced random crops (batch {args.batch_size}; "
             + (f"scale jitter ±{args.scale_jitter:g}, " if args.scale_jitter else "")
             + "flips, 90° rotations, HSV/brightness/contrast jitter), cross-entropy + Dice "
-            f"loss, AdamW lr {args.lr:g} with a cosine schedule"
+            f"loss, AdamW lr {args.lr:g}"
+            + (f" (encoder x {args.encoder_lr_scale:g})" if args.encoder_lr_scale != 1 else "")
+            + " with a cosine schedule"
             + (f", weights averaged (EMA, decay {args.ema:g})" if args.ema else "")
             + f"; {progress.step} steps / "
             f"{progress.epoch} epochs in {progress.elapsed_s / 60:.1f} min on "
