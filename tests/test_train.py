@@ -32,6 +32,19 @@ def samples() -> list[train.Sample]:
     return [train.load_sample(i, m, mapping, GLAS_MPP / 1.0) for i, m in chosen]
 
 
+def _fit(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int) -> list[float]:
+    """``steps`` AdamW steps on one batch; the loss before each step."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(steps):
+        loss = train.segmentation_loss(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
 def _crops(samples, size: int, count: int, seed: int = 0):
     sampler = train.CropSampler(samples, size, 2, np.random.default_rng(seed), augment=False)
     return sampler.batch(count)
@@ -158,14 +171,7 @@ def test_a_few_training_steps_lower_the_loss(samples):
     model = model.to(memory_format=torch.channels_last).train()
     images, labels = _crops(samples, 64, 4)
     x, y = train.to_input(images), torch.from_numpy(labels).long()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(8):
-        loss = train.segmentation_loss(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(float(loss.detach()))
+    losses = _fit(model, x, y, steps=8)
     model.eval()
     with torch.no_grad():
         final = float(train.segmentation_loss(model(x), y))
@@ -420,14 +426,7 @@ def test_training_on_geojson_annotations_lowers_the_loss(annotated):
     torch.manual_seed(0)
     model = train.build_model("Unet", "mobilenet_v2", 2, pretrained=True).train()
     x, y = train.to_input(images), torch.from_numpy(labels).long()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(3):
-        loss = train.segmentation_loss(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(float(loss.detach()))
+    losses = _fit(model, x, y, steps=3)
     assert losses[-1] < losses[0], losses
 
 
