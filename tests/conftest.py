@@ -51,8 +51,7 @@ def models_dir(tmp_path_factory) -> Path:
     shutil.copytree(DEFAULT_MODELS_DIR, root / "default")
     card = json.loads((DEFAULT_MODELS_DIR / "model.json").read_text())
     coarse = root / "coarse"
-    coarse.mkdir()
-    shutil.copy(DEFAULT_MODELS_DIR / card["checkpoint"], coarse / card["checkpoint"])
+    shutil.copytree(DEFAULT_MODELS_DIR, coarse)  # its checkpoints, an ensemble's included
     card.update(id="glas-coarse", name="GlaS glands at 2 µm/px", mpp=2.0)
     (coarse / "model.json").write_text(json.dumps(card))
     return root

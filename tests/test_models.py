@@ -203,6 +203,60 @@ def test_sha256_mismatch_is_refused(tmp_path, smp_model):
     assert "0" * 64 in str(error.value) and sha256_file(card.checkpoint) in str(error.value)
 
 
+def _ensemble_member(directory: Path, model: torch.nn.Module, name: str, **fields) -> dict:
+    """Save ``model``'s weights as ``name`` in ``directory``; its card entry."""
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), directory / name)
+    return {"architecture": ARCH, "encoder": ENCODER, "checkpoint": name,
+            "sha256": sha256_file(directory / name), "extra": EXTRA, **fields}
+
+
+def test_ensemble_averages_the_members_probabilities(tmp_path, smp_model, pixels):
+    torch.manual_seed(1)
+    other = smp.create_model("Unet", encoder_name="mobilenet_v2", encoder_weights=None,
+                             classes=len(CLASSES), decoder_channels=[32, 16, 8, 8, 4]).eval()
+    member = _ensemble_member(tmp_path / "m", other, "other.pt",
+                              encoder="mobilenet_v2", extra={"decoder_channels": [32, 16, 8, 8, 4]})
+    card = ModelCard.from_file(_write_model(tmp_path / "m", smp_model.state_dict(),
+                                            ensemble=[member]))
+    assert [(m.encoder, m.checkpoint.name) for m in card.ensemble] == [("mobilenet_v2", "other.pt")]
+    loaded = load_model(card, CPU)
+    result = loaded.probabilities(pixels)
+    first = _expected_probabilities(smp_model, pixels, card)
+    second = _expected_probabilities(other, pixels, card)
+    assert (first - second).abs().max() > 0.05  # the members disagree
+    torch.testing.assert_close(result, (first + second) / 2)
+    torch.testing.assert_close(result.sum(dim=1), torch.ones(2, 64, 96))
+
+
+@pytest.mark.parametrize("member, field, message", [
+    ({"checkpoint": "missing.pt"}, "ensemble[0].checkpoint", "does not exist"),
+    ({"sha256": "xyz"}, "ensemble[0].sha256", "64 hexadecimal digits"),
+    ({"encoder": "resnet1000"}, "ensemble[0].encoder", "not a segmentation_models_pytorch"),
+    ({"extra": {"classes": 2}}, "ensemble[0].extra", "must not set classes"),
+    ({"weights": "x"}, "ensemble[0]", '"architecture": ...'),
+])
+def test_ensemble_errors_name_the_member(tmp_path, smp_model, member, field, message):
+    entry = {**_ensemble_member(tmp_path / "m", smp_model, "other.pt"), **member}
+    path = _write_model(tmp_path / "m", smp_model.state_dict(), ensemble=[entry])
+    with pytest.raises(ValueError) as error:
+        ModelCard.from_file(path)
+    assert f"field '{field}'" in str(error.value) and message in str(error.value)
+
+
+def test_ensemble_member_checksum_and_format_are_checked(tmp_path, smp_model):
+    entry = _ensemble_member(tmp_path / "m", smp_model, "other.pt", sha256="0" * 64)
+    card = ModelCard.from_file(_write_model(tmp_path / "m", smp_model.state_dict(),
+                                            ensemble=[entry]))
+    with pytest.raises(ValueError, match=r"other\.pt: sha256 is [0-9a-f]{64}, but the card"):
+        load_model(card, CPU)
+    entry = _ensemble_member(tmp_path / "s", smp_model, "other.pt")
+    path = _write_model(tmp_path / "s", {"w": torch.zeros(1)}, format="torchscript",
+                        ensemble=[entry])
+    with pytest.raises(ValueError, match="only state_dict models can form an ensemble"):
+        ModelCard.from_file(path)
+
+
 def test_mismatched_keys_are_named(tmp_path, smp_model):
     state = dict(smp_model.state_dict())
     del state["segmentation_head.0.bias"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import shlex
@@ -15,7 +16,11 @@ import torch
 from conftest import GLAS, REPO
 from roiseg import train
 from roiseg.models import ModelCard, load_model
-from roiseg.pretrained import load_imagenet_encoder, mobilenet_v2_weights_path
+from roiseg.pretrained import (
+    encoder_state,
+    imagenet_normalization,
+    load_imagenet_encoder,
+)
 
 GLAS_MPP = 0.62
 
@@ -53,17 +58,20 @@ def _crops(samples, size: int, count: int, seed: int = 0):
 # ------------------------------------------------------------------ pretrained weights
 
 
-def test_mobilenet_v2_mapping_loads_every_tensor(samples):
+@pytest.mark.parametrize("encoder, tensors, deep_shape", [
+    ("mobilenet_v2", 312, (1, 1280, 4, 4)),
+    ("tu-tf_efficientnet_lite0", 288, (1, 320, 4, 4)),
+])
+def test_imagenet_mapping_loads_every_tensor(samples, encoder, tensors, deep_shape):
     torch.manual_seed(0)
-    model = train.build_model("Unet", "mobilenet_v2", 2)
-    random_model = train.build_model("Unet", "mobilenet_v2", 2)
+    model = train.build_model("Unet", encoder, 2)
+    random_model = train.build_model("Unet", encoder, 2)
     random_model.load_state_dict(model.state_dict())
-    load_imagenet_encoder(model, "mobilenet_v2")
+    load_imagenet_encoder(model, encoder)
 
-    source = torch.load(mobilenet_v2_weights_path(), map_location="cpu", weights_only=True)
-    source = [v for k, v in source.items() if k.startswith("features.")]
+    source = list(encoder_state(encoder).values())
     target = list(model.encoder.state_dict().values())
-    assert len(source) == len(target) == 312
+    assert len(source) == len(target) == tensors
     for src, dst in zip(source, target):
         assert src.shape == dst.shape
         assert torch.equal(src.to(dst.dtype), dst)
@@ -72,15 +80,38 @@ def test_mobilenet_v2_mapping_loads_every_tensor(samples):
         assert torch.equal(tensor, random_model.decoder.state_dict()[name])
 
     # On a real H&E crop the ImageNet encoder computes other features than a random one.
+    mean, std = imagenet_normalization(encoder)
     images, _ = _crops(samples, 128, 1)
-    x = train.to_input(images)
+    x = train.to_input(images, mean, std)
     model.eval()
     random_model.eval()
     with torch.no_grad():
         deep = model.encoder(x)[-1]
         deep_random = random_model.encoder(x)[-1]
-    assert deep.shape == deep_random.shape == (1, 1280, 4, 4)
+    assert deep.shape == deep_random.shape == deep_shape
     assert (deep - deep_random).abs().mean() > 0.5 * deep_random.abs().mean()
+
+
+def test_imagenet_normalization_follows_the_weights(tmp_path):
+    # torchvision's weights were trained on ImageNet mean/std, TensorFlow's Lite models on
+    # mean 0.5, std 0.5: a new model trains (and its card records) what its encoder's
+    # weights expect; a fine-tuned model keeps its card's.
+    imagenet = (train.IMAGENET_MEAN, train.IMAGENET_STD)
+    assert imagenet_normalization("mobilenet_v2") == imagenet
+    assert imagenet_normalization("tu-tf_efficientnet_lite0") == ((0.5,) * 3, (0.5,) * 3)
+    with pytest.raises(ValueError, match="tu-tf_efficientnet_lite0"):
+        imagenet_normalization("resnet18")
+
+    data = ("--images", str(GLAS / "images"), "--masks", str(GLAS / "masks"),
+            "--source-mpp", "0.62", "--out", str(tmp_path))
+    for extra, expected in [(("--encoder", "tu-tf_efficientnet_lite0"), ((0.5,) * 3, (0.5,) * 3)),
+                            (("--encoder", "resnet18", "--no-pretrained"), imagenet),
+                            ((), imagenet)]:
+        config = train._Config.from_args(_args(*data, *extra))
+        assert (config.mean, config.std) == expected
+    default = _default_card()
+    config = train._Config.from_args(_args(*data, "--init-model", str(default.card_path)))
+    assert (config.mean, config.std) == (tuple(default.mean), tuple(default.std))
 
 
 def test_unsupported_encoder_names_the_supported_ones():
@@ -190,7 +221,9 @@ def _card_fields_from_docs() -> dict:
 def test_card_and_fp16_checkpoint_round_trip(tmp_path, samples):
     torch.manual_seed(0)
     model = train.build_model("Unet", "mobilenet_v2", 2, pretrained=True).eval()
-    documented = _card_fields_from_docs()
+    # The documented fields but those of another architecture (extra) and other files.
+    documented = {k: v for k, v in _card_fields_from_docs().items()
+                  if k not in ("extra", "ensemble")}
     card = dict(documented, id="round-trip", trained_on="a test", metrics={})
     written = train.export_model(model, tmp_path, card)
 
@@ -216,13 +249,19 @@ def test_card_and_fp16_checkpoint_round_trip(tmp_path, samples):
     assert torch.allclose(loaded.probabilities(images), actual.softmax(1), atol=1e-4)
 
 
-def test_roiseg_train_end_to_end(tmp_path):
-    """The CLI entry point on 3 real images: a tiny budget, a complete model directory."""
+def _three_images(tmp_path: Path) -> Path:
+    """A data folder with real GlaS train_1..3 (images/ and masks/)."""
     data = tmp_path / "data"
     for kind in ("images", "masks"):
         (data / kind).mkdir(parents=True)
         for i in (1, 2, 3):
             (data / kind / f"train_{i}.png").symlink_to(GLAS / kind / f"train_{i}.png")
+    return data
+
+
+def test_roiseg_train_end_to_end(tmp_path):
+    """The CLI entry point on 3 real images: a tiny budget, a complete model directory."""
+    data = _three_images(tmp_path)
     out = tmp_path / "model"
     parser = argparse.ArgumentParser()
     train.add_arguments(parser)
@@ -248,6 +287,30 @@ def test_roiseg_train_end_to_end(tmp_path):
     rebuilt = parser.parse_args(shlex.split(command)[2:])
     assert vars(rebuilt) == vars(args)
     load_model(ModelCard.from_file(out / "model.json"), torch.device("cpu"))
+
+
+def test_the_weight_average_is_validated_and_exported(tmp_path):
+    data = _three_images(tmp_path)
+    out = tmp_path / "model"
+    args = _args("--images", str(data / "images"), "--masks", str(data / "masks"),
+                 "--source-mpp", str(GLAS_MPP), "--val-fraction", "0.34", "--crop", "64",
+                 "--batch-size", "2", "--epochs", "1", "--steps-per-epoch", "4", "--lr", "0.01",
+                 "--ema", "0.5", "--threads", "1", "--no-progress", "--keep-state",
+                 "--out", str(out))
+    assert train.run(args) == 0
+    state = torch.load(out / "train_state.pt", map_location="cpu", weights_only=True)
+    exported = torch.load(out / "model.pt", map_location="cpu", weights_only=True)
+    averaged = {k.removeprefix("module."): v for k, v in state["averaged"].items()
+                if k.startswith("module.")}
+    assert int(state["averaged"]["n_averaged"]) == 4
+    assert exported.keys() == averaged.keys() == state["model"].keys()
+    weights = [k for k, v in exported.items() if v.is_floating_point()]
+    for key in weights:
+        assert torch.equal(exported[key], averaged[key].to(exported[key].dtype)), key
+    # The average is not the last step's weights.
+    moved = sum(not torch.allclose(averaged[k].float(), state["model"][k].float(), atol=1e-3)
+                for k in weights)
+    assert moved > len(weights) // 4
 
 
 def test_recorded_command_leaves_out_resume(tmp_path, monkeypatch):
@@ -293,15 +356,22 @@ def test_default_model_card_and_checkpoint(monkeypatch):
     directory = Path(train.__file__).parent / "default_model"
     card = json.loads((directory / "model.json").read_text())
     assert list(card) == list(_card_fields_from_docs())
-    assert card["id"] == "glas-unet-mobilenetv2" and card["version"] == "0.2.0"
+    assert card["id"] == "glas-unet-mobilenetv2" and card["version"] == "0.3.0"
     assert [(c["name"], c.get("keep_on_glass", False)) for c in card["classes"]] == \
         [("Stroma", False), ("Gland epithelium", True)]
-    checkpoint = directory / card["checkpoint"]
-    assert checkpoint.stat().st_size <= 15 * 2**20
-    assert card["sha256"] == train.sha256_file(checkpoint)
+    # An ensemble of two models, all checkpoints together at most 25 MB.
+    files = [card, *card["ensemble"]]
+    assert len(files) == 2
+    assert sum((directory / f["checkpoint"]).stat().st_size for f in files) <= 25e6
+    assert all(f["sha256"] == train.sha256_file(directory / f["checkpoint"]) for f in files)
+    assert "averaged with glas-unet-mobilenetv2@0.2.0" in card["trained_on"]
 
     command = shlex.split(card["trained_on"].split("Command: ", 1)[1])
     assert command[:3] == ["python", "-m", "roiseg.train"]
+    # The split comes from the data options and the seed; the --ensemble-with model (the
+    # first member's training run, named in trained_on) is not needed to rebuild it.
+    partner = command.index("--ensemble-with")
+    del command[partner:partner + 2]
     monkeypatch.chdir(REPO)  # the command's paths are relative to the repository
     config = train._Config.from_args(_args(*command[3:]))
     _, held_out = train._Trainer(config)._load_data()
@@ -457,12 +527,69 @@ def test_fine_tuning_starts_from_the_default_model(tmp_path, samples):
     assert [c.keep_on_glass for c in config.classes] == [c.keep_on_glass for c in card.classes]
     assert tuple(config.mean) == card.mean and tuple(config.std) == card.std
     model = train._Trainer(config)._model().eval()
-    # Its first training step sees exactly the default model's outputs on a real crop.
+    # Its first training step sees exactly the default model's outputs on a real crop (of
+    # an ensemble, the card's own model's).
     images, _ = _crops(samples, 128, 2)
-    expected = load_model(card, torch.device("cpu")).probabilities(images)
+    expected = load_model(dataclasses.replace(card, ensemble=()),
+                          torch.device("cpu")).probabilities(images)
     with torch.no_grad():
         actual = model(train.to_input(images, config.mean, config.std)).softmax(1)
     assert torch.allclose(actual, expected, atol=1e-5)
+
+
+def test_ensemble_with_a_registered_model(tmp_path):
+    """A new model trained alongside the default one: the card is the ensemble's."""
+    data = _three_images(tmp_path)
+    out = tmp_path / "model"
+    default = _default_card()
+    args = _args("--images", str(data / "images"), "--masks", str(data / "masks"),
+                 "--source-mpp", str(GLAS_MPP), "--val-fraction", "0.34", "--crop", "64",
+                 "--batch-size", "2", "--epochs", "1", "--steps-per-epoch", "2",
+                 "--threads", "1", "--no-progress", "--extra",
+                 '{"decoder_channels": [32, 16, 8, 8, 4]}', "--ensemble-with",
+                 str(default.card_path), "--out", str(out))
+    assert train.run(args) == 0
+    card = ModelCard.from_file(out / "model.json")
+    partner_checkpoints = [default.checkpoint, *(m.checkpoint for m in default.ensemble)]
+    assert [m.checkpoint.name for m in card.ensemble] == [
+        f"model.member{i}.pt" for i in range(1, len(partner_checkpoints) + 1)]
+    for member, original in zip(card.ensemble, partner_checkpoints):
+        copied = torch.load(member.checkpoint, weights_only=True)
+        source = torch.load(original, weights_only=True)
+        assert copied.keys() == source.keys()
+        assert all(torch.equal(copied[k], source[k]) for k in source)
+    assert card.extra == {"decoder_channels": [32, 16, 8, 8, 4]}
+    assert f"averaged with {default.id}@{default.version} ({default.sha256})" in card.trained_on
+
+    # The card's figures are the ensemble's: 2 steps leave the new model near chance, the
+    # ensemble segments the held-out image as well as the default model does.
+    samples = [train.load_sample(image, mask, train.parse_mask_values(None), GLAS_MPP)
+               for image, mask in train.find_pairs(data / "images", data / "masks")]
+    _, val_idx = train.split_by_image([s.name for s in samples], 0.34, 0)
+    held_out = [samples[i] for i in val_idx]
+    cpu = torch.device("cpu")
+    alone = train.evaluate(load_model(dataclasses.replace(card, ensemble=()), cpu), held_out)
+    together = train.evaluate(load_model(card, cpu), held_out)
+    assert float(card.metrics["val_gland_dice"]) == pytest.approx(together["dice"][1], abs=1e-3)
+    assert together["dice"][1] > alone["dice"][1] + 0.1
+    assert together["dice"][1] > 0.8
+
+
+def test_ensemble_partners_must_match(tmp_path):
+    data = ("--images", str(GLAS / "images"), "--masks", str(GLAS / "masks"),
+            "--source-mpp", "0.62", "--ensemble-with", "glas-unet-mobilenetv2",
+            "--out", str(tmp_path))
+    with pytest.raises(ValueError, match=r"--ensemble-with glas-unet-mobilenetv2: it runs "
+                                         r"at 1 µm/px, not 0\.5"):
+        train._Config.from_args(_args(*data, "--mpp", "0.5"))
+    with pytest.raises(ValueError, match="its classes are Stroma, Gland epithelium, not "
+                                         "Other, Gland"):
+        train._Config.from_args(_args(*data, "--mask-values", "0=Other,255=Gland"))
+    with pytest.raises(ValueError, match="its normalisation"):
+        train._Config.from_args(_args(*data, "--encoder", "tu-tf_efficientnet_lite0"))
+    with pytest.raises(ValueError, match="--ensemble-with 'nope': no such model card or id"):
+        train._Config.from_args(_args(*data[:-4], "--ensemble-with", "nope",
+                                      "--out", str(tmp_path)))
 
 
 def test_other_classes_reinitialise_only_the_head(tmp_path, annotated, capsys):
@@ -475,7 +602,8 @@ def test_other_classes_reinitialise_only_the_head(tmp_path, annotated, capsys):
     torch.manual_seed(0)
     model = train._Trainer(config)._model()
     assert "segmentation head is re-initialised for 3 classes" in capsys.readouterr().err
-    default = load_model(_default_card(), torch.device("cpu")).module.state_dict()
+    default = load_model(dataclasses.replace(_default_card(), ensemble=()),
+                         torch.device("cpu")).module.state_dict()
     state = model.state_dict()
     head = [k for k in state if k.startswith("segmentation_head.")]
     assert head and state[head[0]].shape[0] == 3

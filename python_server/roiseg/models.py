@@ -30,7 +30,8 @@ _REQUIRED_FIELDS = ("id", "name", "version", "format", "architecture", "encoder"
                     "sha256", "mpp", "tile_size", "overlap", "batch_size", "normalization",
                     "classes")
 _OPTIONAL_FIELDS = ("description", "background_class", "tumor_class", "trained_on", "metrics",
-                    "extra")
+                    "extra", "ensemble")
+_MEMBER_FIELDS = ("architecture", "encoder", "checkpoint", "sha256")
 #: Keys under which training scripts nest the state dict, outermost first.
 _STATE_DICT_WRAPPERS = ("state_dict", "model_state_dict", "model")
 #: Prefixes that DataParallel / Lightning-style wrappers put before every key.
@@ -62,6 +63,17 @@ class ClassSpec:
 
 
 @dataclass(frozen=True)
+class EnsembleMember:
+    """A further model of an ensemble card: its SMP set-up and its checkpoint."""
+
+    architecture: str
+    encoder: str
+    checkpoint: Path
+    sha256: str
+    extra: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class ModelCard:
     """A validated `model.json`: what a model is, how to run it and what it outputs."""
 
@@ -87,6 +99,8 @@ class ModelCard:
     metrics: dict[str, str]
     extra: dict[str, Any]
     card_path: Path
+    ensemble: tuple[EnsembleMember, ...] = ()
+    """Further models whose class probabilities are averaged with this card's own model."""
 
     @classmethod
     def from_file(cls, path: Path) -> ModelCard:
@@ -168,12 +182,9 @@ class _CardReader:
         if not informative:
             self.check_smp_names(architecture, encoder)
 
-        checkpoint = (self.path.parent / self.text("checkpoint", data["checkpoint"])).resolve()
-        if not checkpoint.is_file():
-            raise self.error("checkpoint", f"file {checkpoint} does not exist")
-        sha256 = self.text("sha256", data["sha256"]).lower()
-        if not _SHA256_PATTERN.fullmatch(sha256):
-            raise self.error("sha256", "must be 64 hexadecimal digits")
+        checkpoint = self.checkpoint("checkpoint", data["checkpoint"])
+        sha256 = self.sha256("sha256", data["sha256"])
+        ensemble = self.ensemble(data.get("ensemble", []), model_format)
 
         mpp = self.number("mpp", data["mpp"])
         if not mpp > 0:
@@ -206,7 +217,8 @@ class _CardReader:
             tumor_class=tumor_class,
             trained_on=self.text("trained_on", data.get("trained_on", ""), allow_empty=True),
             metrics=self.metrics(data.get("metrics", {})),
-            extra=self.extra(data.get("extra", {})), card_path=self.path)
+            extra=self.extra("extra", data.get("extra", {})), card_path=self.path,
+            ensemble=ensemble)
 
     def text(self, field: str, value: Any, *, allow_empty: bool = False) -> str:
         if not isinstance(value, str):
@@ -233,22 +245,57 @@ class _CardReader:
             raise self.error(field, f"must be a JSON object, got {value!r}")
         return value
 
-    def extra(self, value: Any) -> dict[str, Any]:
-        reserved = sorted(set(self.object("extra", value)) & set(_RESERVED_EXTRA))
+    def checkpoint(self, field: str, value: Any) -> Path:
+        checkpoint = (self.path.parent / self.text(field, value)).resolve()
+        if not checkpoint.is_file():
+            raise self.error(field, f"file {checkpoint} does not exist")
+        return checkpoint
+
+    def sha256(self, field: str, value: Any) -> str:
+        sha256 = self.text(field, value).lower()
+        if not _SHA256_PATTERN.fullmatch(sha256):
+            raise self.error(field, "must be 64 hexadecimal digits")
+        return sha256
+
+    def extra(self, field: str, value: Any) -> dict[str, Any]:
+        reserved = sorted(set(self.object(field, value)) & set(_RESERVED_EXTRA))
         if reserved:
-            raise self.error("extra", "must not set " + ", ".join(reserved)
+            raise self.error(field, "must not set " + ", ".join(reserved)
                              + "; they come from the card's other fields")
         return value
 
-    def check_smp_names(self, architecture: str, encoder: str) -> None:
+    def ensemble(self, value: Any, model_format: str) -> tuple[EnsembleMember, ...]:
+        if not isinstance(value, list):
+            raise self.error("ensemble", f"must be a list of models, got {value!r}")
+        if value and model_format != "state_dict":
+            raise self.error("ensemble", "only state_dict models can form an ensemble")
+        members = []
+        for i, item in enumerate(value):
+            field = f"ensemble[{i}]"
+            if not isinstance(item, dict) or not set(_MEMBER_FIELDS) <= set(item) \
+                    or not set(item) <= {*_MEMBER_FIELDS, "extra"}:
+                raise self.error(field, "must be {" + ", ".join(f'"{f}": ...'
+                                                                for f in _MEMBER_FIELDS)
+                                 + '} with an optional "extra": {...}')
+            architecture = self.text(f"{field}.architecture", item["architecture"])
+            encoder = self.text(f"{field}.encoder", item["encoder"])
+            self.check_smp_names(architecture, encoder, field=f"{field}.")
+            members.append(EnsembleMember(
+                architecture=architecture, encoder=encoder,
+                checkpoint=self.checkpoint(f"{field}.checkpoint", item["checkpoint"]),
+                sha256=self.sha256(f"{field}.sha256", item["sha256"]),
+                extra=self.extra(f"{field}.extra", item.get("extra", {}))))
+        return tuple(members)
+
+    def check_smp_names(self, architecture: str, encoder: str, field: str = "") -> None:
         architectures = smp.MODEL_ARCHITECTURES_MAPPING
         if architecture.lower() not in architectures:
-            raise self.error("architecture", f"{architecture!r} is not a "
+            raise self.error(f"{field}architecture", f"{architecture!r} is not a "
                              "segmentation_models_pytorch architecture ("
                              + ", ".join(architectures) + ")")
         if not encoder.startswith("tu-") and encoder not in smp.encoders.get_encoder_names():
-            raise self.error("encoder", f"{encoder!r} is not a segmentation_models_pytorch "
-                                        "encoder (nor a timm encoder written 'tu-NAME')")
+            raise self.error(f"{field}encoder", f"{encoder!r} is not a segmentation_models_pytorch "
+                                                "encoder (nor a timm encoder written 'tu-NAME')")
 
     def normalization(self, value: Any) -> tuple[tuple[float, float, float],
                                                  tuple[float, float, float]]:
@@ -398,52 +445,74 @@ class LoadedModel:
             return logits.float().softmax(dim=1).cpu()
 
 
+class Ensemble(torch.nn.Module):
+    """Models whose softmax probabilities are averaged.
+
+    Returns the logarithm of the mean probabilities, so that a softmax of the output (as
+    `LoadedModel.probabilities` takes) is the mean probability of each class.
+    """
+
+    def __init__(self, members: Sequence[torch.nn.Module]) -> None:
+        super().__init__()
+        self.members = torch.nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = torch.stack([m(x).float().softmax(dim=1) for m in self.members]).mean(dim=0)
+        return mean.clamp_min(torch.finfo(torch.float32).tiny).log()
+
+
 def load_model(card: ModelCard, device: torch.device) -> LoadedModel:
-    """Load a card's checkpoint onto `device` and check it against the card.
+    """Load a card's checkpoint (and its ensemble's) onto `device` and check them against
+    the card.
 
     Raises:
-        ValueError: the checkpoint's SHA-256 differs from the card's, it does not fit the
-            card's architecture / encoder / classes, or its output has the wrong shape.
+        ValueError: a checkpoint's SHA-256 differs from the card's, it does not fit its
+            architecture / encoder / classes, or the output has the wrong shape.
     """
-    actual = sha256_file(card.checkpoint)
-    if actual != card.sha256:
-        raise ValueError(f"{card.checkpoint}: sha256 is {actual}, but the card "
-                         f"{card.card_path} expects {card.sha256}; refusing the model")
+    member = EnsembleMember(card.architecture, card.encoder, card.checkpoint, card.sha256,
+                            card.extra)
+    for each in (member, *card.ensemble):
+        actual = sha256_file(each.checkpoint)
+        if actual != each.sha256:
+            raise ValueError(f"{each.checkpoint}: sha256 is {actual}, but the card "
+                             f"{card.card_path} expects {each.sha256}; refusing the model")
     if card.format == "torchscript":
         try:
             module = torch.jit.load(str(card.checkpoint), map_location=device)
         except (RuntimeError, ValueError) as exc:
             raise ValueError(f"{card.checkpoint}: not a TorchScript model: {exc}") from exc
+    elif card.ensemble:
+        module = Ensemble([_smp_model(each, card) for each in (member, *card.ensemble)])
     else:
-        module = _smp_model(card).to(device)
-    model = LoadedModel(card, module.eval(), device)
+        module = _smp_model(member, card)
+    model = LoadedModel(card, module.to(device).eval(), device)
     model.probabilities(np.zeros((1, _PROBE_SIZE, _PROBE_SIZE, 3), np.uint8))
     return model
 
 
-def _smp_model(card: ModelCard) -> torch.nn.Module:
-    """The card's SMP model with the checkpoint's weights, on the CPU."""
+def _smp_model(member: EnsembleMember, card: ModelCard) -> torch.nn.Module:
+    """``member``'s SMP model with its checkpoint's weights, on the CPU."""
     try:
-        model = smp.create_model(card.architecture, encoder_name=card.encoder,
+        model = smp.create_model(member.architecture, encoder_name=member.encoder,
                                  encoder_weights=None, in_channels=3,
-                                 classes=len(card.classes), **card.extra)
+                                 classes=len(card.classes), **member.extra)
     except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"{card.card_path}: cannot build {card.architecture} with encoder "
-                         f"{card.encoder} and extra {card.extra}: {exc}") from exc
+        raise ValueError(f"{card.card_path}: cannot build {member.architecture} with encoder "
+                         f"{member.encoder} and extra {member.extra}: {exc}") from exc
     try:
-        checkpoint = torch.load(card.checkpoint, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(member.checkpoint, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for unreadable / unsafe pickles
-        raise ValueError(f"{card.checkpoint}: cannot read the checkpoint as a state dict "
+        raise ValueError(f"{member.checkpoint}: cannot read the checkpoint as a state dict "
                          f"(only tensors and plain containers are accepted): {exc}") from exc
-    state = _state_dict(checkpoint, card.checkpoint)
+    state = _state_dict(checkpoint, member.checkpoint)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:  # names the missing, unexpected and mis-shaped keys
         details = str(exc)
         if len(details) > _MAX_DETAILS:
             details = details[:_MAX_DETAILS] + " ..."
-        raise ValueError(f"{card.checkpoint}: does not fit {card.architecture}/{card.encoder} "
-                         f"with {len(card.classes)} classes: {details}") from exc
+        raise ValueError(f"{member.checkpoint}: does not fit {member.architecture}/"
+                         f"{member.encoder} with {len(card.classes)} classes: {details}") from exc
     return model
 
 

