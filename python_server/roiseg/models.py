@@ -136,6 +136,13 @@ class ModelCard:
             self.background_class).index
 
     @property
+    def members(self) -> tuple[EnsembleMember, ...]:
+        """The card's own model, then its `ensemble`."""
+        own = EnsembleMember(self.architecture, self.encoder, self.checkpoint, self.sha256,
+                             self.extra)
+        return (own, *self.ensemble)
+
+    @property
     def kept_on_glass(self) -> tuple[int, ...]:
         """Output channels of the classes marked `keep_on_glass`."""
         return tuple(spec.index for spec in self.classes if spec.keep_on_glass)
@@ -469,9 +476,7 @@ def load_model(card: ModelCard, device: torch.device) -> LoadedModel:
         ValueError: a checkpoint's SHA-256 differs from the card's, it does not fit its
             architecture / encoder / classes, or the output has the wrong shape.
     """
-    member = EnsembleMember(card.architecture, card.encoder, card.checkpoint, card.sha256,
-                            card.extra)
-    for each in (member, *card.ensemble):
+    for each in card.members:
         actual = sha256_file(each.checkpoint)
         if actual != each.sha256:
             raise ValueError(f"{each.checkpoint}: sha256 is {actual}, but the card "
@@ -482,9 +487,9 @@ def load_model(card: ModelCard, device: torch.device) -> LoadedModel:
         except (RuntimeError, ValueError) as exc:
             raise ValueError(f"{card.checkpoint}: not a TorchScript model: {exc}") from exc
     elif card.ensemble:
-        module = Ensemble([_smp_model(each, card) for each in (member, *card.ensemble)])
+        module = Ensemble([_smp_model(each, card) for each in card.members])
     else:
-        module = _smp_model(member, card)
+        module = _smp_model(card.members[0], card)
     model = LoadedModel(card, module.to(device).eval(), device)
     model.probabilities(np.zeros((1, _PROBE_SIZE, _PROBE_SIZE, 3), np.uint8))
     return model

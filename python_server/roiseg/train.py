@@ -311,12 +311,16 @@ def export_model(model: torch.nn.Module, out_dir: Path, card: Mapping[str, Any],
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / checkpoint
+    return write_card(out_dir, {**card, "format": "state_dict", "checkpoint": checkpoint,
+                                "sha256": _save_half(model, out_dir / checkpoint)})
+
+
+def _save_half(model: torch.nn.Module, path: Path) -> str:
+    """Write ``model``'s float16 state_dict to ``path`` atomically; its SHA-256."""
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(half_state_dict(model), tmp)
     os.replace(tmp, path)
-    return write_card(out_dir, {**card, "format": "state_dict", "checkpoint": checkpoint,
-                                "sha256": sha256_file(path)})
+    return sha256_file(path)
 
 
 def write_card(out_dir: Path, card: Mapping[str, Any]) -> dict[str, Any]:
@@ -760,9 +764,7 @@ class _Trainer:
         for card in self.config.partners:
             module = load_model(card, self.config.device).module
             modules = list(module.members) if isinstance(module, Ensemble) else [module]
-            own = EnsembleMember(card.architecture, card.encoder, card.checkpoint, card.sha256,
-                                 card.extra)
-            self.partners += zip(modules, (own, *card.ensemble))
+            self.partners += zip(modules, card.members)
             print(f"roiseg train: ensemble with {card.id}@{card.version} ({card.sha256})",
                   file=sys.stderr)
 
@@ -771,12 +773,9 @@ class _Trainer:
         entries = []
         for i, (module, member) in enumerate(self.partners, 1):
             name = f"model.member{i}.pt"
-            path = Path(out_dir) / name
-            tmp = path.with_suffix(path.suffix + ".tmp")
-            torch.save(half_state_dict(module), tmp)
-            os.replace(tmp, path)
             entries.append({"architecture": member.architecture, "encoder": member.encoder,
-                            "checkpoint": name, "sha256": sha256_file(path),
+                            "checkpoint": name,
+                            "sha256": _save_half(module, Path(out_dir) / name),
                             **({"extra": member.extra} if member.extra else {})})
         return entries
 
