@@ -356,7 +356,7 @@ def test_default_model_card_and_checkpoint(monkeypatch):
     directory = Path(train.__file__).parent / "default_model"
     card = json.loads((directory / "model.json").read_text())
     assert list(card) == list(_card_fields_from_docs())
-    assert card["id"] == "glas-unet-mobilenetv2" and card["version"] == "0.3.0"
+    assert card["id"] == "glas-unet-mobilenetv2" and card["version"] == "0.4.0"
     assert [(c["name"], c.get("keep_on_glass", False)) for c in card["classes"]] == \
         [("Stroma", False), ("Gland epithelium", True)]
     # An ensemble of two models, all checkpoints together at most 25 MB.

@@ -1122,7 +1122,8 @@ class _Trainer:
         if device.type == "cuda":
             return f"{torch.cuda.get_device_name(device)} (AMP)" if self.config.amp \
                 else torch.cuda.get_device_name(device)
-        return f"CPU, {torch.get_num_threads()} threads"
+        threads = torch.get_num_threads()
+        return f"CPU, {threads} thread{'s' if threads != 1 else ''}"
 
 
 if __name__ == "__main__":
