@@ -45,3 +45,34 @@ def test_features(case):
 @pytest.mark.parametrize("case", VECTORS["roiseg_objects"])
 def test_roiseg_objects_are_recognised(case):
     assert conventions.is_roiseg_object(case["properties"]) is case["is_roiseg"]
+
+
+def test_colours_close_to_a_qupath_builtin_class_of_another_name_are_confusable():
+    assert conventions.confusable_builtin_class("Gland epithelium", (200, 40, 40)) == "Tumor"
+    assert conventions.confusable_builtin_class("Lymphocytes", (155, 195, 150)) == "Stroma"
+    # QuPath's own class in QuPath's own colour, and a colour far from every built-in
+    assert conventions.confusable_builtin_class("Stroma", (150, 200, 150)) is None
+    assert conventions.confusable_builtin_class("Gland epithelium", (0, 170, 200)) is None
+
+
+def test_default_model_classes_cannot_be_taken_for_qupath_builtin_classes():
+    from roiseg.models import DEFAULT_MODELS_DIR
+
+    card = json.loads((DEFAULT_MODELS_DIR / "model.json").read_text())
+    for item in card["classes"]:
+        assert conventions.confusable_builtin_class(item["name"], item["color"]) is None, item
+        builtin = conventions.QUPATH_BUILTIN_CLASS_COLORS.get(item["name"])
+        assert builtin is None or tuple(item["color"]) == builtin, \
+            f"{item['name']} is QuPath's class: it shows in QuPath's colour {builtin}"
+
+
+def test_new_classes_get_colours_no_one_takes_for_qupath_builtin_classes():
+    from roiseg.train import class_specs
+
+    specs = class_specs(["Stroma", "Gland epithelium", "Mucin", "Fat", "Muscle", "Vessel",
+                         "Nerve", "Lumen", "Debris", "Blood"])
+    assert specs[0].color == conventions.QUPATH_BUILTIN_CLASS_COLORS["Stroma"]
+    for spec in specs:
+        assert conventions.confusable_builtin_class(spec.name, spec.color) is None, spec
+    # a colour the user asks for is kept
+    assert class_specs(["A", "B"], {"A": (200, 0, 0)})[0].color == (200, 0, 0)

@@ -5,17 +5,18 @@ QuPath (only where one is installed: PAQUO_QUPATH_DIR)."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 from shapely.geometry import LineString, Point, box, mapping
 
-from conftest import CMU
+from conftest import CMU, GLAS
 from roiseg.batch import add_arguments, run
 from roiseg.conventions import MODEL_ID_KEY, ROISEG_SOURCE_KEY, is_roiseg_object
 from roiseg.models import DEFAULT_MODELS_DIR
@@ -126,15 +127,18 @@ def test_roiseg_runs_without_paquo_imported():
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("paquo") is not None,
-                    reason="paquo is installed here: the missing-paquo message cannot be seen")
-def test_project_mode_without_paquo_says_what_to_install(tmp_path, capsys):
+def test_project_mode_without_paquo_says_what_to_install(tmp_path):
     project = tmp_path / "project"
     project.mkdir()
     (project / "project.qpproj").write_text("{}")
-    assert batch(project / "project.qpproj") == 2
-    err = capsys.readouterr().err
-    assert "pip install paquo" in err and "PAQUO_QUPATH_DIR" in err and "--images" in err
+    # a Python where paquo cannot be imported, whether or not this one has it
+    code = ("import sys; sys.modules['paquo'] = None; from roiseg.cli import main; "
+            f"sys.exit(main(['batch', {str(project / 'project.qpproj')!r}]))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert "pip install paquo" in result.stderr and "PAQUO_QUPATH_DIR" in result.stderr \
+        and "--images" in result.stderr
 
 
 # --------------------------------------------------------------------------- paquo + QuPath
@@ -167,12 +171,72 @@ def _children(project_dir, class_name):
     return result, classes
 
 
+_ADD_SVS = """
+import sys
+{load}
+from paquo.images import QuPathImageType
+from paquo.projects import QuPathProject
+with QuPathProject(sys.argv[1], mode="x") as qp:
+    qp.add_image(sys.argv[2], image_type=QuPathImageType.BRIGHTFIELD_H_E)
+print("added")
+"""
+
+
+@needs_qupath
+@pytest.mark.parametrize("through_roiseg", [False, True], ids=["plain-paquo", "roiseg"])
+def test_roisegs_paquo_layer_lets_headless_qupath_open_openslide_slides(tmp_path, through_roiseg):
+    """Headless QuPath 0.5 reads SVS only once OpenSlide is loaded, which its GUI does; roiseg's
+    paquo layer loads it, so a project made in QuPath's GUI with SVS slides works in batch."""
+    load = "from roiseg.qupath_project import load_paquo; load_paquo()" if through_roiseg else ""
+    result = subprocess.run([sys.executable, "-c", _ADD_SVS.format(load=load),
+                             str(tmp_path / "project"), str(CMU)],
+                            capture_output=True, text=True, timeout=300)
+    version = (Path(os.environ["PAQUO_QUPATH_DIR"]) / "lib" / "app" / "VERSION").read_text().strip()
+    if through_roiseg or not version.startswith("0.5"):
+        assert result.returncode == 0 and "added" in result.stdout, result.stderr[-3000:]
+    else:
+        assert result.returncode != 0 and "can't open" in result.stderr, result.stderr[-3000:]
+
+
+@needs_qupath
+def test_project_mode_on_an_imagej_tiff(address, tmp_path):
+    """A calibrated ImageJ TIFF, which QuPath opens with its own readers (no OpenSlide):
+    results land under the ROI and the model's classes in the project's class list."""
+    import tifffile
+    from PIL import Image
+
+    from roiseg.qupath_project import load_paquo
+
+    QuPathProject, QuPathPathClass, _, _ = load_paquo()
+    from paquo.images import QuPathImageType
+
+    pixels = np.asarray(Image.open(GLAS / "images" / "train_1.png").convert("RGB"))
+    image = tmp_path / "images" / "train_1.tif"
+    image.parent.mkdir()
+    tifffile.imwrite(image, pixels, imagej=True, resolution=(1 / 0.62, 1 / 0.62),
+                     metadata={"unit": "micron"})
+    project_dir = tmp_path / "project"
+    with QuPathProject(project_dir, mode="x") as qp:
+        entry = qp.add_image(image, image_type=QuPathImageType.BRIGHTFIELD_H_E)
+        region = entry.hierarchy.add_annotation(box(50, 50, 600, 450),
+                                                path_class=QuPathPathClass("Region", (0, 0, 180)))
+        region.name = "R1"
+    assert batch(project_dir / "project.qpproj", "--roi-class", "Region", "--server", address) == 0
+    rois, classes = _children(project_dir, "Region")
+    _, children = rois["R1"]
+    assert children and {c for c, _, _ in children} <= {"Stroma", "Gland epithelium"}
+    assert "Gland epithelium" in classes
+    journal = [json.loads(line) for line in
+               (project_dir / "roiseg-batch.jsonl").read_text().splitlines()]
+    assert [(r["roi_name"], r["status"]) for r in journal] == [("R1", "ok")]
+
+
 @needs_qupath
 def test_project_mode_with_qupath(address, tmp_path):
-    from paquo.classes import QuPathPathClass
+    from roiseg.qupath_project import load_paquo
+
+    QuPathProject, QuPathPathClass, QuPathPathAnnotationObject, _ = load_paquo()
     from paquo.images import QuPathImageType
-    from paquo.pathobjects import QuPathPathAnnotationObject
-    from paquo.projects import QuPathProject
 
     slide = tmp_path / "slides" / CMU.name
     slide.parent.mkdir()

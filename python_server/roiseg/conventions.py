@@ -28,6 +28,29 @@ BACKGROUND_COLOR = (255, 255, 255)
 
 RGB = tuple[int, int, int]
 
+#: QuPath's built-in classes and their colours (PathClass, QuPath 0.5 to 0.7). QuPath shows a
+#: class of one of these names in its own colour (roiseg never recolours a class QuPath has), so a
+#: model class of another name needs a colour that cannot be taken for one of these.
+QUPATH_BUILTIN_CLASS_COLORS: dict[str, RGB] = {
+    "Tumor": (200, 0, 0), "Stroma": (150, 200, 150), "Immune cells": (160, 90, 160),
+    "Necrosis": (50, 50, 50), "Other": (255, 200, 0), "Region*": (0, 0, 180),
+    "Ignore*": (180, 180, 180), "Image": (128, 128, 128), "Positive": (200, 50, 50),
+    "Negative": (90, 90, 180), "1+": (255, 215, 0), "2+": (225, 150, 50), "3+": (200, 50, 50),
+}
+#: RGB distance under which two class colours are taken for one another.
+_CONFUSABLE_RGB_DISTANCE = 80.0
+
+
+def confusable_builtin_class(name: str, color: Sequence[int]) -> str | None:
+    """The QuPath built-in class of another name whose colour `color` could be taken for, if
+    any; None for a built-in class's own name (QuPath shows it in its own colour)."""
+    if name.lower() in {builtin.lower() for builtin in QUPATH_BUILTIN_CLASS_COLORS}:
+        return None
+    for builtin, rgb in QUPATH_BUILTIN_CLASS_COLORS.items():
+        if sum((int(a) - b) ** 2 for a, b in zip(color, rgb)) ** 0.5 < _CONFUSABLE_RGB_DISTANCE:
+            return builtin
+    return None
+
 
 @dataclass(frozen=True)
 class RasterTransform:

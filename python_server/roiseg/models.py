@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import re
 import threading
@@ -19,7 +20,10 @@ import numpy as np
 import segmentation_models_pytorch as smp
 import torch
 
+from roiseg.conventions import confusable_builtin_class
 from roiseg.errors import InvalidInput, NotFound
+
+log = logging.getLogger(__name__)
 
 CARD_FILE = "model.json"
 FORMATS = ("state_dict", "torchscript")
@@ -348,6 +352,12 @@ class _CardReader:
         if indexes != list(range(len(specs))):
             raise self.error("classes", f"indexes must be 0..{len(specs) - 1}, each once; "
                                         f"got {indexes}")
+        for spec in specs:
+            builtin = confusable_builtin_class(spec.name, spec.color)
+            if builtin is not None:
+                log.warning("model card %s: the colour %s of class %r is close to that of QuPath's "
+                            "built-in class %r; choose a colour no one takes for it", self.path,
+                            list(spec.color), spec.name, builtin)
         names = [spec.name for spec in specs]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:

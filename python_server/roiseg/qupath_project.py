@@ -194,8 +194,9 @@ def read_geojson_annotations(path: str | Path) -> list[Annotation]:
 # --------------------------------------------------------------------------- paquo
 
 
-def _paquo():
-    """The paquo modules; QuPathUnavailable when paquo or QuPath is missing."""
+def load_paquo():
+    """The paquo classes roiseg uses, with QuPath's JVM started and able to open the slides
+    QuPath's GUI opens through OpenSlide; QuPathUnavailable when paquo or QuPath is missing."""
     try:
         from paquo.classes import QuPathPathClass
         from paquo.images import ImageProvider
@@ -205,7 +206,35 @@ def _paquo():
         raise QuPathUnavailable(f"{PAQUO_HINT} ({error})") from error
     except Exception as error:  # noqa: BLE001 - paquo raises several kinds when QuPath is absent
         raise QuPathUnavailable(f"{PAQUO_HINT} (paquo could not start QuPath: {error})") from error
+    _load_openslide()
     return QuPathProject, QuPathPathClass, QuPathPathAnnotationObject, ImageProvider
+
+
+def _load_openslide() -> None:
+    """Loads OpenSlide into headless QuPath as its GUI does.
+
+    QuPath loads OpenSlide's native library when its GUI installs the OpenSlide extension;
+    headless, as under paquo, QuPath 0.5 then cannot open SVS, NDPI or MRXS files that its GUI
+    opens (and that the project lists). roiseg calls that extension's loader the same way: the
+    directory set in QuPath's preferences (Preferences > OpenSlide), else the library QuPath
+    ships or the system's (Debian: libopenslide0). A QuPath without the extension, or whose
+    OpenSlide cannot load, is left as it is: its other readers still open what they can."""
+    from jpype import JClass
+
+    try:
+        loader = JClass("qupath.lib.images.servers.openslide.jna.OpenSlideLoader")
+        if loader.isOpenSlideAvailable():
+            return
+        directory = JClass("qupath.lib.gui.prefs.PathPrefs").createPersistentPreference(
+            "openslide.path", "").get()
+        if loader.tryToLoadQuietly(str(directory or "")):
+            log.info("OpenSlide %s loaded into QuPath", loader.getLibraryVersion())
+        else:
+            log.warning("QuPath's OpenSlide library could not be loaded: slides only OpenSlide "
+                        "reads (SVS, NDPI, MRXS) will not open; set its folder in QuPath's "
+                        "Preferences > OpenSlide, or install OpenSlide (Debian: libopenslide0)")
+    except Exception:  # noqa: BLE001 - a QuPath without the OpenSlide extension
+        log.debug("QuPath has no OpenSlide extension", exc_info=True)
 
 
 @dataclass
@@ -225,7 +254,7 @@ class Project:
 
     def __init__(self, path: str | Path, readonly: bool = False) -> None:
         (self._QuPathProject, self._QuPathPathClass, self._Annotation,
-         self._ImageProvider) = _paquo()
+         self._ImageProvider) = load_paquo()
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"QuPath project {path} does not exist")

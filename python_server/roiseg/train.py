@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import copy
 import io
+import itertools
 import json
 import math
 import os
@@ -44,6 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from roiseg.conventions import (BACKGROUND_COLOR, QUPATH_BUILTIN_CLASS_COLORS,
+                                confusable_builtin_class)
 from roiseg.inference import predict
 from roiseg.models import (
     ClassSpec,
@@ -77,12 +80,13 @@ from roiseg.training_data import (
 )
 
 #: Colours of well-known class names (lower case); other classes take `_PALETTE`.
+#: Colours of common class names: QuPath's own for its built-in classes, and colours no one takes
+#: for one of QuPath's built-in classes for the others (conventions.confusable_builtin_class).
 KNOWN_CLASS_COLORS: dict[str, tuple[int, int, int]] = {
-    "stroma": (80, 160, 80),
-    "gland epithelium": (200, 40, 40),
-    "tumor": (200, 0, 0),
-    "tumour": (200, 0, 0),
-    "background": (255, 255, 255),
+    **{name.lower(): rgb for name, rgb in QUPATH_BUILTIN_CLASS_COLORS.items()},
+    "gland epithelium": (0, 170, 200),
+    "tumour": QUPATH_BUILTIN_CLASS_COLORS["Tumor"],
+    "background": BACKGROUND_COLOR,
 }
 _PALETTE = ((31, 119, 180), (255, 127, 14), (148, 103, 189), (140, 86, 75),
             (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))
@@ -98,14 +102,18 @@ _HEAD_PREFIX = "segmentation_head."
 
 def class_specs(names: Sequence[str], colors: Mapping[str, Sequence[int]] | None = None,
                 keep_on_glass: Sequence[str] = ()) -> list[ClassSpec]:
-    """Classes with colours: given ones, then `KNOWN_CLASS_COLORS`, then a palette; the
-    classes named in `keep_on_glass` are marked so."""
+    """Classes with colours: given ones, then `KNOWN_CLASS_COLORS`, then a palette colour that
+    cannot be taken for a QuPath built-in class; the classes named in `keep_on_glass` are
+    marked so."""
     colors = {k.lower(): v for k, v in (colors or {}).items()}
     specs: list[ClassSpec] = []
-    palette = iter(_PALETTE * (1 + len(names) // len(_PALETTE)))
+    palette = itertools.cycle(_PALETTE)
     for index, name in enumerate(names):
         color = colors.get(name.lower()) or KNOWN_CLASS_COLORS.get(name.lower())
-        rgb = tuple(int(c) for c in (color if color is not None else next(palette)))
+        while color is None or (name.lower() not in colors
+                                and confusable_builtin_class(name, color) is not None):
+            color = next(palette)
+        rgb = tuple(int(c) for c in color)
         if len(rgb) != 3 or not all(0 <= c <= 255 for c in rgb):
             raise ValueError(f"colour of {name!r} must be three values 0..255, got {rgb}")
         specs.append(ClassSpec(index, name, (rgb[0], rgb[1], rgb[2]),

@@ -5,12 +5,18 @@ import java.util.Arrays;
 import java.util.Collection;
 import java.util.LinkedHashSet;
 import java.util.List;
+import java.util.Locale;
+import java.util.Optional;
 import java.util.Set;
+import java.util.regex.Matcher;
+import java.util.regex.Pattern;
 import java.util.stream.Collectors;
 import org.roiseg.client.ModelDescription;
 
 /** Which of the server's models a run uses. Plain Java, no QuPath classes. */
 public final class ModelChoice {
+
+    private static final Pattern SENTENCE_END = Pattern.compile("[.!?](\\s+\\p{Lu}|\\s*$)");
 
     private ModelChoice() {
     }
@@ -45,6 +51,21 @@ public final class ModelChoice {
         return chosen;
     }
 
+    /**
+     * Why the server's models cannot be compared, if they cannot: comparing needs at least two.
+     *
+     * @param available the server's models
+     * @return a message for the user, or empty when there are two or more models
+     */
+    public static Optional<String> compareProblem(List<ModelDescription> available) {
+        if (available.size() >= 2) {
+            return Optional.empty();
+        }
+        String has = available.isEmpty() ? "no models" : "one model, " + label(available.get(0));
+        return Optional.of("Comparing needs at least two models, and the roiseg server has " + has
+                + ". Start the server with --models pointing at the folders of the models to compare.");
+    }
+
     /** Model ids from a comma-separated text (as stored in the preferences), without duplicates. */
     public static List<String> parseIds(String text) {
         if (text == null || text.isBlank()) {
@@ -58,6 +79,42 @@ public final class ModelChoice {
     /** Model ids as stored in the preferences. */
     public static String joinIds(Collection<String> ids) {
         return String.join(",", new LinkedHashSet<>(ids));
+    }
+
+    /**
+     * The first sentence of a text (up to the first ".", "!" or "?" followed by a capital letter or the
+     * end, so "vs. the" does not end it), stripped; empty for none.
+     */
+    public static String firstSentence(String text) {
+        if (text == null) {
+            return "";
+        }
+        String stripped = text.strip();
+        Matcher end = SENTENCE_END.matcher(stripped);
+        return end.find() ? stripped.substring(0, end.start() + 1) : stripped;
+    }
+
+    /**
+     * How a model was made, for "More about this model": the rest of its description, id,
+     * architecture, tile size, training data and metrics.
+     */
+    public static String details(ModelDescription model) {
+        StringBuilder text = new StringBuilder();
+        String description = model.description() == null ? "" : model.description().strip();
+        String rest = description.substring(firstSentence(description).length()).strip();
+        if (!rest.isEmpty()) {
+            text.append(rest).append("\n\n");
+        }
+        text.append(String.format(Locale.ROOT, "Id: %s%n%s / %s, tiles of %d px%n", model.id(),
+                model.architecture(), model.encoder(), model.tileSize()));
+        if (model.trainedOn() != null && !model.trainedOn().isBlank()) {
+            text.append("Trained on: ").append(model.trainedOn().strip()).append('\n');
+        }
+        model.metrics().forEach((name, value) -> text.append(name).append(": ").append(value).append('\n'));
+        if (model.tumorClass() != null && !model.tumorClass().isBlank()) {
+            text.append("Hysteresis applies to: ").append(model.tumorClass()).append('\n');
+        }
+        return text.toString().strip();
     }
 
     /** A short description of a model for lists: name, id, resolution and "default". */

@@ -81,12 +81,4 @@ public record ObjectSpec(Geometry geometry, String className, int rgb, String na
     public static int argb(int rgb) {
         return 0xFF000000 | (rgb & 0xFFFFFF);
     }
-
-    /**
-     * Whether a class's current colour (QuPath's packed (A)RGB, null when unset) differs from a
-     * 0xRRGGBB colour, ignoring alpha.
-     */
-    public static boolean colorDiffers(Integer currentArgb, int rgb) {
-        return currentArgb == null || (currentArgb & 0xFFFFFF) != (rgb & 0xFFFFFF);
-    }
 }

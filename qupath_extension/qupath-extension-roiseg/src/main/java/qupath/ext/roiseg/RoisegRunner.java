@@ -5,7 +5,9 @@ import java.io.IOException;
 import java.util.ArrayList;
 import java.util.Collection;
 import java.util.List;
+import java.util.LinkedHashMap;
 import java.util.Locale;
+import java.util.Map;
 import java.util.Objects;
 import java.util.Optional;
 import java.util.OptionalDouble;
@@ -61,7 +63,7 @@ public final class RoisegRunner {
          */
         void progress(String message, double fraction);
 
-        /** The classes of the objects just placed (e.g. to list them in QuPath's class list). */
+        /** The classes of the objects placed (e.g. to list them in QuPath's class list). */
         default void classesUsed(Set<PathClass> classes) {
         }
     }
@@ -158,8 +160,9 @@ public final class RoisegRunner {
     }
 
     /**
-     * Segments the segmentable annotations among {@code objects}, one after another; each one's
-     * results are placed as soon as they arrive (one hierarchy event, one undo step, per annotation).
+     * Segments the segmentable annotations among {@code objects}, one after another, and places all
+     * their results when the run ends: one change of the hierarchy, one undo step for the whole run.
+     * A cancelled or failed run still places the results of the annotations it finished.
      *
      * @param objects the annotations (others are ignored)
      * @param cancel  cancels the run; annotations already done keep their results
@@ -186,14 +189,16 @@ public final class RoisegRunner {
         }
         RunProgress progress = new RunProgress(rois.size());
         AreaSummary areas = new AreaSummary();
-        int added = 0;
-        int removed = 0;
-        int segmented = 0;
+        // Results wait here and are placed together when the run ends, however it ends (finished,
+        // cancelled or failed): one run is one change of the hierarchy, one undo step.
+        Map<PathObject, List<PathObject>> results = new LinkedHashMap<>();
+        ResultMapper.Placement placed = new ResultMapper.Placement(0, 0, Set.of());
+        List<String> modelIds = List.of();
         listener.progress("Connecting to the roiseg server at " + settings.target(), -1);
         try (RoisegClient client = settings.clientBuilder().build()) {
             ServerInfo info = client.serverInfo();
             List<ModelDescription> models = ModelChoice.resolve(client.listModels(), options.modelIds());
-            List<String> modelIds = models.stream().map(ModelDescription::id).toList();
+            modelIds = models.stream().map(ModelDescription::id).toList();
             SegmentOptions runOptions = options.toBuilder().modelIds(modelIds).build();
             double modelMpp = Resolution.finestMicronsPerPixel(models);
             if (Resolution.needsUpsampling(modelMpp, pixelSize) && !runOptions.allowUpsample()) {
@@ -252,19 +257,21 @@ public final class RoisegRunner {
                 }
                 List<PathObject> created = ResultMapper.createObjects(ObjectSpec.of(result, nameObjectsByModel),
                         roi.getImagePlane());
+                results.put(parent, created);
+                areas.add(result);
+                progress.finishRoi();
+                listener.progress(prefix + created.size() + " objects", progress.fraction());
+            }
+        } finally {
+            if (!results.isEmpty()) {
                 ResultMapper.Placement[] placement = new ResultMapper.Placement[1];
                 hierarchyThread.runAndWait(() -> placement[0] = ResultMapper.replaceChildren(
-                        imageData.getHierarchy(), parent, created, this));
+                        imageData.getHierarchy(), results, this));
                 listener.classesUsed(placement[0].classes());
-                areas.add(result);
-                added += placement[0].added();
-                removed += placement[0].removed();
-                segmented++;
-                progress.finishRoi();
-                listener.progress(prefix + placement[0].added() + " objects", progress.fraction());
+                placed = placement[0];
             }
-            return new Summary(rois.size(), segmented, added, removed, modelIds, areas, warnings);
         }
+        return new Summary(rois.size(), results.size(), placed.added(), placed.removed(), modelIds, areas, warnings);
     }
 
     private Optional<String> slidePath(ImageServer<BufferedImage> server, ServerInfo info, List<String> warnings) {

@@ -4,12 +4,15 @@ import java.awt.image.BufferedImage;
 import java.util.Arrays;
 import java.util.Collection;
 import java.util.List;
+import java.util.Set;
 import org.roiseg.client.CancellationHandle;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
+import qupath.ext.roiseg.ui.ClassList;
 import qupath.ext.roiseg.ui.RoisegPrefs;
 import qupath.lib.images.ImageData;
 import qupath.lib.objects.PathObject;
+import qupath.lib.objects.classes.PathClass;
 
 /**
  * Entry point for QuPath scripts, and what the extension records in an image's workflow:
@@ -54,7 +57,18 @@ public final class RoisegScripts {
         RoisegRunner runner = new RoisegRunner(imageData, RoisegPrefs.serverSettings(),
                 RoisegPrefs.segmentOptions(models))
                 .pixelSizeMicrons(pixelSizeMicrons)
-                .nameObjectsByModel(models.size() > 1);
+                .nameObjectsByModel(models.size() > 1)
+                .listener(new RoisegRunner.Listener() {
+                    @Override
+                    public void progress(String message, double fraction) {
+                        logger.debug("roiseg: {}", message);
+                    }
+
+                    @Override
+                    public void classesUsed(Set<PathClass> classes) {
+                        ClassList.add(classes);
+                    }
+                });
         RoisegRunner.Summary summary = runner.run(annotations, new CancellationHandle());
         summary.warnings().forEach(w -> logger.warn("roiseg: {}", w));
         logger.info("roiseg: {} of {} annotation(s) segmented with {}: {} object(s) added, {} replaced",

@@ -1,6 +1,7 @@
 package qupath.ext.roiseg;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
@@ -43,5 +44,29 @@ class ModelChoiceTest {
     @Test
     void labels() {
         assertEquals("b \u2013 0.5 \u00b5m/px, server default", ModelChoice.label(models.get(1)));
+    }
+
+    @Test
+    void comparingNeedsTwoModels() {
+        assertTrue(ModelChoice.compareProblem(models).isEmpty());
+        String one = ModelChoice.compareProblem(models.subList(1, 2)).orElseThrow();
+        assertTrue(one.contains("at least two") && one.contains("one model") && one.contains("--models"), one);
+        assertTrue(ModelChoice.compareProblem(List.of()).orElseThrow().contains("no models"));
+    }
+
+    @Test
+    void oneSentenceUpFrontTheRestOnDemand() {
+        assertEquals("Glands in H&E colon.", ModelChoice.firstSentence(" Glands in H&E colon. Trained on GlaS. "));
+        assertEquals("No full stop", ModelChoice.firstSentence("No full stop"));
+        assertEquals("Glands vs. the rest.", ModelChoice.firstSentence("Glands vs. the rest. More."));
+        assertEquals("", ModelChoice.firstSentence(null));
+        ModelDescription model = new ModelDescription("m", "M", "Glands in H&E colon. Trained on 85 images.", "1.0",
+                "", "Unet", "mobilenet_v2", 1.0, 512, 128, List.of(), "GlaS, command: train --out /tmp/x", null,
+                java.util.Map.of("val_dice", "0.92"), true);
+        String details = ModelChoice.details(model);
+        assertTrue(details.startsWith("Trained on 85 images."), details);
+        assertTrue(details.contains("Unet / mobilenet_v2") && details.contains("/tmp/x")
+                && details.contains("val_dice: 0.92"), details);
+        assertFalse(details.contains("Glands in H&E colon."), details);
     }
 }

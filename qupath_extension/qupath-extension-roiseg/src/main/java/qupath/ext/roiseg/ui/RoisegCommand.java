@@ -17,7 +17,6 @@ import javafx.beans.property.ReadOnlyBooleanProperty;
 import javafx.beans.property.ReadOnlyBooleanWrapper;
 import javafx.concurrent.Task;
 import org.roiseg.client.CancellationHandle;
-import org.roiseg.client.ClassDescription;
 import org.roiseg.client.ModelDescription;
 import org.roiseg.client.RoisegCancelledException;
 import org.roiseg.client.RoisegClient;
@@ -83,11 +82,18 @@ public class RoisegCommand {
         if (selectedAnnotations(title) == null) {
             return;
         }
-        fetchModels(title, models -> controller.chooseModelsToCompare(models,
-                ModelChoice.parseIds(RoisegPrefs.compareModelIdsProperty().get())).ifPresent(ids -> {
-                    RoisegPrefs.compareModelIdsProperty().set(ModelChoice.joinIds(ids));
-                    segment(true, ids, true, title);
-                }));
+        fetchModels(title, models -> {
+            var problem = ModelChoice.compareProblem(models);
+            if (problem.isPresent()) {
+                Dialogs.showWarningNotification(title, problem.get());
+                return;
+            }
+            controller.chooseModelsToCompare(models, ModelChoice.parseIds(RoisegPrefs.compareModelIdsProperty().get()))
+                    .ifPresent(ids -> {
+                        RoisegPrefs.compareModelIdsProperty().set(ModelChoice.joinIds(ids));
+                        segment(true, ids, true, title);
+                    });
+        });
     }
 
     /** Extensions &gt; roiseg &gt; Choose model. */
@@ -96,9 +102,8 @@ public class RoisegCommand {
         fetchModels(title, models -> controller.chooseModel(models, RoisegPrefs.modelIdProperty().get())
                 .ifPresent(model -> {
                     RoisegPrefs.modelIdProperty().set(model.id());
-                    for (ClassDescription c : model.classes()) {
-                        addAvailableClass(ResultMapper.pathClass(c.name(), c.rgb()));
-                    }
+                    ClassList.add(model.classes().stream()
+                            .map(c -> ResultMapper.pathClass(c.name(), c.rgb())).toList());
                     Dialogs.showInfoNotification(title, String.format(Locale.ROOT,
                             resources.getString("info.modelChosen"), ModelChoice.label(model)));
                 }));
@@ -196,7 +201,7 @@ public class RoisegCommand {
 
                 @Override
                 public void classesUsed(Set<PathClass> classes) {
-                    Platform.runLater(() -> classes.forEach(RoisegCommand.this::addAvailableClass));
+                    ClassList.add(classes);
                 }
             });
             return runner.run(rois, handle);
@@ -290,14 +295,6 @@ public class RoisegCommand {
             return null;
         }
         return rois;
-    }
-
-    /** Lists a class in QuPath's class list (on the JavaFX thread). */
-    private void addAvailableClass(PathClass pathClass) {
-        var available = qupath.getAvailablePathClasses();
-        if (pathClass != null && !available.contains(pathClass)) {
-            available.add(pathClass);
-        }
     }
 
     /** Shows a failure as a notification with a message for the user, never a stack trace. */

@@ -4,7 +4,6 @@ import java.io.File;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Locale;
-import java.util.Map;
 import java.util.Optional;
 import java.util.ResourceBundle;
 import java.util.function.BiConsumer;
@@ -20,10 +19,14 @@ import javafx.scene.control.Label;
 import javafx.scene.control.ListCell;
 import javafx.scene.control.ListView;
 import javafx.scene.control.PasswordField;
+import javafx.scene.control.ScrollPane;
 import javafx.scene.control.TextField;
+import javafx.scene.control.TitledPane;
+import javafx.scene.layout.ColumnConstraints;
 import javafx.scene.layout.GridPane;
 import javafx.scene.layout.HBox;
 import javafx.scene.layout.Priority;
+import javafx.scene.layout.Region;
 import javafx.scene.layout.VBox;
 import javafx.scene.paint.Color;
 import javafx.scene.shape.Rectangle;
@@ -93,9 +96,18 @@ class RoisegController {
         serverPrefix.disableProperty().bind(readsSlide.selectedProperty().not());
         Label status = new Label();
         status.setWrapText(true);
-        status.setMaxWidth(520);
+        // spans the dialog's width below the button and wraps there, never squeezing the labels
+        status.setPrefWidth(0);
+        status.setMaxWidth(Double.MAX_VALUE);
+        status.setMinHeight(Region.USE_PREF_SIZE);
 
         GridPane grid = grid();
+        ColumnConstraints labels = new ColumnConstraints();
+        labels.setMinWidth(Region.USE_PREF_SIZE);
+        ColumnConstraints fields = new ColumnConstraints();
+        fields.setHgrow(Priority.ALWAYS);
+        fields.setMinWidth(280);
+        grid.getColumnConstraints().setAll(labels, fields);
         int row = 0;
         grid.addRow(row++, new Label(resources.getString("settings.host")), host);
         grid.addRow(row++, new Label(resources.getString("settings.port")), port);
@@ -109,8 +121,15 @@ class RoisegController {
         grid.addRow(row++, new Label(resources.getString("settings.localPrefix")), localPrefix);
         grid.addRow(row++, new Label(resources.getString("settings.serverPrefix")), serverPrefix);
         Button test = new Button(resources.getString("settings.test"));
-        grid.add(test, 0, row);
-        grid.add(status, 1, row);
+        test.setMinWidth(Region.USE_PREF_SIZE);
+        grid.add(test, 0, row++);
+        grid.add(status, 0, row, 2, 1);
+        // the dialog grows to show the whole status text
+        status.textProperty().addListener((v, o, n) -> {
+            if (status.getScene() != null && status.getScene().getWindow() != null) {
+                status.getScene().getWindow().sizeToScene();
+            }
+        });
 
         // Reads the fields; reports the first problem in the status label and returns null
         java.util.function.Supplier<ServerSettings> read = () -> {
@@ -170,7 +189,8 @@ class RoisegController {
         ModelDescription current = models.stream().filter(m -> m.id().equals(currentId)).findFirst()
                 .orElse(models.stream().filter(ModelDescription::isDefault).findFirst().orElse(null));
         VBox details = new VBox(6);
-        details.setPrefWidth(360);
+        details.setPrefWidth(380);
+        details.setMaxWidth(380);
         list.getSelectionModel().selectedItemProperty().addListener((v, o, n) ->
                 details.getChildren().setAll(modelDetails(n)));
         if (current != null) {
@@ -262,8 +282,15 @@ class RoisegController {
     private ListView<ModelDescription> modelList(List<ModelDescription> models) {
         ListView<ModelDescription> list = new ListView<>();
         list.getItems().setAll(models);
-        list.setPrefSize(320, 260);
+        list.setPrefSize(300, 300);
         list.setCellFactory(v -> new ListCell<>() {
+            {
+                // names wrap inside the list instead of running out of it
+                setWrapText(true);
+                prefWidthProperty().bind(list.widthProperty().subtract(24));
+                setMaxWidth(Region.USE_PREF_SIZE);
+            }
+
             @Override
             protected void updateItem(ModelDescription item, boolean empty) {
                 super.updateItem(item, empty);
@@ -273,40 +300,53 @@ class RoisegController {
         return list;
     }
 
+    /**
+     * What a pathologist needs to choose: name, version, resolution, one sentence and the classes;
+     * how it was made (architecture, training data, metrics) is under "More about this model".
+     */
     private List<Node> modelDetails(ModelDescription model) {
         List<Node> nodes = new ArrayList<>();
         if (model == null) {
             return nodes;
         }
-        Label title = new Label(model.name() == null || model.name().isBlank() ? model.id() : model.name());
+        Label title = wrapped(model.name() == null || model.name().isBlank() ? model.id() : model.name());
         title.setStyle("-fx-font-weight: bold");
         nodes.add(title);
-        StringBuilder text = new StringBuilder();
-        if (model.description() != null && !model.description().isBlank()) {
-            text.append(model.description().strip()).append("\n\n");
+        nodes.add(wrapped(String.format(Locale.ROOT, "Version %s \u00b7 %s \u00b5m/px%s", model.version(),
+                PixelSizes.format(model.mpp()), model.isDefault() ? " \u00b7 server default" : "")));
+        String summary = ModelChoice.firstSentence(model.description());
+        if (!summary.isEmpty()) {
+            nodes.add(wrapped(summary));
         }
-        text.append(String.format(Locale.ROOT, "Id: %s, version %s%n%s / %s, %s \u00b5m/px, tiles of %d px%n",
-                model.id(), model.version(), model.architecture(), model.encoder(), PixelSizes.format(model.mpp()),
-                model.tileSize()));
-        if (model.trainedOn() != null && !model.trainedOn().isBlank()) {
-            text.append("Trained on: ").append(model.trainedOn().strip()).append('\n');
-        }
-        for (Map.Entry<String, String> metric : model.metrics().entrySet()) {
-            text.append(metric.getKey()).append(": ").append(metric.getValue()).append('\n');
-        }
-        if (model.tumorClass() != null && !model.tumorClass().isBlank()) {
-            text.append("Hysteresis applies to: ").append(model.tumorClass()).append('\n');
-        }
-        Label info = new Label(text.toString().strip());
-        info.setWrapText(true);
-        nodes.add(info);
         Label classes = new Label(resources.getString("models.classes"));
         classes.setStyle("-fx-font-weight: bold");
         nodes.add(classes);
         for (ClassDescription c : model.classes()) {
             nodes.add(classRow(c.name(), c.rgb()));
         }
+        Label more = wrapped(ModelChoice.details(model));
+        ScrollPane scroll = new ScrollPane(more);
+        scroll.setFitToWidth(true);
+        scroll.setPrefViewportHeight(160);
+        scroll.setMaxHeight(220);
+        TitledPane pane = new TitledPane(resources.getString("models.more"), scroll);
+        pane.setExpanded(false);
+        pane.setAnimated(false);
+        // the dialog grows and shrinks with the pane
+        pane.expandedProperty().addListener((v, o, n) -> {
+            if (pane.getScene() != null && pane.getScene().getWindow() != null) {
+                pane.getScene().getWindow().sizeToScene();
+            }
+        });
+        nodes.add(pane);
         return nodes;
+    }
+
+    private static Label wrapped(String text) {
+        Label label = new Label(text);
+        label.setWrapText(true);
+        label.setMinHeight(Region.USE_PREF_SIZE);
+        return label;
     }
 
     private static Node classRow(String name, int rgb) {

@@ -1,0 +1,96 @@
+"""Fixtures for the tests that run the roiseg extension inside real QuPath: the QuPath
+installations (laid out from ../shared/qupath), the extension jar, a throw-away QuPath user
+profile with the jar in its extensions folder, a real roiseg server on loopback, and an X
+display (Xvfb + openbox) for the GUI.
+
+`make test` (qupath_extension/build-qupath-module.sh) runs them with
+ROISEG_QUPATH_HOMES="0.5.1=DIR 0.6.0=DIR 0.7.0=DIR" and ROISEG_QUPATH_JAR=JAR; the main test run
+leaves this folder out (tests/conftest.py)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from real_qupath import REPO, SLIDES, QuPath, install_profile, versions
+
+
+def pytest_generate_tests(metafunc):
+    if "qupath" in metafunc.fixturenames:
+        metafunc.parametrize("qupath", versions(), indirect=True,
+                             ids=[f"qupath-{v}" for v in versions()])
+
+
+@pytest.fixture(scope="session")
+def extension_jar() -> Path:
+    jar = Path(os.environ.get("ROISEG_QUPATH_JAR", ""))
+    if not jar.is_file():
+        raise pytest.UsageError("set ROISEG_QUPATH_JAR to the built extension jar "
+                                "(make test-qupath does)")
+    return jar
+
+
+@pytest.fixture
+def qupath(request, extension_jar, tmp_path) -> QuPath:
+    """QuPath of the test's version with the extension installed in a fresh profile."""
+    return install_profile(request.param, extension_jar, tmp_path)
+
+
+@pytest.fixture(scope="session")
+def server_port(tmp_path_factory) -> int:
+    """A real roiseg server (embedded default model, CPU) on 127.0.0.1 that may read the
+    shared slides."""
+    ready = tmp_path_factory.mktemp("server") / "ready"
+    log = open(ready.parent / "server.log", "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "roiseg.cli", "serve", "--port", "0", "--device", "cpu",
+         "--slide-root", str(SLIDES), "--ready-file", str(ready)],
+        cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while not ready.exists() or not ready.read_text().strip():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError("the roiseg server did not start: "
+                               + (ready.parent / "server.log").read_text())
+        time.sleep(0.2)
+    port = int(ready.read_text().strip().rsplit(":", 1)[1])
+    yield port
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    log.close()
+
+
+@pytest.fixture(scope="session")
+def display() -> str:
+    """An X display: Xvfb with the openbox window manager (without one, QuPath's menus close
+    as soon as they open)."""
+    read, write = os.pipe()
+    xvfb = subprocess.Popen(["Xvfb", "-displayfd", str(write), "-screen", "0", "1600x1000x24",
+                             "-nolisten", "tcp"], pass_fds=(write,),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        number = pipe.readline().strip()
+    if not number:
+        xvfb.kill()
+        raise RuntimeError("Xvfb did not start (Debian package xvfb)")
+    name = f":{number}"
+    openbox = subprocess.Popen(["openbox"], env={**os.environ, "DISPLAY": name},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1)
+    yield name
+    for process in (openbox, xvfb):
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
