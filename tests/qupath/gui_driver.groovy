@@ -152,12 +152,16 @@ Thread.start('roiseg-gui-test') {
         def roi = null, results = []
         phase('menu') {
             // Extensions > roiseg: the menu a user sees
-            fx {
-                def extensions = qupath.getMenuBar().getMenus().find { it.getText() == 'Extensions' }
-                extensions.show()
-                extensions.getItems().find { it.getText() == 'roiseg' }.show()
-            }
+            fx { qupath.getMenuBar().getMenus().find { it.getText() == 'Extensions' }.show() }
             Thread.sleep(800)
+            fx {  // the pointer on Extensions > roiseg opens its submenu
+                def popup = Window.getWindows().find { it instanceof javafx.scene.control.ContextMenu && it.isShowing() }
+                def item = popup.getScene().getRoot().lookupAll('.menu').find { node ->
+                    node.lookupAll('*').any { it instanceof Labeled && it.getText() == 'roiseg' } }
+                def bounds = item.localToScreen(item.getBoundsInLocal())
+                new Robot().mouseMove(bounds.getCenterX(), bounds.getCenterY())
+            }
+            Thread.sleep(1000)
             screenshot('menu.png')
             report.menu = fx { menuItem(['Extensions', 'roiseg']).getItems().collect { it.getText() } }
             fx { qupath.getMenuBar().getMenus().each { it.hide() } }

@@ -38,6 +38,7 @@ import org.roiseg.client.ModelDescription;
 import qupath.ext.roiseg.AreaSummary;
 import qupath.ext.roiseg.ModelChoice;
 import qupath.ext.roiseg.PixelSizes;
+import qupath.ext.roiseg.ResultMapper;
 import qupath.ext.roiseg.ServerSettings;
 
 /**
@@ -322,7 +323,8 @@ class RoisegController {
         classes.setStyle("-fx-font-weight: bold");
         nodes.add(classes);
         for (ClassDescription c : model.classes()) {
-            nodes.add(classRow(c.name(), c.rgb()));
+            // the colour the results will show: QuPath's own for a class it already has
+            nodes.add(classRow(c.name(), ResultMapper.pathClass(c.name(), c.rgb()).getColor() & 0xFFFFFF));
         }
         Label more = wrapped(ModelChoice.details(model));
         ScrollPane scroll = new ScrollPane(more);
