@@ -138,3 +138,23 @@ def test_user_errors(models_dir, tmp_path, capsys):
     assert _compare([str(image), "--models", str(models_dir), "--device", "cpu",
                      "--out", str(tmp_path / "out")]) == 2
     assert "--mpp" in capsys.readouterr().err
+
+
+def test_models_dir_adds_to_the_default_model_and_a_single_class_reference_is_flagged(
+        models_dir, tmp_path, capsys):
+    region = "900,1200,300,300"
+    reference = tmp_path / "reference.geojson"
+    assert roiseg_main(["segment", str(CMU_EXAMPLE), "--region", region, "-o", str(reference),
+                        "--device", "cpu", "--classes", GLAND]) == 0
+    out = tmp_path / "out"
+    # --models names only the coarse model: side by side still means the default model too
+    assert _compare([str(CMU_EXAMPLE), "--region", region, "--models", str(models_dir / "coarse"),
+                     "--device", "cpu", "--reference", str(reference), "--positive", GLAND,
+                     "--out", str(out)]) == 0
+    stem = CMU_EXAMPLE.stem
+    assert (out / f"{stem}.{DEFAULT_ID}.geojson").is_file()
+    assert (out / f"{stem}.{COARSE_ID}.geojson").is_file()
+    assert {r["model"] for r in _rows(out / "compare.csv")} == {DEFAULT_ID, COARSE_ID}
+    # the reference holds glands only: every score would flatter, and the report says so
+    assert "WARNING: the reference holds only the class" in capsys.readouterr().err
+    assert "WARNING: the reference holds only the class" in (out / "compare.md").read_text()

@@ -6,6 +6,8 @@ import argparse
 import csv
 import json
 import math
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -160,16 +162,26 @@ def test_regions_are_four_connected():
 # --------------------------------------------------------------------------- mean and CI
 
 
-def test_mean_ci_matches_scipy():
+def test_mean_ci_is_a_bootstrap_interval_inside_what_the_metric_can_take():
     values = [0.81, 0.92, 0.74, 0.95, 0.61, 0.88]
     mean, low, high = ev.mean_ci(values + [float("nan")])  # NaN left out
-    expected = stats.t.interval(0.95, len(values) - 1, loc=np.mean(values),
-                                scale=stats.sem(values))
     assert mean == pytest.approx(np.mean(values), abs=1e-12)
-    assert (low, high) == pytest.approx(expected, abs=1e-12)
+    assert min(values) <= low < mean < high <= max(values)
+    normal = stats.t.interval(0.95, len(values) - 1, loc=np.mean(values), scale=stats.sem(values))
+    assert (low, high) == pytest.approx(normal, abs=0.06)  # close for a well-behaved sample
+    assert ev.mean_ci(values) == ev.mean_ci(values)  # reproducible
+    # recall over four images: Student t gave 0.57-1.19, beyond what a recall can be
+    recall = [1.0, 1.0, 0.71, 1.0]
+    assert stats.t.interval(0.95, 3, loc=np.mean(recall), scale=stats.sem(recall))[1] > 1
+    _, low, high = ev.mean_ci(recall)
+    assert 0.71 <= low <= high <= 1.0
+    # region counts never below zero
+    _, low, _ = ev.mean_ci([0, 0, 3, 0, 1])
+    assert low >= 0
     one = ev.mean_ci([0.5])
     assert one[0] == 0.5 and math.isnan(one[1]) and math.isnan(one[2])
     assert all(math.isnan(v) for v in ev.mean_ci([float("nan")]))
+    assert ev.mean_ci([0.7, 0.7, 0.7]) == pytest.approx((0.7, 0.7, 0.7))
 
 
 # --------------------------------------------------------------------------- CLI on masks
@@ -363,10 +375,25 @@ def test_glas_geojson_against_its_mask(tmp_path):
     assert float(row["dsc"]) > 0.7 and float(row["dice_Stroma"]) > 0.7
     assert 0.7 < float(row["tnr"]) <= 1 and float(row["mcc"]) > 0.5
     assert int(row["regions_matched"]) >= 5
-    # Reading 0 as background leaves only gland pixels: no negatives, TNR is 0/0.
+    # Without the mask values, reading 0 as background would score only gland pixels
+    # (Dice 0.975, PPV 1.000 on GlaS): refused, with the two readings spelled out.
     out = tmp_path / "background"
-    assert _evaluate([str(pred), str(mask), "--positive", GLAND, "--out", str(out)]) == 0
+    result = subprocess.run([sys.executable, "-m", "roiseg.cli", "evaluate", str(pred), str(mask),
+                             "--positive", GLAND, "--out", str(out)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and not out.exists()
+    assert "--truth-values '0=Stroma,255=" in result.stderr \
+        and "--truth-values '0=background,255=" in result.stderr, result.stderr
+    # Asked for explicitly, 0 as background leaves only gland pixels: no negatives, TNR is
+    # 0/0, and the report says loudly that precision cannot fall below 1.
+    result = subprocess.run([sys.executable, "-m", "roiseg.cli", "evaluate", str(pred), str(mask),
+                             "--truth-values", f"0=background,255={GLAND}", "--positive", GLAND,
+                             "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
     (row,) = _rows(out / "metrics.csv")
     assert int(row["fp"]) == 0 and int(row["tn"]) == 0
     assert row["tnr"] == "NaN" and row["mcc"] == "NaN" and float(row["ppv"]) == 1.0
-    assert "| TNR (specificity) | n/a |" in (out / "summary.md").read_text()
+    summary = (out / "summary.md").read_text()
+    assert "| TNR (specificity) | n/a |" in summary
+    assert "WARNING: the reference holds only the class" in summary
+    assert "WARNING: the reference holds only the class" in result.stderr

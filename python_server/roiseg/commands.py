@@ -26,11 +26,14 @@ from roiseg.v1 import segmentation_pb2 as pb
 OVERLAY_SIDE = 1600
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """--models, --default-model, --device: the models an in-process run serves."""
+def add_model_arguments(parser: argparse.ArgumentParser, beside_default: bool = False) -> None:
+    """--models, --default-model, --device: the models an in-process run serves; with
+    `beside_default`, --models adds to the embedded default model instead of replacing it."""
     parser.add_argument("--models", action="append", type=Path, default=[],
-                        help="directory of model cards (repeatable; default: the embedded "
-                             "default model)")
+                        help="directory of model cards (repeatable); "
+                             + ("served beside the embedded default model" if beside_default
+                                else "default: the embedded default model"))
+    parser.set_defaults(models_beside_default=beside_default)
     parser.add_argument("--default-model", help="id of the default model")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
 
@@ -83,8 +86,10 @@ def segment_options(args: argparse.Namespace) -> pb.SegmentOptions:
 def service(args: argparse.Namespace, slide_roots: Sequence[Path] = (),
             limits: Limits = Limits()) -> SegmentationService:
     """A service over the models `add_model_arguments` names."""
+    beside = [DEFAULT_MODELS_DIR] if args.models and getattr(args, "models_beside_default", False) \
+        else []
     registry = ModelRegistry(args.models or [DEFAULT_MODELS_DIR], select_device(args.device),
-                             args.default_model)
+                             args.default_model, beside)
     return SegmentationService(registry, slide_roots, limits)
 
 

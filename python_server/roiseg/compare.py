@@ -63,16 +63,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                 "directory of files named like the images (<stem>.geojson, "
                                 ".json, .png, .tif)")
     reference.add_argument("--reference-values",
-                           help='mask value to class, e.g. 0=background,255="Gland '
-                                'epithelium" (default for binary masks: 0 = background, '
-                                "other = --positive)")
+                           help='mask value to class, e.g. 0=Stroma,255="Gland epithelium" '
+                                "(required for a binary mask: say whether its 0 is background "
+                                "or the rest of the tissue)")
     ev.add_evaluation_arguments(reference)
     reference.add_argument("--downsample", type=float, default=0.0,
                            help="full-resolution pixels per evaluation pixel for GeoJSON "
                                 "references (default: the finest model's resolution)")
     commands.add_segment_arguments(parser, classes=False, background=False)
     commands.add_server_arguments(parser, "HOST:PORT of a roiseg server; default: in-process")
-    commands.add_model_arguments(parser)
+    commands.add_model_arguments(parser, beside_default=True)
     parser.add_argument("-v", "--verbose", action="store_true")
 
 
@@ -97,8 +97,12 @@ def _run(args: argparse.Namespace) -> int:
     classes = ev.EvalClasses(ev.parse_map(args.map))
     region = ev.region_from_args(args)
     references = {job.image: ev.read_annotation(job.reference, args.reference_values,
-                                                args.positive, args.mask_downsample)
+                                                args.positive, args.mask_downsample,
+                                                reference_option="--reference-values")
                   for job in jobs if job.reference}
+    warning = ev.single_class_reference(references.values(), classes)
+    if warning:
+        print(f"roiseg: {warning}", file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
     rows: list[tuple[str, ev.ImageResult]] = []
     written: list[Path] = []
@@ -153,7 +157,7 @@ def _run(args: argparse.Namespace) -> int:
                 rows += score(stem, collections, reference, classes, args.positive, extent,
                               eval_downsample, mpp)
     if rows:
-        _report(args.out, rows, classes, args.positive, written)
+        _report(args.out, rows, classes, args.positive, written, warning)
     print("wrote " + ", ".join(map(str, written)))
     return 0
 
@@ -276,8 +280,9 @@ def _write_json(path: Path, data: dict) -> Path:
 
 
 def _report(out: Path, rows: Sequence[tuple[str, ev.ImageResult]], classes: ev.EvalClasses,
-            positive: str, written: list[Path]) -> None:
-    """compare.csv (model x image) and compare.md (per model, then per row); prints it."""
+            positive: str, written: list[Path], warning: str | None = None) -> None:
+    """compare.csv (model x image) and compare.md (per model, then per row); prints it.
+    `warning` (a single-class reference) heads the report."""
     csv_rows = [{"model": model, **result.row(classes.names)} for model, result in rows]
     ev.write_csv(out / "compare.csv", csv_rows)
     models = list(dict.fromkeys(model for model, _ in rows))
@@ -285,7 +290,7 @@ def _report(out: Path, rows: Sequence[tuple[str, ev.ImageResult]], classes: ev.E
     class_names = classes.names[1:]
     header = ["model", "n images"] + [labels[k] for k in _MODEL_COLUMNS] + \
         ["pooled DSC"] + [f"Dice {n}" for n in class_names]
-    lines = ["# roiseg compare", "",
+    lines = ["# roiseg compare", "", *([f"**{warning}**", ""] if warning else []),
              ev.describe(classes, positive, f"{len(models)} model(s), "
                                             f"{len({r.name for _, r in rows})} image(s)"), "",
              "## Per model: mean (95 % CI) over images", "",

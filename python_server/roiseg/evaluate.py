@@ -31,7 +31,6 @@ import rasterio.errors
 import rasterio.features
 import shapely
 from affine import Affine
-from scipy import stats
 from shapely.geometry import box, shape
 from shapely.geometry.base import BaseGeometry
 
@@ -45,8 +44,8 @@ __all__ = [
     "Grid", "ImageResult", "SummaryRow", "add_arguments", "choose_grid", "class_dice",
     "confusion", "evaluate_labels", "format_summary", "geojson_features", "labels_on_grid",
     "mean_ci", "pair_paths", "parse_map", "parse_values", "pixel_metrics",
-    "rasterize_geojson", "read_annotation", "region_metrics", "run", "summarize",
-    "write_csv",
+    "rasterize_geojson", "read_annotation", "region_metrics", "run", "single_class_reference",
+    "summarize", "write_csv",
 ]
 
 #: Name of evaluation class 0.
@@ -211,10 +210,17 @@ def class_dice(class_confusion: np.ndarray) -> np.ndarray:
         return np.where(den > 0, 2 * np.diag(cm) / np.where(den > 0, den, 1), np.nan)
 
 
-def mean_ci(values: Iterable[float], confidence: float = 0.95) -> tuple[float, float, float]:
-    """Mean and Student-t confidence interval of the finite values (NaNs are left out).
+#: Resamples of the bootstrap confidence intervals (fixed seed: reports are reproducible).
+_BOOTSTRAP_RESAMPLES = 4000
 
-    NaN bounds with fewer than two values; (mean, mean, mean) when all values are equal.
+
+def mean_ci(values: Iterable[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """Mean and bootstrap percentile confidence interval of the mean of the finite values
+    (NaNs are left out).
+
+    The interval lies within the values' range, so within what the metric can take (a
+    proportion stays in 0..1, a count at or above 0), unlike a Student-t interval over a few
+    images. NaN bounds with fewer than two values; (mean, mean, mean) when all are equal.
     """
     x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
     if x.size == 0:
@@ -222,9 +228,26 @@ def mean_ci(values: Iterable[float], confidence: float = 0.95) -> tuple[float, f
     mean = float(x.mean())
     if x.size < 2:
         return mean, _NAN, _NAN
-    half = float(stats.t.ppf(0.5 + confidence / 2, x.size - 1) * x.std(ddof=1)
-                 / math.sqrt(x.size))
-    return mean, mean - half, mean + half
+    rng = np.random.default_rng(0)
+    means = x[rng.integers(0, x.size, size=(_BOOTSTRAP_RESAMPLES, x.size))].mean(axis=1)
+    tail = 50 * (1 - confidence)
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return mean, min(float(low), mean), max(float(high), mean)
+
+
+def single_class_reference(references: Iterable[Annotation], classes: EvalClasses
+                           ) -> str | None:
+    """A warning when the references, all together, hold a single non-background class: then
+    only that class's pixels are scored, so its precision is 1 and its Dice flatters."""
+    found = {classes.evaluation_name(n) for r in references for n in r.class_names()}
+    found -= {BACKGROUND}
+    if len(found) != 1:
+        return None
+    (name,) = found
+    return (f"WARNING: the reference holds only the class {name!r}; all else in it is "
+            f"background and left out, so only {name!r} pixels are scored: its precision "
+            "cannot fall below 1 and Dice overstates the agreement. Annotate the other "
+            "tissue too (or name what a mask's 0 is, e.g. 0=Stroma).")
 
 
 # --------------------------------------------------------------------------- classes
@@ -403,9 +426,14 @@ def _class_name(properties: Mapping[str, Any]) -> str | None:
 
 def read_annotation(path: str | Path, values: str | Mapping[int, str] | None = None,
                     positive: str | None = None, mask_downsample: float = 1.0,
-                    mask_origin: tuple[float, float] = (0.0, 0.0)) -> Annotation:
-    """A GeoJSON file or a label mask (values -> class names: `values`, or for a mask with
-    at most two values 0 = background and the other = `positive`)."""
+                    mask_origin: tuple[float, float] = (0.0, 0.0),
+                    reference_option: str | None = None) -> Annotation:
+    """A GeoJSON file or a label mask (values -> class names: `values`, or for a prediction
+    mask with at most two values 0 = background and the other = `positive`).
+
+    `reference_option` is set when reading a reference: it names the option that gives the
+    mask values. A binary reference mask without them is refused, since reading its 0 as
+    background would leave everything but the positive class out of the score."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in GEOJSON_SUFFIXES:
@@ -425,6 +453,16 @@ def read_annotation(path: str | Path, values: str | Mapping[int, str] | None = N
         if len(present) > 2 or (len(present) == 2 and 0 not in present):
             raise ValueError(f"mask {path.name} holds values {present[:10]}: say which class "
                              "each is, e.g. --truth-values 0=background,1=tumour,2=stroma")
+        if reference_option is not None and len(present) == 2:
+            other = present[1]
+            name = positive or "CLASS"
+            raise ValueError(
+                f"reference mask {path.name} holds only the values 0 and {other}. Read with 0 as "
+                f"background, only its {other} pixels would be scored: precision would be 1 "
+                f"and Dice would look far better than it is. Say what 0 is: {reference_option} "
+                f"'0=Stroma,{other}=\"{name}\"' (0 is the rest of the tissue: every pixel is "
+                f"scored) or {reference_option} '0=background,{other}=\"{name}\"' (only the "
+                f"{other} area is scored)")
         if positive is None:
             raise ValueError(f"mask {path.name} is binary: pass --positive NAME (its non-zero "
                              "class) or the mask values")
@@ -818,7 +856,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                               '0=background,255="Gland epithelium" (default '
                                               'for binary masks: 0 = background, other = '
                                               '--positive)')
-    parser.add_argument("--truth-values", help="the same for reference masks")
+    parser.add_argument("--truth-values",
+                        help="the same for reference masks (required for a binary reference "
+                             "mask: say whether its 0 is background or the rest of the tissue)")
     parser.add_argument("--mask-origin", default="0,0", metavar="X,Y",
                         help="full-resolution position of the masks' top-left corner "
                              "(default 0,0)")
@@ -861,7 +901,8 @@ def describe(classes: EvalClasses, positive: str, what: str) -> str:
     return (f"{what}; positive class **{name}**, negative: every other non-background class "
             f"({', '.join(negative) or 'none'}). Pixels that are background in the reference "
             "are excluded. Regions are 4-connected and correspond when IoU > 0.5. "
-            "95 % CI: Student t over images; undefined values (0/0) are n/a.")
+            "95 % CI: bootstrap percentile interval of the mean over images; undefined "
+            "values (0/0) are n/a.")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -881,7 +922,7 @@ def run(args: argparse.Namespace) -> int:
             pred = read_annotation(pred_path, args.pred_values, args.positive,
                                    args.mask_downsample, origin)
             truth = read_annotation(truth_path, args.truth_values, args.positive,
-                                    args.mask_downsample, origin)
+                                    args.mask_downsample, origin, "--truth-values")
             loaded.append((name, pred, truth))
         positive = check_positive(args.positive, classes,
                                   (n for _, p, t in loaded for n in p.class_names()
@@ -900,6 +941,10 @@ def run(args: argparse.Namespace) -> int:
     write_csv(args.out / "metrics.csv", [r.row(classes.names) for r in results])
     rows, class_rows = summarize(results, classes.names)
     notes = [describe(classes, positive, f"{len(results)} image(s)")]
+    warning = single_class_reference((truth for _, _, truth in loaded), classes)
+    if warning:
+        print(f"roiseg: {warning}", file=sys.stderr)
+        notes.insert(0, f"**{warning}**")
     text = format_summary(rows, class_rows, "roiseg evaluate", notes)
     (args.out / "summary.md").write_text(text, encoding="utf-8")
     print(text)

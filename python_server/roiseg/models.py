@@ -572,8 +572,10 @@ class ModelRegistry:
     """The models found in model directories, loaded lazily on first use and cached."""
 
     def __init__(self, model_dirs: Sequence[Path], device: torch.device,
-                 default_id: str | None = None):
-        """Register every `DIR/model.json` and `DIR/*/model.json`.
+                 default_id: str | None = None, beside: Sequence[Path] = ()):
+        """Register every `DIR/model.json` and `DIR/*/model.json`; then those in the `beside`
+        directories whose ids are not registered yet (the embedded default model next to a
+        user's models).
 
         Raises:
             ValueError: a broken card, a missing directory, duplicate ids, no models at
@@ -581,13 +583,16 @@ class ModelRegistry:
         """
         self.device = device
         self._cards: dict[str, ModelCard] = {}
-        for directory in map(Path, model_dirs):
+        given = [(Path(d), False) for d in model_dirs] + [(Path(d), True) for d in beside]
+        for directory, optional in given:
             if not directory.is_dir():
                 raise ValueError(f"models directory {directory} does not exist")
             paths = [directory / CARD_FILE] if (directory / CARD_FILE).is_file() else []
             for path in paths + sorted(directory.glob(f"*/{CARD_FILE}")):
                 card = ModelCard.from_file(path)
                 if card.id in self._cards:
+                    if optional:
+                        continue
                     raise ValueError(f"duplicate model id {card.id!r} in "
                                      f"{self._cards[card.id].card_path} and {card.card_path}")
                 self._cards[card.id] = card
