@@ -56,6 +56,7 @@ from roiseg import commands
 from roiseg.client import (Client, InProcessClient, SegmentationError, segment_request, slide_source)
 from roiseg.conventions import MODEL_ID_KEY, feature_collection
 from roiseg.errors import RoisegError
+from roiseg.files import write_atomic
 from roiseg.qupath_project import (ROI_MODELS_KEY, ROI_TIME_KEY, Annotation, QuPathUnavailable,
                                    merge_features, read_geojson_annotations, select_rois,
                                    tag_features)
@@ -263,17 +264,6 @@ def write_summary(path: Path, records: Iterable[Mapping[str, Any]]) -> None:
     for row in rows:
         writer.writerow({k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in row.items()})
     write_atomic(path, text.getvalue().encode("utf-8"))
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Writes `data` to a temporary file beside `path`, then renames it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    with open(partial, "wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(partial, path)
 
 
 # --------------------------------------------------------------------------- plans

@@ -19,6 +19,7 @@ from shapely.geometry.base import BaseGeometry
 from roiseg import __version__, batch, commands, compare, evaluate, overlay, roi, train
 from roiseg.client import SegmentationError, segment_request, slide_source
 from roiseg.errors import RoisegError
+from roiseg.files import write_atomic
 from roiseg.models import DEFAULT_MODELS_DIR  # noqa: F401 - re-exported for scripts
 from roiseg.service import Limits, create_server
 from roiseg.slides import Slide
@@ -197,11 +198,7 @@ def _write(output: Path, collections: dict[str, dict]) -> list[Path]:
     for model_id, collection in collections.items():
         path = output if len(collections) == 1 else \
             output.with_name(f"{output.stem}.{model_id}{output.suffix or '.geojson'}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + ".partial")
-        partial.write_text(json.dumps(collection), encoding="utf-8")
-        os.replace(partial, path)
-        paths.append(path)
+        paths.append(write_atomic(path, json.dumps(collection)))
     return paths
 
 

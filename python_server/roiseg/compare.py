@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from roiseg import roi as roi_module
 from roiseg import commands
 from roiseg.client import SegmentationError, segment_request
 from roiseg.errors import RoisegError
+from roiseg.files import write_atomic
 from roiseg.slides import Slide
 
 #: Overlay panel title of the reference.
@@ -273,10 +273,7 @@ def _roi(job: _Job, region: BaseGeometry | None, slide: Slide) -> BaseGeometry:
 
 
 def _write_json(path: Path, data: dict) -> Path:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(data), encoding="utf-8")
-    os.replace(partial, path)
-    return path
+    return write_atomic(path, json.dumps(data))
 
 
 def _report(out: Path, rows: Sequence[tuple[str, ev.ImageResult]], classes: ev.EvalClasses,

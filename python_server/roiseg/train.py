@@ -47,6 +47,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from roiseg.conventions import (BACKGROUND_COLOR, QUPATH_BUILTIN_CLASS_COLORS,
                                 confusable_builtin_class)
+from roiseg.files import atomic_path, write_atomic
 from roiseg.inference import predict
 from roiseg.models import (
     ClassSpec,
@@ -325,17 +326,16 @@ def export_model(model: torch.nn.Module, out_dir: Path, card: Mapping[str, Any],
 
 def _save_half(model: torch.nn.Module, path: Path) -> str:
     """Write ``model``'s float16 state_dict to ``path`` atomically; its SHA-256."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(half_state_dict(model), tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as partial:
+        torch.save(half_state_dict(model), partial)
     return sha256_file(path)
 
 
 def write_card(out_dir: Path, card: Mapping[str, Any]) -> dict[str, Any]:
     """Write ``model.json`` (fields in the order of docs/model-cards.md); returns it."""
     written = _ordered_card(card)
-    (Path(out_dir) / "model.json").write_text(
-        json.dumps(written, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_atomic(Path(out_dir) / "model.json",
+                 json.dumps(written, indent=2, ensure_ascii=False) + "\n")
     return written
 
 
@@ -1010,9 +1010,8 @@ class _Trainer:
                  "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                  "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
                  "progress": copy.deepcopy(progress.__dict__), "best": best_state}
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as partial:
+            torch.save(state, partial)
 
     def _finish(self, best_state: dict[str, torch.Tensor], train_set: Sequence[Sample],
                 val_set: Sequence[Sample], progress: _Progress, stop_reason: str) -> int:
