@@ -25,7 +25,8 @@ from shapely.geometry import box, mapping, shape
 
 from conftest import CMU_MPP, GLAS, REPO
 from roiseg import cli
-from roiseg.batch import Journal, add_arguments, run, summary_rows
+from roiseg.batch import Journal, summary_rows
+from roiseg.cli.batch import add_arguments, run
 from roiseg.conventions import MODEL_ID_KEY, is_roiseg_object
 from roiseg.models import DEFAULT_MODELS_DIR
 from roiseg.qupath_project import ROI_KEY, roi_key
@@ -217,7 +218,7 @@ def test_kill_mid_run_then_resume_does_every_image_once(address, tmp_path):
     glas(images)
     journal = out / "roiseg-journal.jsonl"
     process = subprocess.Popen(
-        [sys.executable, "-m", "roiseg.batch", "--images", str(images), "--out", str(out),
+        [sys.executable, "-m", "roiseg.cli", "batch", "--images", str(images), "--out", str(out),
          "--mpp", GLAS_MPP, "--device", "cpu"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
@@ -250,7 +251,7 @@ def test_ctrl_c_stops_cleanly_and_the_run_resumes(address, tmp_path):
     glas(images)
     journal = out / "roiseg-journal.jsonl"
     process = subprocess.Popen(
-        [sys.executable, "-m", "roiseg.batch", "--images", str(images), "--out", str(out),
+        [sys.executable, "-m", "roiseg.cli", "batch", "--images", str(images), "--out", str(out),
          "--mpp", GLAS_MPP, "--server", address],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120

@@ -70,3 +70,18 @@ def test_bad_region_is_a_clear_error(tmp_path, capsys):
     assert main(["segment", str(CMU), "--region", "10,10,0,5", "-o",
                  str(tmp_path / "x.geojson"), "--device", "cpu"]) == 2
     assert "positive width and height" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["batch", "--help"], ["train", "--help"],
+                                  ["evaluate", "--help"], ["compare", "--help"],
+                                  ["segment", "--nonsense"], ["train", "--images", "x"],
+                                  ["segment", "/no/such/slide.svs", "-o", "x.geojson"]],
+                         ids=lambda argv: " ".join(argv))
+def test_help_and_argument_errors_never_import_torch(argv, tmp_path):
+    code = ("import sys\nfrom roiseg.cli import main\ntry:\n    status = main(sys.argv[1:])\n"
+            "except SystemExit as end:\n    status = end.code\n"
+            "print('STATUS', status, 'torch' in sys.modules, file=sys.stderr)\n")
+    result = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
+                            cwd=tmp_path, timeout=120)
+    status, torch_imported = result.stderr.strip().splitlines()[-1].split()[1:]
+    assert status in ("0", "2") and torch_imported == "False", result.stderr

@@ -14,6 +14,7 @@ from shapely.geometry import box, shape
 
 from conftest import GLAS, REPO
 from roiseg import compare
+from roiseg.cli import compare as compare_cli
 from roiseg.cli import main as roiseg_main
 
 CMU_EXAMPLE = REPO / "examples" / "data" / "cmu_small_region.svs"
@@ -24,7 +25,7 @@ GLAND = "Gland epithelium"
 
 def _compare(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="roiseg compare")
-    compare.add_arguments(parser)
+    compare_cli.add_arguments(parser)
     return compare.run(parser.parse_args(argv))
 
 

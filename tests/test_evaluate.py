@@ -22,6 +22,7 @@ from shapely.geometry import shape
 
 from conftest import GLAS, REPO
 from roiseg import evaluate as ev
+from roiseg.cli import evaluate as evaluate_cli
 from roiseg.cli import main as roiseg_main
 
 CMU_EXAMPLE = REPO / "examples" / "data" / "cmu_small_region.svs"
@@ -47,7 +48,7 @@ TP, FP, FN, TN = 7, 4, 3, 12
 
 def _args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="roiseg evaluate")
-    ev.add_arguments(parser)
+    evaluate_cli.add_arguments(parser)
     return parser.parse_args(argv)
 
 

@@ -17,7 +17,7 @@ import pytest
 from shapely.geometry import LineString, Point, box, mapping
 
 from conftest import CMU, GLAS
-from roiseg.batch import add_arguments, run
+from roiseg.cli.batch import add_arguments, run
 from roiseg.conventions import MODEL_ID_KEY, ROISEG_SOURCE_KEY, is_roiseg_object
 from roiseg.models import DEFAULT_MODELS_DIR
 from roiseg.qupath_project import (ROI_KEY, ROI_MODELS_KEY, Annotation, load_paquo,

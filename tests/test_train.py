@@ -15,6 +15,7 @@ import pytest
 import torch
 from conftest import GLAS, REPO
 from roiseg import train
+from roiseg.cli import train as train_cli
 from roiseg.models import ModelCard, load_model
 from roiseg.pretrained import (
     encoder_state,
@@ -264,14 +265,14 @@ def test_roiseg_train_end_to_end(tmp_path):
     data = _three_images(tmp_path)
     out = tmp_path / "model"
     parser = argparse.ArgumentParser()
-    train.add_arguments(parser)
+    train_cli.add_arguments(parser)
     args = parser.parse_args([
         "--images", str(data / "images"), "--masks", str(data / "masks"),
         "--source-mpp", str(GLAS_MPP), "--val-fraction", "0.34", "--crop", "64",
         "--batch-size", "2", "--epochs", "2", "--steps-per-epoch", "2", "--threads", "1",
         "--no-progress", "--out", str(out), "--model-id", "tiny",
         "--keep-on-glass", "Gland epithelium"])
-    assert train.run(args) == 0
+    assert train_cli.run(args) == 0
     card = json.loads((out / "model.json").read_text())
     assert sorted(p.name for p in out.iterdir()) == ["model.json", "model.pt"]
     assert card["id"] == "tiny" and card["sha256"] == train.sha256_file(out / "model.pt")
@@ -317,7 +318,7 @@ def test_recorded_command_leaves_out_resume(tmp_path, monkeypatch):
     argv = ["--images", str(GLAS / "images"), "--masks", str(GLAS / "masks"),
             "--source-mpp", "0.62", "--ema", "0.99", "--out", str(tmp_path)]
     monkeypatch.setattr(sys, "argv", ["roiseg", "train", *argv, "--resume"])
-    assert train._command_line(_args(*argv, "--resume")) == shlex.join(["roiseg", "train", *argv])
+    assert train_cli.command_line(_args(*argv, "--resume")) == shlex.join(["roiseg", "train", *argv])
 
 
 def test_encoder_learns_at_its_own_rate(tmp_path):
@@ -341,10 +342,10 @@ def test_keep_on_glass_names_a_class(tmp_path):
 
 def test_resume_requires_matching_state(tmp_path):
     parser = argparse.ArgumentParser()
-    train.add_arguments(parser)
+    train_cli.add_arguments(parser)
     args = parser.parse_args(["--images", str(GLAS / "images"), "--masks", str(GLAS / "masks"),
                               "--source-mpp", "0.62", "--out", str(tmp_path), "--resume"])
-    assert train.run(args) == 2  # no state to resume from
+    assert train_cli.run(args) == 2  # no state to resume from
 
 
 # ------------------------------------------------------------------ the shipped model
@@ -505,7 +506,7 @@ def test_training_on_geojson_annotations_lowers_the_loss(annotated):
 
 def _args(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    train.add_arguments(parser)
+    train_cli.add_arguments(parser)
     return parser.parse_args(list(argv))
 
 

@@ -21,8 +21,7 @@ reads the journal and skips the (ROI, model) pairs already done; ``--replace`` r
 them, replacing only roiseg's own objects (`conventions.is_roiseg_object`) of those
 models. A kill at any moment leaves every written image whole and the run resumable.
 
-Mounted by the CLI as ``roiseg batch`` (`add_arguments` + `run`); also runnable as
-``python -m roiseg.batch``.
+Mounted by the CLI as ``roiseg batch`` (`roiseg.cli.batch`), which calls `run`.
 """
 
 from __future__ import annotations
@@ -54,7 +53,8 @@ from tqdm import tqdm
 from roiseg import overlay
 from roiseg import commands
 from roiseg.client import (Client, InProcessClient, SegmentationError, segment_request, slide_source)
-from roiseg.conventions import MODEL_ID_KEY, feature_collection
+from roiseg.conventions import (BATCH_FOLDER_JOURNAL, BATCH_FOLDER_SUMMARY, BATCH_PROJECT_JOURNAL,
+                                BATCH_PROJECT_SUMMARY, MODEL_ID_KEY, feature_collection)
 from roiseg.errors import RoisegError
 from roiseg.files import write_atomic
 from roiseg.qupath_project import (ROI_MODELS_KEY, ROI_TIME_KEY, Annotation, QuPathUnavailable,
@@ -66,10 +66,8 @@ log = logging.getLogger("roiseg.batch")
 
 #: Version of the journal records.
 JOURNAL_VERSION = 1
-FOLDER_JOURNAL = "roiseg-journal.jsonl"
-FOLDER_SUMMARY = "summary.csv"
-PROJECT_JOURNAL = "roiseg-batch.jsonl"
-PROJECT_SUMMARY = "roiseg-batch-summary.csv"
+FOLDER_JOURNAL, FOLDER_SUMMARY = BATCH_FOLDER_JOURNAL, BATCH_FOLDER_SUMMARY
+PROJECT_JOURNAL, PROJECT_SUMMARY = BATCH_PROJECT_JOURNAL, BATCH_PROJECT_SUMMARY
 #: Files folder mode reads as images (".ome.tif(f)" included).
 IMAGE_SUFFIXES = (".svs", ".tif", ".tiff", ".png", ".jpg", ".jpeg")
 #: Folder mode's overlay beside NAME.geojson (not NAME.png, so that `roiseg evaluate`
@@ -90,49 +88,6 @@ _SUMMARY_COLUMNS = ("image", "roi", "roi_name", "roi_class", "model", "model_ver
 # --------------------------------------------------------------------------- command line
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Adds the ``roiseg batch`` options to ``parser``."""
-
-    parser.add_argument("project", nargs="?", type=Path,
-                        help="QuPath project (project.qpproj or its directory); needs paquo "
-                             "and an installed QuPath")
-    parser.add_argument("--images", type=Path,
-                        help="folder mode: directory of slides or images (SVS, TIFF, OME-TIFF, "
-                             "PNG, JPEG), each with optional QuPath GeoJSON ROIs in NAME.geojson "
-                             "beside it (default ROI: the whole image)")
-    parser.add_argument("--out", type=Path, help="folder mode: output directory")
-    parser.add_argument("--image-filter", metavar="REGEX",
-                        help="only the images whose name matches this regular expression")
-    parser.add_argument("--roi-class", action="append", default=[], metavar="NAME",
-                        help="segment the annotations of this class, at any level (repeatable); "
-                             "default: the top-level annotations not made by roiseg")
-    parser.add_argument("--model", action="append", default=[], dest="model_ids",
-                        help="model id (repeatable); default: the server's default model")
-    parser.add_argument("--mpp", type=float, default=0.0,
-                        help="full-resolution pixel size (µm/px) of images that have none in "
-                             "their metadata; without it such images are recorded as errors")
-    commands.add_server_arguments(parser, "roiseg server (repeatable: the work is spread "
-                                          "across them); default: in-process", repeatable=True)
-    parser.add_argument("--server-reads-slide", action="store_true",
-                        help="let the servers read the image files themselves (they must see "
-                             "the same absolute paths under their --slide-root); automatic "
-                             "in-process")
-    parser.add_argument("--replace", action="store_true",
-                        help="redo ROIs already done, replacing roiseg's objects of the models "
-                             "run (other objects are kept)")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="show what would be done; segment and write nothing")
-    parser.add_argument("--journal", type=Path,
-                        help=f"journal file (default: OUT/{FOLDER_JOURNAL}, or "
-                             f"{PROJECT_JOURNAL} next to the project)")
-    parser.add_argument("--summary", type=Path,
-                        help=f"summary CSV (default: OUT/{FOLDER_SUMMARY}, or "
-                             f"{PROJECT_SUMMARY} next to the project)")
-    commands.add_segment_arguments(parser)
-    commands.add_model_arguments(parser)  # in-process: --models, --default-model, --device
-    parser.add_argument("-v", "--verbose", action="store_true")
-
-
 def run(args: argparse.Namespace) -> int:
     """Runs the batch; 0 when every ROI is done, 1 when some were recorded as errors,
     2 for unusable arguments, 130 when interrupted (the run can be resumed)."""
@@ -151,17 +106,6 @@ def run(args: argparse.Namespace) -> int:
         return 130
     finally:
         source.close()
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="roiseg batch", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # like Ctrl-C: resumable stop
-    return run(args)
 
 
 # --------------------------------------------------------------------------- journal
@@ -861,5 +805,3 @@ class _Batch:
         return client.segment(segment_request(roi.geometry, source, job.model_ids, self.options))
 
 
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
-"""Argument groups and helpers the roiseg subcommands share: model and server options,
-segmentation options, connecting (in-process or to a server), client-side region reading
-and the progress bar."""
+"""What the roiseg subcommands share at run time: segmentation options as the contract's
+message, connecting (in-process or to a server), client-side region reading and the progress
+bar. Their options are in `roiseg.cli.options`."""
 
 from __future__ import annotations
 
@@ -24,50 +24,6 @@ from roiseg.v1 import segmentation_pb2 as pb
 
 #: Longest side of an overlay picture, in pixels.
 OVERLAY_SIDE = 1600
-
-
-def add_model_arguments(parser: argparse.ArgumentParser, beside_default: bool = False) -> None:
-    """--models, --default-model, --device: the models an in-process run serves; with
-    `beside_default`, --models adds to the embedded default model instead of replacing it."""
-    parser.add_argument("--models", action="append", type=Path, default=[],
-                        help="directory of model cards (repeatable); "
-                             + ("served beside the embedded default model" if beside_default
-                                else "default: the embedded default model"))
-    parser.set_defaults(models_beside_default=beside_default)
-    parser.add_argument("--default-model", help="id of the default model")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-
-
-def add_server_arguments(parser: argparse.ArgumentParser, help_text: str,
-                         repeatable: bool = False) -> None:
-    """--server (once, or repeatable) and how to reach it: --tls, --tls-ca, --token-file."""
-    if repeatable:
-        parser.add_argument("--server", action="append", default=[], metavar="HOST:PORT",
-                            help=help_text)
-    else:
-        parser.add_argument("--server", metavar="HOST:PORT", help=help_text)
-    parser.add_argument("--tls", action="store_true", help="connect to the server over TLS")
-    parser.add_argument("--tls-ca", type=Path, help="PEM certificate(s) to trust for --tls")
-    parser.add_argument("--token-file", type=Path,
-                        help="file holding the server's bearer token (or ROISEG_TOKEN)")
-
-
-def add_segment_arguments(parser: argparse.ArgumentParser, classes: bool = True,
-                          background: bool = True) -> None:
-    """The segmentation options of `roiseg segment` (see `segment_options`)."""
-    group = parser.add_argument_group("segmentation options")
-    if classes:
-        group.add_argument("--classes", nargs="+", default=[], help="class names to return")
-    group.add_argument("--min-area", type=float, help="drop regions below this many µm²")
-    group.add_argument("--min-hole", type=float, help="fill holes below this many µm²")
-    group.add_argument("--simplify", type=float, help="simplification tolerance in µm")
-    group.add_argument("--hysteresis", action="store_true",
-                       help="hysteresis thresholding of the tumour class (paper 003)")
-    if background:
-        group.add_argument("--include-background", action="store_true",
-                           help="also return the non-tissue area as 'Background'")
-    group.add_argument("--allow-upsample", action="store_true",
-                       help="accept images coarser than the model's resolution")
 
 
 def segment_options(args: argparse.Namespace) -> pb.SegmentOptions:

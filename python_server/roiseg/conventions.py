@@ -119,3 +119,12 @@ def is_roiseg_object(properties: Mapping[str, Any]) -> bool:
     """Whether a feature's properties mark it as a roiseg pre-annotation."""
     metadata = properties.get("metadata") or {}
     return metadata.get(ROISEG_SOURCE_KEY) == ROISEG_SOURCE_VALUE
+
+
+#: A new model's card when no model is fine-tuned (`roiseg train`): µm/px, tile size, overlap
+#: and inference batch size.
+NEW_MODEL_MPP, NEW_MODEL_TILE_SIZE, NEW_MODEL_OVERLAP, NEW_MODEL_BATCH_SIZE = 1.0, 512, 128, 4
+
+#: `roiseg batch`'s journal and summary: in OUT in folder mode, beside a QuPath project.
+BATCH_FOLDER_JOURNAL, BATCH_FOLDER_SUMMARY = "roiseg-journal.jsonl", "summary.csv"
+BATCH_PROJECT_JOURNAL, BATCH_PROJECT_SUMMARY = "roiseg-batch.jsonl", "roiseg-batch-summary.csv"

@@ -41,7 +41,7 @@ from roiseg.masks import parse_values
 
 __all__ = [
     "BACKGROUND", "PIXEL_METRICS", "REGION_METRICS", "Annotation", "Counts", "EvalClasses",
-    "Grid", "ImageResult", "SummaryRow", "add_arguments", "choose_grid", "class_dice",
+    "Grid", "ImageResult", "SummaryRow", "choose_grid", "class_dice",
     "confusion", "evaluate_labels", "format_summary", "geojson_features", "labels_on_grid",
     "mean_ci", "pair_paths", "parse_map", "parse_values", "pixel_metrics",
     "rasterize_geojson", "read_annotation", "region_metrics", "run", "single_class_reference",
@@ -826,48 +826,6 @@ def _csv_value(value: Any) -> Any:
 
 
 # --------------------------------------------------------------------------- CLI
-
-
-def add_evaluation_arguments(parser: argparse.ArgumentParser, reference: str = "truth") -> None:
-    """Options shared with ``roiseg compare``: class mapping, positive class, pixel size."""
-    parser.add_argument("--map", action="append", default=[], metavar='"CLASS=EVAL"',
-                        help='map a class name onto an evaluation class, e.g. "Gland '
-                             'epithelium=tumour" (repeatable, both sides; unmapped names keep '
-                             'their name; "Background" and unannotated pixels are background)')
-    parser.add_argument("--positive", metavar="NAME",
-                        help="the evaluation class scored as positive (every other "
-                             "non-background class is negative)")
-    parser.add_argument("--mask-downsample", type=float, default=1.0,
-                        help="full-resolution pixels per mask pixel (default 1)")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``roiseg evaluate`` options to ``parser``."""
-    parser.description = __doc__.split("\n\n")[0] if __doc__ else None
-    parser.add_argument("pred", type=Path, help="prediction: GeoJSON or mask file, or directory")
-    parser.add_argument("truth", type=Path,
-                        help="reference: GeoJSON or mask file, or directory (paired by stem)")
-    parser.add_argument("--out", type=Path, required=True,
-                        help="output directory: metrics.csv and summary.md")
-    add_evaluation_arguments(parser)
-    parser.add_argument("--mpp", type=float, default=0.0,
-                        help="full-resolution µm/px (only for the µm² areas)")
-    parser.add_argument("--pred-values", help='mask value to class, e.g. '
-                                              '0=background,255="Gland epithelium" (default '
-                                              'for binary masks: 0 = background, other = '
-                                              '--positive)')
-    parser.add_argument("--truth-values",
-                        help="the same for reference masks (required for a binary reference "
-                             "mask: say whether its 0 is background or the rest of the tissue)")
-    parser.add_argument("--mask-origin", default="0,0", metavar="X,Y",
-                        help="full-resolution position of the masks' top-left corner "
-                             "(default 0,0)")
-    parser.add_argument("--downsample", type=float, default=1.0,
-                        help="full-resolution pixels per grid pixel when both sides are "
-                             "GeoJSON (default 1)")
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument("--roi", type=Path, help="evaluate only inside this GeoJSON's polygons")
-    where.add_argument("--region", help="evaluate only inside x,y,w,h (full-resolution pixels)")
 
 
 def region_from_args(args: argparse.Namespace) -> BaseGeometry | None:

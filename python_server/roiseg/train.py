@@ -45,11 +45,13 @@ import torch
 import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from roiseg.conventions import (BACKGROUND_COLOR, QUPATH_BUILTIN_CLASS_COLORS,
-                                confusable_builtin_class)
+from roiseg.conventions import (BACKGROUND_COLOR, NEW_MODEL_BATCH_SIZE, NEW_MODEL_MPP,
+                                NEW_MODEL_OVERLAP, NEW_MODEL_TILE_SIZE,
+                                QUPATH_BUILTIN_CLASS_COLORS, confusable_builtin_class)
 from roiseg.files import atomic_path, write_atomic
 from roiseg.inference import predict
 from roiseg.models import (
+    DEFAULT_MODELS_DIR,
     ClassSpec,
     Ensemble,
     EnsembleMember,
@@ -93,7 +95,8 @@ _PALETTE = ((31, 119, 180), (255, 127, 14), (148, 103, 189), (140, 86, 75),
             (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))
 _STATE_VERSION = 3
 #: Defaults of the card's inference settings when no model is fine-tuned.
-_DEFAULT_MPP, _DEFAULT_TILE, _DEFAULT_OVERLAP, _DEFAULT_INFERENCE_BATCH = 1.0, 512, 128, 4
+_DEFAULT_MPP, _DEFAULT_TILE, _DEFAULT_OVERLAP, _DEFAULT_INFERENCE_BATCH = (
+    NEW_MODEL_MPP, NEW_MODEL_TILE_SIZE, NEW_MODEL_OVERLAP, NEW_MODEL_BATCH_SIZE)
 #: Prefix of the SMP segmentation head's parameters (re-initialised for other classes).
 _HEAD_PREFIX = "segmentation_head."
 
@@ -151,8 +154,6 @@ def resolve_card(spec: str, model_dirs: Sequence[Path] = (),
         if not card_path.is_file():
             raise ValueError(f"{option}: no model card {card_path}")
         return ModelCard.from_file(card_path)
-    from roiseg.cli import DEFAULT_MODELS_DIR  # cli imports this module
-
     found: list[str] = []
     for directory in [*model_dirs, DEFAULT_MODELS_DIR]:
         registry = ModelRegistry([directory], torch.device("cpu"))
@@ -368,127 +369,6 @@ def _metric_keys(classes: Sequence[ClassSpec]) -> list[str]:
 # --------------------------------------------------------------------------- CLI
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``roiseg train`` options to ``parser``."""
-    data = parser.add_argument_group(
-        "data", "--images with either --masks (label masks) or --annotations (QuPath GeoJSON)")
-    data.add_argument("--images", type=Path, required=True,
-                      help="directory of RGB images (with --annotations also SVS/TIFF slides)")
-    labels = data.add_mutually_exclusive_group(required=True)
-    labels.add_argument("--masks", type=Path,
-                        help="directory of label masks, same file names (stems) as the images")
-    labels.add_argument("--annotations", type=Path,
-                        help="directory of QuPath GeoJSON exports: NAME.geojson for image "
-                             "NAME.EXT, classes by properties.classification.name, "
-                             "coordinates in full-resolution pixels of the image")
-    data.add_argument("--mask-values", default=None,
-                      help='mask value to class, e.g. 0=Stroma,255="Gland epithelium"; '
-                           "classes are numbered in order of appearance. Default: binary "
-                           "masks, 0 = Stroma, any other value = Gland epithelium")
-    data.add_argument("--classes", default=None, metavar='"A,B,C"',
-                      help="with --annotations: the model's classes, in output order "
-                           "(annotations of other classes are left out). Default: the "
-                           "fine-tuned model's classes, else the names found, sorted")
-    data.add_argument("--unannotated", default=None, metavar="CLASS",
-                      help="with --annotations: class of the pixels no annotation covers "
-                           "(default: they are ignored by the loss and the metrics)")
-    data.add_argument("--margin", type=int, default=64,
-                      help="with --annotations: model pixels read around the annotations' "
-                           "bounding box (default 64)")
-    data.add_argument("--colors", action="append", default=[], metavar='"NAME=R,G,B"',
-                      help="class colour (repeatable); default: the fine-tuned model's, "
-                           "known names, then a palette")
-    data.add_argument("--keep-on-glass", action="append", default=[], metavar="CLASS",
-                      help="class whose pixels the server keeps where its tissue mask sees "
-                           "blank glass (repeatable), e.g. glands whose lumens the masks "
-                           "include; default: the fine-tuned model's, else none")
-    data.add_argument("--source-mpp", type=float, default=None,
-                      help="µm per pixel of the images (GlaS: about 0.62); required for "
-                           "--masks, default the slide's calibration for --annotations")
-    data.add_argument("--mpp", type=float, default=None,
-                      help="µm per pixel the model works at (default: the fine-tuned "
-                           f"model's, else {_DEFAULT_MPP:g})")
-    data.add_argument("--val-fraction", type=float, default=0.15,
-                      help="fraction of images held out for validation, split by image "
-                           "(default 0.15; 0 = no validation)")
-    data.add_argument("--data-description", default=None,
-                      help="one phrase describing the data, for the card's trained_on")
-
-    model = parser.add_argument_group("model")
-    model.add_argument("--init-model", default=None, metavar="ID_OR_CARD",
-                       help="fine-tune a registered model: its id (in --models or the "
-                            "embedded default) or the path of its model.json. Its weights, "
-                            "architecture, encoder, mpp, tile size, normalisation and classes "
-                            "are the defaults; other classes re-initialise its head")
-    model.add_argument("--models", type=Path, action="append", default=[], metavar="DIR",
-                       help="models directory to look up --init-model ids in (repeatable)")
-    model.add_argument("--ensemble-with", action="append", default=[], metavar="ID_OR_CARD",
-                       help="average the trained model's class probabilities with this model's "
-                            "(repeatable; same classes, µm/px and normalisation): validation, "
-                            "the best epoch and the card's metrics are the ensemble's, and the "
-                            "output directory gets its weights as further checkpoints")
-    model.add_argument("--architecture", default=None,
-                       help="SMP architecture (default Unet, or the fine-tuned model's)")
-    model.add_argument("--encoder", default=None,
-                       help="SMP encoder (default mobilenet_v2, or the fine-tuned model's)")
-    model.add_argument("--no-pretrained", action="store_true",
-                       help="random encoder initialisation instead of ImageNet weights")
-    model.add_argument("--extra", type=json.loads, default=None,
-                       help="JSON object of extra SMP constructor arguments (card 'extra')")
-
-    train = parser.add_argument_group("training")
-    train.add_argument("--crop", type=int, default=256, help="crop size in px (default 256)")
-    train.add_argument("--batch-size", type=int, default=8)
-    train.add_argument("--scale-jitter", type=float, default=0.0, metavar="S",
-                       help="random crop scale: tissue up to (1 + S) times larger or smaller "
-                            "(default 0: none)")
-    train.add_argument("--epochs", type=int, default=100)
-    train.add_argument("--steps-per-epoch", type=int, default=40,
-                       help="optimiser steps between validations (default 40)")
-    train.add_argument("--max-minutes", type=float, default=None,
-                       help="wall-clock budget of the training loop, validation included")
-    train.add_argument("--lr", type=float, default=1e-3)
-    train.add_argument("--encoder-lr-scale", type=float, default=1.0, metavar="F",
-                       help="the encoder learns at F x --lr (default 1; below 1 keeps more "
-                            "of its ImageNet or fine-tuned features)")
-    train.add_argument("--weight-decay", type=float, default=1e-4)
-    train.add_argument("--warmup-steps", type=int, default=30)
-    train.add_argument("--ema", type=float, default=0.995, metavar="DECAY",
-                       help="validate and export an exponential moving average of the "
-                            "weights with this decay per step (default 0.995; 0 = the "
-                            "weights as trained)")
-    train.add_argument("--patience", type=int, default=10,
-                       help="stop after this many epochs without a better validation Dice")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    train.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
-    train.add_argument("--threads", type=int, default=0,
-                       help="CPU threads for torch (default: torch's choice)")
-    train.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-    out = parser.add_argument_group("output")
-    out.add_argument("--out", type=Path, required=True,
-                     help="output directory: model.pt + model.json")
-    out.add_argument("--model-id", default=None,
-                     help="card id (default: the output directory's name)")
-    out.add_argument("--model-name", default=None, help="card name")
-    out.add_argument("--description", default=None, help="card description")
-    out.add_argument("--model-version", default="0.1.0", help="card version (default 0.1.0)")
-    out.add_argument("--tile-size", type=int, default=None,
-                     help=f"card tile_size (default: the fine-tuned model's, else {_DEFAULT_TILE})")
-    out.add_argument("--overlap", type=int, default=None,
-                     help=f"card overlap (default: the fine-tuned model's, else {_DEFAULT_OVERLAP})")
-    out.add_argument("--inference-batch-size", type=int, default=None,
-                     help="card batch_size (default: the fine-tuned model's, else "
-                          f"{_DEFAULT_INFERENCE_BATCH})")
-    out.add_argument("--state", type=Path, default=None,
-                     help="resumable training state (default OUT/train_state.pt); written "
-                          "every epoch, removed after a completed run unless --keep-state")
-    out.add_argument("--resume", action="store_true", help="continue from --state")
-    out.add_argument("--keep-state", action="store_true",
-                     help="keep the training state after a completed run")
-
-
 def run(args: argparse.Namespace) -> int:
     """Train as ``args`` says and write the model directory; returns the exit status."""
     try:
@@ -504,13 +384,6 @@ def run(args: argparse.Namespace) -> int:
         print("roiseg train: interrupted; the last epoch's state is in "
               f"{config.state_path} (--resume)", file=sys.stderr)
         return 130
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m roiseg.train``."""
-    parser = argparse.ArgumentParser(prog="roiseg train", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
 
 
 # --------------------------------------------------------------------------- training
@@ -644,7 +517,7 @@ class _Config:
                    state_path=args.state or Path(args.out) / "train_state.pt",
                    device=torch.device("cuda" if use_cuda else "cpu"),
                    amp=use_cuda and not args.no_amp, threads=args.threads,
-                   command=_command_line(args))
+                   command=getattr(args, "command_line", ""))
 
 
 def _check_partner(card: ModelCard, names: Sequence[str], mpp: float,
@@ -686,45 +559,6 @@ def _annotation_classes(args: argparse.Namespace, card: ModelCard | None,
     if args.unannotated and args.unannotated not in found:
         found = sorted([*found, args.unannotated])
     return found
-
-
-def _command_line(args: argparse.Namespace) -> str:
-    """The command that reproduces ``args``: the process's own command line when it parses
-    to the same options, else an equivalent ``roiseg train`` command rebuilt from them;
-    ``--resume`` left out (an interrupted run resumed gives the same result)."""
-    parser = argparse.ArgumentParser(add_help=False)
-    add_arguments(parser)
-    argv = list(sys.argv)
-    prog = os.path.basename(argv[0]) if argv else ""
-    head = ["python", "-m", "roiseg.train"] if prog in ("", "-m", "train.py", "__main__.py") \
-        else [prog]
-    tail = argv[1:]
-    if tail and tail[0] == "train":
-        head, tail = head + ["train"], tail[1:]
-    tail = [a for a in tail if a != "--resume"]
-    try:
-        with contextlib.redirect_stderr(io.StringIO()):
-            parsed = parser.parse_args(tail)
-        if all(getattr(args, k, None) == v for k, v in vars(parsed).items() if k != "resume"):
-            return shlex.join(head + tail)
-    except SystemExit:
-        pass
-    rebuilt = ["roiseg", "train"]
-    for action in parser._actions:
-        if not action.option_strings or action.dest == "help":
-            continue
-        value = getattr(args, action.dest, action.default)
-        if value == action.default or action.dest == "resume":
-            continue
-        option = action.option_strings[0]
-        if isinstance(action, argparse._StoreTrueAction):
-            rebuilt.append(option)
-        elif isinstance(action, argparse._AppendAction):
-            for item in value:
-                rebuilt += [option, str(item)]
-        else:
-            rebuilt += [option, json.dumps(value) if isinstance(value, dict) else str(value)]
-    return shlex.join(rebuilt)
 
 
 @dataclass
@@ -1092,7 +926,7 @@ class _Trainer:
             + (f"fine_tuned_from: {self.fine_tuned_from}. " if config.init_card else "")
             + "".join(f"Class probabilities averaged with {p.id}@{p.version} ({p.sha256}), "
                       "chosen and measured as an ensemble. " for p in config.partners)
-            + f"Command: {config.command}")
+            + (f"Command: {config.command}" if config.command else "")).strip()
         init_card = config.init_card
         card: dict[str, Any] = {
             "id": model_id,
@@ -1133,5 +967,7 @@ class _Trainer:
         return f"CPU, {threads} thread{'s' if threads != 1 else ''}"
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # `python -m roiseg.train`, as the default model's card records
+    from roiseg.cli import main
+
+    raise SystemExit(main(["train", *sys.argv[1:]]))

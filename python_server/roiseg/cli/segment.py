@@ -1,0 +1,101 @@
+"""`roiseg segment`: segment a region of a slide or image, in-process or through a server,
+into QuPath GeoJSON and an overlay."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from roiseg.cli import options
+from roiseg.files import write_atomic
+
+HELP = "segment a region of a slide or image"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("image", type=Path, help="slide (SVS, TIFF, OME-TIFF) or PNG/JPEG/TIFF")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--roi", type=Path, help="GeoJSON file with the ROI polygon(s)")
+    where.add_argument("--region", help="rectangle x,y,w,h in full-resolution pixels")
+    parser.add_argument("--model", action="append", default=[], dest="model_ids",
+                        help="model id (repeatable: side-by-side results); default: the "
+                             "server's default")
+    parser.add_argument("--mpp", type=float, default=0.0,
+                        help="full-resolution pixel size in µm/px (supplies or overrides "
+                             "the file's)")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="GeoJSON to write")
+    parser.add_argument("--overlay", type=Path, help="PNG overlay to write")
+    options.add_server_arguments(parser, "HOST:PORT of a roiseg server; default: in-process")
+    parser.add_argument("--server-reads-slide", action="store_true",
+                        help="let the server read the slide file itself (it must see the "
+                             "same path under one of its --slide-root directories)")
+    options.add_segment_arguments(parser)
+    options.add_model_arguments(parser)
+    parser.add_argument("-v", "--verbose", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    from roiseg.slides import Slide
+
+    with Slide.open(args.image) as slide:  # a wrong path is told before torch is imported
+        geometry = _roi(args, slide)
+        mpp = args.mpp or slide.mpp or 0.0
+        if not mpp and not args.server_reads_slide:
+            raise ValueError(f"{args.image.name} has no pixel size in its metadata: pass it "
+                             "with --mpp (µm per full-resolution pixel)")
+        from roiseg import commands, overlay
+        from roiseg.client import segment_request, slide_source
+
+        with commands.connect(args) as client:
+            models = {m.id: m for m in client.list_models()}
+            info = client.server_info()
+            chosen = args.model_ids or [info.default_model_id]
+            target_mpp = min((models[m].mpp for m in chosen if m in models), default=1.0)
+            if args.server_reads_slide:
+                source = slide_source(str(args.image.resolve()), args.mpp)
+            else:
+                source = commands.region_source(client, slide, geometry, mpp, target_mpp)
+            request = segment_request(geometry, source, chosen, commands.segment_options(args))
+            with commands.ProgressBar() as bar:
+                result = client.segment(request, bar.update)
+        written = _write(args.output, result.feature_collections)
+        if args.overlay:
+            pixels, origin, downsample = commands.overlay_view(slide, geometry)
+            overlay.save_png(args.overlay, overlay.render(pixels, origin, downsample,
+                                                          result.feature_collections, geometry))
+            written.append(args.overlay)
+    for model_id, model_result in result.results.items():
+        areas = ", ".join(f"{a.name} {a.area_um2 / 1e6:.3f} mm² ({a.features})"
+                          for a in model_result.class_areas)
+        e = model_result.execution
+        print(f"{model_id}: {model_result.feature_count} polygons at {e.mpp_used:.3f} µm/px "
+              f"in {e.timings.total_s:.1f} s — {areas or 'nothing found'}")
+    print("wrote " + ", ".join(map(str, written)))
+    return 0
+
+
+def _roi(args: argparse.Namespace, slide):
+    from shapely.geometry import box
+
+    from roiseg import roi
+
+    if args.roi:
+        return roi.read_geojson(args.roi)
+    if args.region:
+        try:
+            x, y, w, h = (float(v) for v in args.region.split(","))
+        except ValueError:
+            raise ValueError(f"--region needs x,y,w,h, got {args.region!r}") from None
+        return roi.rectangle(x, y, w, h)
+    return box(0, 0, slide.width, slide.height)
+
+
+def _write(output: Path, collections: dict[str, dict]) -> list[Path]:
+    """One GeoJSON per model: OUTPUT itself for one model, OUTPUT.<model id>.geojson else."""
+    paths = []
+    for model_id, collection in collections.items():
+        path = output if len(collections) == 1 else \
+            output.with_name(f"{output.stem}.{model_id}{output.suffix or '.geojson'}")
+        paths.append(write_atomic(path, json.dumps(collection)))
+    return paths

@@ -1,0 +1,65 @@
+"""`roiseg serve`: the gRPC server (the engine: `roiseg.service`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from roiseg.cli import options
+
+HELP = "run the gRPC server"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to bind (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=50051, help="port (0: any free port)")
+    options.add_model_arguments(parser)
+    parser.add_argument("--slide-root", action="append", type=Path, default=[],
+                        help="directory whose slide files clients may ask the server to read "
+                             "(repeatable; default: none)")
+    parser.add_argument("--max-roi-megapixels", type=float, default=400,
+                        help="largest ROI bounding box at model resolution (default 400)")
+    parser.add_argument("--max-upload-mb", type=float, default=1024,
+                        help="largest uploaded image (default 1024)")
+    parser.add_argument("--tls-cert", type=Path, help="PEM certificate chain: serve over TLS")
+    parser.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    parser.add_argument("--token-file", type=Path,
+                        help="file holding a bearer token that clients must send "
+                             "(also read from the ROISEG_TOKEN environment variable)")
+    parser.add_argument("--ready-file", type=Path,
+                        help="write HOST:PORT here once the server listens")
+    parser.add_argument("-v", "--verbose", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+    import signal
+    import threading
+
+    from roiseg import __version__, commands
+    from roiseg.service import Limits, create_server
+
+    limits = Limits(max_upload_bytes=int(args.max_upload_mb * 2**20),
+                    upload_capacity_bytes=int(2 * args.max_upload_mb * 2**20),
+                    max_roi_pixels=int(args.max_roi_megapixels * 1e6))
+    service = commands.service(args, args.slide_root, limits)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ValueError("--tls-cert and --tls-key go together")
+    tls = (args.tls_cert.read_bytes(), args.tls_key.read_bytes()) if args.tls_cert else None
+    token = args.token_file.read_text().strip() if args.token_file else \
+        os.environ.get("ROISEG_TOKEN") or None
+    server, port = create_server(service, f"{args.host}:{args.port}", tls=tls, token=token)
+    server.start()
+    address = f"{args.host}:{port}"
+    if args.ready_file:
+        args.ready_file.write_text(address)
+    print(f"roiseg {__version__} serving {len(service.registry.cards())} model(s) on {address} "
+          f"({service.registry.device_name}{', TLS' if tls else ''}"
+          f"{', token required' if token else ''})", flush=True)
+    done = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: done.set())
+    done.wait()
+    server.stop(grace=5).wait()
+    return 0
