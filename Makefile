@@ -43,8 +43,9 @@ qupath:
 
 test: test-python test-java test-qupath
 
-# pytest; the paquo project-mode tests run on QuPath 0.5.1 when ../shared/qupath is there.
+# ruff, then pytest; the paquo project-mode tests run on QuPath 0.5.1 when ../shared/qupath is there.
 test-python: install qupath
+	$(PY) -m ruff check python_server tests benchmarks examples
 	if [ -x $(PAQUO_QUPATH)/bin/QuPath ]; then export PAQUO_QUPATH_DIR=$(PAQUO_QUPATH); fi; \
 		$(PY) -m pytest -q tests
 

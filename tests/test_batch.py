@@ -66,10 +66,11 @@ def slide_crop(folder: Path, cmu_level0, rois: bool = True) -> Path:
             return {"type": "Feature", "geometry": mapping(geometry),
                     "properties": {"objectType": "annotation", "metadata": metadata or {},
                                    "classification": {"name": name, "color": [0, 0, 180]}}}
-        (folder / "cmu_crop.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": [
-            feature(REGION_A, "Region"), feature(REGION_B, "Region"),
-            feature(box(0, 0, 50, 50), "Other"),
-            feature(box(10, 600, 90, 690), "Stroma", {"roiseg.source": "roiseg"})]}))
+        (folder / "cmu_crop.geojson").write_text(json.dumps({
+            "type": "FeatureCollection", "features": [
+                feature(REGION_A, "Region"), feature(REGION_B, "Region"),
+                feature(box(0, 0, 50, 50), "Other"),
+                feature(box(10, 600, 90, 690), "Stroma", {"roiseg.source": "roiseg"})]}))
     return path
 
 
@@ -93,7 +94,8 @@ def check_features(path: Path) -> list[dict]:
     assert collection["type"] == "FeatureCollection" and collection["features"]
     for feature in collection["features"]:
         properties = feature["properties"]
-        assert feature["type"] == "Feature" and feature["geometry"]["type"] in ("Polygon", "MultiPolygon")
+        assert feature["type"] == "Feature"
+        assert feature["geometry"]["type"] in ("Polygon", "MultiPolygon")
         assert properties["objectType"] == "annotation"
         assert properties["classification"]["name"] in ("Stroma", "Gland epithelium")
         assert len(properties["classification"]["color"]) == 3
@@ -264,7 +266,8 @@ def test_ctrl_c_stops_cleanly_and_the_run_resumes(address, tmp_path):
     assert "Run the same command again to resume" in err
     done = journal_lines(journal)
     assert len(done) < len(GLAS_NAMES)
-    assert sorted(r["image"] for r in read_csv(out / "summary.csv")) == sorted(r["image"] for r in done)
+    assert sorted(r["image"] for r in read_csv(out / "summary.csv")) == \
+        sorted(r["image"] for r in done)
     assert batch("--images", images, "--out", out, "--mpp", GLAS_MPP, "--server", address) == 0
     assert sorted(r["image"] for r in journal_lines(journal)) == sorted(GLAS_NAMES)
 
@@ -303,7 +306,8 @@ def test_unreadable_and_uncalibrated_images_are_recorded_and_the_rest_completes(
     slide_crop(images, cmu_level0, rois=False)
     assert batch("--images", images, "--out", out, "--server", address) == 1
     rows = {r["image"]: r for r in read_csv(out / "summary.csv")}
-    assert rows["broken.png"]["status"] == "error" and "could not be decoded" in rows["broken.png"]["error"]
+    assert rows["broken.png"]["status"] == "error"
+    assert "could not be decoded" in rows["broken.png"]["error"]
     assert rows["train_41.png"]["status"] == "error" and "--mpp" in rows["train_41.png"]["error"]
     assert rows["cmu_crop.ome.tif"]["status"] == "ok"
     check_features(out / "cmu_crop.geojson")
@@ -342,7 +346,8 @@ def test_summary_keeps_the_latest_record_per_roi_and_model():
     ]
     rows, classes = summary_rows(records)
     assert classes == ["Stroma", "Tumor"]
-    assert [(r["image"], r["roi"], r["status"]) for r in rows] == [("a", "r1", "ok"), ("b", "r1", "ok")]
+    assert [(r["image"], r["roi"], r["status"]) for r in rows] == \
+        [("a", "r1", "ok"), ("b", "r1", "ok")]
     assert rows[0]["area_um2:Stroma"] == 5.0
 
 

@@ -123,7 +123,7 @@ def test_mask_references_over_several_images(models_dir, tmp_path):
         picture = cv2.imread(str(out / f"{image.stem}.compare.png"))
         assert picture.shape[:2] == (height + TITLE_PX, 3 * width)
     table = (out / "compare.md").read_text()
-    line = next(l for l in table.splitlines() if l.startswith(f"| {DEFAULT_ID} | 2 |"))
+    line = next(row for row in table.splitlines() if row.startswith(f"| {DEFAULT_ID} | 2 |"))
     assert "–" in line  # a confidence interval over the two images
 
 

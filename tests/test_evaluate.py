@@ -127,8 +127,10 @@ def _box(mask: np.ndarray, rows: tuple[int, int], cols: tuple[int, int]) -> None
 def test_regions_two_matched_one_missed_one_false():
     truth = np.zeros((20, 20), bool)
     pred = np.zeros((20, 20), bool)
-    _box(truth, (1, 5), (1, 5)); _box(pred, (1, 5), (1, 4))      # 16 vs 12: IoU 0.75
-    _box(truth, (1, 5), (8, 12)); _box(pred, (2, 5), (8, 12))    # 16 vs 12: IoU 0.75
+    _box(truth, (1, 5), (1, 5))  # 16 vs 12: IoU 0.75
+    _box(pred, (1, 5), (1, 4))
+    _box(truth, (1, 5), (8, 12))  # 16 vs 12: IoU 0.75
+    _box(pred, (2, 5), (8, 12))
     _box(truth, (14, 16), (14, 16))                              # missed
     _box(pred, (14, 17), (1, 3))                                 # false
     r = ev.region_metrics(pred, truth)
@@ -224,7 +226,7 @@ def test_cli_on_mask_directories_writes_rows_summary_and_nan(tmp_path, capsys):
     summary = (out / "summary.md").read_text()
     dscs = [14 / 21, 2 * tp_c / (tp_c + 26)]
     mean, low, high = ev.mean_ci(dscs)
-    line = next(l for l in summary.splitlines() if l.startswith("| DSC"))
+    line = next(row for row in summary.splitlines() if row.startswith("| DSC"))
     assert line.split("|")[2].strip() == f"{mean:.4f}"
     assert line.split("|")[3].strip() == f"{low:.4f} – {high:.4f}"
     assert line.split("|")[4].strip() == "2"  # b's NaN is left out, not counted as 0 or 1

@@ -140,13 +140,13 @@ def test_blending_weights_sum_to_one(height, width, tile, overlap):
 
 
 def test_blending_weights_fall_linearly_across_overlaps():
-    # Tiles [0, 64) and [36, 100): one overlap [36, 64) of l = 28 pixels.
+    # Tiles [0, 64) and [36, 100): one overlap [36, 64) of width = 28 pixels.
     first, second = tile_weights([0, 36], 64, 100)
-    l = 28
+    width = 28
     assert first[:36].tolist() == [1] * 36 and second[28:].tolist() == [1] * 36
     for d in (1, 2, 14, 28):  # d from the overlap's inner border of each tile
-        assert first[36 + d - 1] == pytest.approx(1 - d / (l + 1))
-        assert second[l - d] == pytest.approx(1 - d / (l + 1))
+        assert first[36 + d - 1] == pytest.approx(1 - d / (width + 1))
+        assert second[width - d] == pytest.approx(1 - d / (width + 1))
     assert tile_weights([0], 64, 64)[0].tolist() == [1] * 64
 
 

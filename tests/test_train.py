@@ -318,7 +318,8 @@ def test_recorded_command_leaves_out_resume(tmp_path, monkeypatch):
     argv = ["--images", str(GLAS / "images"), "--masks", str(GLAS / "masks"),
             "--source-mpp", "0.62", "--ema", "0.99", "--out", str(tmp_path)]
     monkeypatch.setattr(sys, "argv", ["roiseg", "train", *argv, "--resume"])
-    assert train_cli.command_line(_args(*argv, "--resume")) == shlex.join(["roiseg", "train", *argv])
+    assert train_cli.command_line(_args(*argv, "--resume")) == \
+        shlex.join(["roiseg", "train", *argv])
 
 
 def test_encoder_learns_at_its_own_rate(tmp_path):

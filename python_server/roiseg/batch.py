@@ -34,7 +34,6 @@ import logging
 import os
 import queue
 import re
-import signal
 import sys
 import threading
 import time
@@ -52,7 +51,7 @@ from tqdm import tqdm
 
 from roiseg import overlay
 from roiseg import commands
-from roiseg.client import (Client, InProcessClient, SegmentationError, segment_request, slide_source)
+from roiseg.client import Client, InProcessClient, SegmentationError
 from roiseg.conventions import (BATCH_FOLDER_JOURNAL, BATCH_FOLDER_SUMMARY, BATCH_PROJECT_JOURNAL,
                                 BATCH_PROJECT_SUMMARY, MODEL_ID_KEY, feature_collection)
 from roiseg.errors import RoisegError
@@ -275,10 +274,10 @@ def _image_stem(path: Path) -> str:
 
 def _calibrate(plan: ImagePlan, slide: Slide, fallback: float | None, what: str) -> None:
     plan.width, plan.height = slide.width, slide.height
-    plan.mpp = slide.mpp or fallback or 0.0
-    if not plan.mpp:
-        raise ValueError(f"{plan.name} has no pixel size in its metadata: pass it with --mpp "
-                         f"(µm per full-resolution pixel){what}")
+    try:
+        plan.mpp = commands.pixel_size(plan.name, slide.mpp or fallback)
+    except ValueError as error:
+        raise ValueError(f"{error}{what}") from None
 
 
 class _FolderSource:
@@ -765,7 +764,8 @@ class _Batch:
             started = time.monotonic()
             try:
                 result = self._segment(worker, job)
-                outcome = Outcome(job, server=worker.address, collections=result.feature_collections,
+                outcome = Outcome(job, server=worker.address,
+                                  collections=result.feature_collections,
                                   results=result.results)
             except SegmentationError as error:
                 if error.code == grpc.StatusCode.UNAVAILABLE and worker.address != IN_PROCESS:
@@ -795,13 +795,8 @@ class _Batch:
             if info.max_message_bytes:
                 client.max_message_bytes = min(client.max_message_bytes, info.max_message_bytes)
             worker.checked = True
-        image, roi = job.image, job.roi
-        if self.server_reads_slide:
-            source = slide_source(str(image.path.resolve()), image.mpp)
-        else:
-            with Slide.open(image.path) as slide:
-                source = commands.region_source(client, slide, roi.geometry, image.mpp,
-                                                self.target_mpp)
-        return client.segment(segment_request(roi.geometry, source, job.model_ids, self.options))
+        return client.segment(commands.roi_request(
+            client, job.image.path, job.roi.geometry, job.image.mpp, job.model_ids, self.options,
+            self.target_mpp, self.server_reads_slide))
 
 

@@ -16,7 +16,8 @@ from shapely.geometry import box
 from shapely.geometry.base import BaseGeometry
 from tqdm import tqdm
 
-from roiseg.client import Client, InProcessClient, encode_png
+from roiseg.client import (Client, InProcessClient, encode_png, segment_request,
+                           slide_source)
 from roiseg.models import DEFAULT_MODELS_DIR, ModelRegistry, select_device
 from roiseg.service import Limits, SegmentationService
 from roiseg.slides import Slide, choose_level, resample
@@ -96,6 +97,29 @@ def region_source(client: Client | InProcessClient, slide: Slide, geometry: Base
     return client.pixels_source(encode_png(pixels), downsample=downsample, origin_x=origin[0],
                                 origin_y=origin[1], pixel_size_um=mpp, image_width=slide.width,
                                 image_height=slide.height)
+
+
+def pixel_size(name: str, file_mpp: float | None, given: float | None = None) -> float:
+    """An image's full-resolution µm/px: `given` (--mpp), else its file's; a ValueError saying
+    to pass --mpp when it has neither (roiseg never guesses a pixel size)."""
+    mpp = given or file_mpp or 0.0
+    if not mpp > 0:
+        raise ValueError(f"{name} has no pixel size in its metadata: pass it with --mpp "
+                         "(µm per full-resolution pixel)")
+    return mpp
+
+
+def roi_request(client: Client | InProcessClient, image: Path, geometry: BaseGeometry,
+                mpp: float, model_ids: Sequence[str], options: pb.SegmentOptions,
+                target_mpp: float, server_reads_slide: bool = False) -> pb.SegmentRequest:
+    """The Segment request for one ROI of an image: the image's path when the server reads
+    the file itself, else the ROI's pixels read here near `target_mpp`."""
+    if server_reads_slide:
+        source = slide_source(str(Path(image).resolve()), mpp)
+    else:
+        with Slide.open(image) as slide:
+            source = region_source(client, slide, geometry, mpp, target_mpp)
+    return segment_request(geometry, source, list(model_ids), options)
 
 
 def overlay_view(slide: Slide, geometry: BaseGeometry):

@@ -28,7 +28,7 @@ from roiseg import evaluate as ev
 from roiseg import overlay
 from roiseg import roi as roi_module
 from roiseg import commands
-from roiseg.client import SegmentationError, segment_request
+from roiseg.client import SegmentationError
 from roiseg.errors import RoisegError
 from roiseg.files import write_atomic
 from roiseg.slides import Slide
@@ -88,12 +88,9 @@ def _run(args: argparse.Namespace) -> int:
         for job in jobs:
             with Slide.open(job.image) as slide:
                 geometry = _roi(job, region, slide)
-                mpp = args.mpp or slide.mpp or 0.0
-                if not mpp:
-                    raise ValueError(f"{job.image.name} has no pixel size in its metadata: "
-                                     "pass it with --mpp (µm per full-resolution pixel)")
-                source = commands.region_source(client, slide, geometry, mpp, target_mpp)
-                request = segment_request(geometry, source, chosen, commands.segment_options(args))
+                mpp = commands.pixel_size(job.image.name, slide.mpp, args.mpp)
+                request = commands.roi_request(client, job.image, geometry, mpp, chosen,
+                                               commands.segment_options(args), target_mpp)
                 with commands.ProgressBar() as bar:
                     result = client.segment(request, bar.update)
                 collections = {m: result.feature_collections[m] for m in chosen

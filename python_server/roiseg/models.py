@@ -487,10 +487,7 @@ def load_model(card: ModelCard, device: torch.device) -> LoadedModel:
             architecture / encoder / classes, or the output has the wrong shape.
     """
     for each in card.members:
-        actual = sha256_file(each.checkpoint)
-        if actual != each.sha256:
-            raise ValueError(f"{each.checkpoint}: sha256 is {actual}, but the card "
-                             f"{card.card_path} expects {each.sha256}; refusing the model")
+        check_sha256(each.checkpoint, each.sha256, card.card_path)
     if card.format == "torchscript":
         try:
             module = torch.jit.load(str(card.checkpoint), map_location=device)
@@ -505,21 +502,41 @@ def load_model(card: ModelCard, device: torch.device) -> LoadedModel:
     return model
 
 
+def check_sha256(path: Path, expected: str, card_path: Path) -> None:
+    """Refuses (ValueError) a checkpoint whose SHA-256 is not the one its card names."""
+    actual = sha256_file(path)
+    if actual != expected:
+        raise ValueError(f"{path}: sha256 is {actual}, but the card {card_path} expects "
+                         f"{expected}; refusing the model")
+
+
+def build_smp_model(architecture: str, encoder: str, num_classes: int,
+                    extra: Mapping[str, Any] | None = None) -> torch.nn.Module:
+    """The SMP model a card describes, with random weights (RGB in, `num_classes` out)."""
+    return smp.create_model(architecture, encoder_name=encoder, encoder_weights=None,
+                            in_channels=3, classes=num_classes, **dict(extra or {}))
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The state dict in a checkpoint file, read without unpickling code, with its
+    wrappers (``state_dict``, ``model``, ...) and key prefixes (``module.``) removed."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for unreadable / unsafe pickles
+        raise ValueError(f"{path}: cannot read the checkpoint as a state dict "
+                         f"(only tensors and plain containers are accepted): {exc}") from exc
+    return _state_dict(checkpoint, path)
+
+
 def _smp_model(member: EnsembleMember, card: ModelCard) -> torch.nn.Module:
     """``member``'s SMP model with its checkpoint's weights, on the CPU."""
     try:
-        model = smp.create_model(member.architecture, encoder_name=member.encoder,
-                                 encoder_weights=None, in_channels=3,
-                                 classes=len(card.classes), **member.extra)
+        model = build_smp_model(member.architecture, member.encoder, len(card.classes),
+                                member.extra)
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{card.card_path}: cannot build {member.architecture} with encoder "
                          f"{member.encoder} and extra {member.extra}: {exc}") from exc
-    try:
-        checkpoint = torch.load(member.checkpoint, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for unreadable / unsafe pickles
-        raise ValueError(f"{member.checkpoint}: cannot read the checkpoint as a state dict "
-                         f"(only tensors and plain containers are accepted): {exc}") from exc
-    state = _state_dict(checkpoint, member.checkpoint)
+    state = read_state_dict(member.checkpoint)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:  # names the missing, unexpected and mis-shaped keys

@@ -156,7 +156,8 @@ def run(job: Job, registry: ModelRegistry, *, max_roi_pixels: int,
         for card in cards:
             _check_size(roi, source_mpp, card, max_roi_pixels)
             if card.mpp not in rasters:
-                rasters[card.mpp] = _raster(job, slide, roi, source_mpp, card, progress, should_stop)
+                rasters[card.mpp] = _raster(job, slide, roi, source_mpp, card, progress,
+                                            should_stop)
             yield _segment(job, card, registry, rasters[card.mpp], source_mpp, progress,
                            should_stop)
 

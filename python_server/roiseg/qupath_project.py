@@ -94,7 +94,8 @@ def polygonal(geometry: BaseGeometry) -> BaseGeometry:
     return parts[0] if len(parts) == 1 else shapely.geometry.MultiPolygon(parts)
 
 
-def select_rois(annotations: Iterable[Annotation], roi_classes: Sequence[str] = ()) -> list[Annotation]:
+def select_rois(annotations: Iterable[Annotation],
+                roi_classes: Sequence[str] = ()) -> list[Annotation]:
     """The annotations to segment, in order.
 
     Never roiseg's own objects, never annotations without area (points, lines). With

@@ -99,7 +99,8 @@ def _flat(coords: Any) -> list[float]:
 def _ring(xy: Any, what: str) -> list[tuple[float, float]]:
     values = list(xy)
     if len(values) % 2:
-        raise InvalidInput(f"ROI {what}: an odd number of coordinates ({len(values)}); send x, y pairs")
+        raise InvalidInput(f"ROI {what}: an odd number of coordinates ({len(values)}); "
+                           "send x, y pairs")
     points = list(zip(values[0::2], values[1::2]))
     if len(points) > 1 and points[0] == points[-1]:
         points = points[:-1]

@@ -184,7 +184,8 @@ class SegmentationService(pb_grpc.SegmentationServicer):
         else:
             raise InvalidInput("the region has no pixels: send encoded image bytes or an "
                                "upload id")
-        return pipeline.PixelSource(decode_image(data, self.limits.max_roi_pixels), pixels.origin_x, pixels.origin_y,
+        return pipeline.PixelSource(decode_image(data, self.limits.max_roi_pixels),
+                                    pixels.origin_x, pixels.origin_y,
                                     pixels.downsample, pixels.pixel_size_um,
                                     pixels.image_width or None, pixels.image_height or None)
 

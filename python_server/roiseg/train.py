@@ -24,15 +24,11 @@ loaded by the server's `load_model`.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
-import io
 import itertools
 import json
 import math
-import os
 import re
-import shlex
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -58,7 +54,10 @@ from roiseg.models import (
     LoadedModel,
     ModelCard,
     ModelRegistry,
+    build_smp_model,
+    check_sha256,
     load_model,
+    read_state_dict,
     sha256_file,
 )
 from roiseg.pretrained import (
@@ -131,10 +130,7 @@ def class_specs(names: Sequence[str], colors: Mapping[str, Sequence[int]] | None
 def build_model(architecture: str, encoder: str, num_classes: int, pretrained: bool = False,
                 extra: Mapping[str, Any] | None = None) -> torch.nn.Module:
     """An SMP model exactly as the server builds it from a card, optionally ImageNet-initialised."""
-    import segmentation_models_pytorch as smp
-
-    model = smp.create_model(arch=architecture, encoder_name=encoder, encoder_weights=None,
-                             in_channels=3, classes=num_classes, **dict(extra or {}))
+    model = build_smp_model(architecture, encoder, num_classes, extra)
     if pretrained:
         load_imagenet_encoder(model, encoder)
     return model
@@ -183,15 +179,8 @@ def init_from_card(model: torch.nn.Module, card: ModelCard,
     if card.format != "state_dict":
         raise ValueError(f"--init-model {card.id}: only state_dict models can be fine-tuned, "
                          f"not {card.format}")
-    actual = sha256_file(card.checkpoint)
-    if actual != card.sha256:
-        raise ValueError(f"{card.checkpoint}: sha256 is {actual}, the card expects "
-                         f"{card.sha256}")
-    state = torch.load(card.checkpoint, map_location="cpu", weights_only=True)
-    if isinstance(state, Mapping) and not all(isinstance(v, torch.Tensor) for v in state.values()):
-        state = next((state[k] for k in ("state_dict", "model") if isinstance(state.get(k), Mapping)),
-                     state)
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    check_sha256(card.checkpoint, card.sha256, card.card_path)
+    state = read_state_dict(card.checkpoint)
     reinit = list(classes) != [c.name for c in card.classes]
     if reinit:
         state = {k: v for k, v in state.items() if not k.startswith(_HEAD_PREFIX)}
@@ -306,7 +295,7 @@ def half_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def load_float_state_dict(model: torch.nn.Module, path: Path) -> torch.nn.Module:
     """Load a (possibly float16) state_dict file into ``model``, cast to the model's dtypes."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_state_dict(path)
     own = model.state_dict()
     model.load_state_dict({k: v.to(own[k].dtype) if k in own else v for k, v in state.items()})
     return model
@@ -688,7 +677,8 @@ class _Trainer:
             mean=c.mean, std=c.std, extra=c.extra), module, c.device)
 
     def _lr_factor(self, progress: _Progress, total_steps: int, budget_s: float | None) -> float:
-        """Linear warm-up, then cosine to 1 % over the budget (steps or time, whichever ends first)."""
+        """Linear warm-up, then cosine to 1 % over the budget (steps or time, whichever ends
+        first)."""
         warmup = self.args.warmup_steps
         if progress.step < warmup:
             return (progress.step + 1) / warmup
@@ -804,7 +794,8 @@ class _Trainer:
                 if result["score"] > progress.best_score + 1e-4:
                     progress.best_score, progress.best_epoch = result["score"], progress.epoch
                     progress.bad_epochs = 0
-                    best_state = {k: v.detach().cpu().clone() for k, v in weights.state_dict().items()}
+                    best_state = {k: v.detach().cpu().clone()
+                                  for k, v in weights.state_dict().items()}
                 else:
                     progress.bad_epochs += 1
             else:

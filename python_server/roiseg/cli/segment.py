@@ -40,23 +40,19 @@ def run(args: argparse.Namespace) -> int:
 
     with Slide.open(args.image) as slide:  # a wrong path is told before torch is imported
         geometry = _roi(args, slide)
-        mpp = args.mpp or slide.mpp or 0.0
-        if not mpp and not args.server_reads_slide:
-            raise ValueError(f"{args.image.name} has no pixel size in its metadata: pass it "
-                             "with --mpp (µm per full-resolution pixel)")
         from roiseg import commands, overlay
-        from roiseg.client import segment_request, slide_source
 
+        # a server that reads the slide reads its calibration too
+        mpp = args.mpp if args.server_reads_slide else \
+            commands.pixel_size(args.image.name, slide.mpp, args.mpp)
         with commands.connect(args) as client:
             models = {m.id: m for m in client.list_models()}
             info = client.server_info()
             chosen = args.model_ids or [info.default_model_id]
             target_mpp = min((models[m].mpp for m in chosen if m in models), default=1.0)
-            if args.server_reads_slide:
-                source = slide_source(str(args.image.resolve()), args.mpp)
-            else:
-                source = commands.region_source(client, slide, geometry, mpp, target_mpp)
-            request = segment_request(geometry, source, chosen, commands.segment_options(args))
+            request = commands.roi_request(client, args.image, geometry, mpp, chosen,
+                                           commands.segment_options(args), target_mpp,
+                                           args.server_reads_slide)
             with commands.ProgressBar() as bar:
                 result = client.segment(request, bar.update)
         written = _write(args.output, result.feature_collections)

@@ -124,9 +124,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--description", default=None, help="card description")
     out.add_argument("--model-version", default="0.1.0", help="card version (default 0.1.0)")
     out.add_argument("--tile-size", type=int, default=None,
-                     help=f"card tile_size (default: the fine-tuned model's, else {NEW_MODEL_TILE_SIZE})")
+                     help="card tile_size (default: the fine-tuned model's, else "
+                          f"{NEW_MODEL_TILE_SIZE})")
     out.add_argument("--overlap", type=int, default=None,
-                     help=f"card overlap (default: the fine-tuned model's, else {NEW_MODEL_OVERLAP})")
+                     help="card overlap (default: the fine-tuned model's, else "
+                          f"{NEW_MODEL_OVERLAP})")
     out.add_argument("--inference-batch-size", type=int, default=None,
                      help="card batch_size (default: the fine-tuned model's, else "
                           f"{NEW_MODEL_BATCH_SIZE})")
