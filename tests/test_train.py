@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import re
 import shlex
 import sys
@@ -698,3 +699,34 @@ def test_slide_annotations_read_only_the_annotated_area(tmp_path):
     ring = (np.pi * (100 ** 2 - 60 ** 2)) * scale
     margin = height * width - (500 * CMU_MPP / 2) * (600 * CMU_MPP / 2)
     assert abs(counts[train.IGNORE_INDEX] - (margin + ring)) < 0.1 * (margin + ring)
+
+
+def test_validation_dice_is_evaluates_dice_nan_for_an_absent_class():
+    """One Dice definition: a class absent from prediction and reference of an image is left
+    out of the per-image mean (NaN, as `roiseg evaluate` reports it), not counted as 1."""
+    from roiseg.evaluate import class_dice
+    from roiseg.training_data import Sample
+
+    card = train.in_memory_card(train.class_specs(["Stroma", "Gland epithelium", "Mucin"]))
+
+    class Constant(torch.nn.Module):  # predicts class 1 on the left half, 0 elsewhere
+        def forward(self, x):
+            logits = torch.zeros(x.shape[0], 3, *x.shape[2:])
+            logits[:, 1, :, : x.shape[3] // 2] = 5
+            logits[:, 0, :, x.shape[3] // 2:] = 5
+            return logits
+
+    model = train.LoadedModel(card, Constant(), torch.device("cpu"))
+    image = np.full((64, 64, 3), 200, np.uint8)
+    labels = np.zeros((64, 64), np.uint8)
+    labels[:, :24] = 1  # glands on the left 24 columns; no mucin anywhere
+    result = train.evaluate(model, [Sample("a", image, labels)])
+    predicted = np.zeros((64, 64), np.int64)
+    predicted[:, :32] = 1
+    cm = np.bincount(labels.ravel().astype(np.int64) * 3 + predicted.ravel(),
+                     minlength=9).reshape(3, 3)
+    expected = class_dice(cm)
+    assert result["dice"][:2] == pytest.approx(expected[:2].tolist())
+    assert math.isnan(result["dice"][2]) and math.isnan(result["dice_image_mean"][2])
+    assert result["dice_image_mean"][1] == pytest.approx(expected[1])
+    assert result["score"] == pytest.approx(expected[1])  # the absent class does not count

@@ -44,6 +44,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from roiseg.conventions import (BACKGROUND_COLOR, NEW_MODEL_BATCH_SIZE, NEW_MODEL_MPP,
                                 NEW_MODEL_OVERLAP, NEW_MODEL_TILE_SIZE,
                                 QUPATH_BUILTIN_CLASS_COLORS, confusable_builtin_class)
+from roiseg.evaluate import class_dice
 from roiseg.files import atomic_path, write_atomic
 from roiseg.inference import predict
 from roiseg.models import (
@@ -250,37 +251,41 @@ def evaluate(model: LoadedModel, samples: Sequence[Sample]) -> dict[str, Any]:
     are left out.
 
     Returns ``{"dice": [...], "dice_image_mean": [...], "score": float}``: ``dice`` pools
-    all pixels of all images, ``dice_image_mean`` averages per-image Dice (images where a
-    class is absent in both prediction and reference count as 1), ``score`` is the mean
-    pooled Dice of the classes after the first (the early-stopping criterion).
+    all pixels of all images, ``dice_image_mean`` averages per-image Dice over the images
+    where the class is present (in prediction or reference), ``score`` is the mean pooled
+    Dice of the classes after the first (the early-stopping criterion). Dice is
+    `roiseg.evaluate.class_dice`'s: NaN for a class absent from both sides, as
+    ``roiseg evaluate`` reports it.
     """
     num_classes = len(model.card.classes)
     was_training = model.module.training
     model.module.eval()
-    intersection = np.zeros(num_classes)
-    sizes = np.zeros(num_classes)
+    pooled = np.zeros((num_classes, num_classes), np.int64)
     per_image: list[np.ndarray] = []
     try:
         for sample in samples:
             prediction = predict(model, sample.image).class_map
             valid = sample.labels != IGNORE_INDEX
-            inter_i = np.zeros(num_classes)
-            sizes_i = np.zeros(num_classes)
-            for c in range(num_classes):
-                pred_c = (prediction == c) & valid
-                ref_c = sample.labels == c
-                inter_i[c] = np.count_nonzero(pred_c & ref_c)
-                sizes_i[c] = np.count_nonzero(pred_c) + np.count_nonzero(ref_c)
-            intersection += inter_i
-            sizes += sizes_i
-            per_image.append(np.where(sizes_i > 0, 2 * inter_i / np.maximum(sizes_i, 1), 1.0))
+            confusion = np.bincount(sample.labels[valid].astype(np.int64) * num_classes
+                                    + prediction[valid], minlength=num_classes ** 2
+                                    ).reshape(num_classes, num_classes)
+            pooled += confusion
+            per_image.append(class_dice(confusion))
     finally:
         model.module.train(was_training)
-    dice = np.where(sizes > 0, 2 * intersection / np.maximum(sizes, 1), 1.0)
-    image_mean = np.mean(per_image, axis=0) if per_image else np.ones(num_classes)
-    score = float(dice[1:].mean()) if num_classes > 1 else float(dice[0])
+    dice = class_dice(pooled)
+    image_mean = np.array([_finite_mean(column) for column in np.array(per_image).T]) \
+        if per_image else np.full(num_classes, np.nan)
+    # no class present anywhere: no evidence, scored 0 rather than NaN (which never improves)
+    score = float(np.nan_to_num(_finite_mean(dice[1:] if num_classes > 1 else dice)))
     return {"dice": [float(d) for d in dice], "dice_image_mean": [float(d) for d in image_mean],
             "score": score}
+
+
+def _finite_mean(values: np.ndarray) -> float:
+    """The mean of the finite values; NaN when there are none."""
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if finite.size else float("nan")
 
 
 # --------------------------------------------------------------------------- export
