@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import sys
 import warnings
@@ -34,6 +33,7 @@ from affine import Affine
 from shapely.geometry import box, shape
 from shapely.geometry.base import BaseGeometry
 
+from roiseg import qupath_geojson
 from roiseg import roi as roi_module
 from roiseg.conventions import BACKGROUND_CLASS, RasterTransform
 from roiseg.errors import RoisegError
@@ -391,37 +391,18 @@ class Annotation:
 
 def geojson_features(data: Any) -> list[tuple[BaseGeometry, str]]:
     """Polygonal geometries with class names from QuPath GeoJSON (Feature,
-    FeatureCollection or a list). Features without a classification are left out."""
+    FeatureCollection or a list; top-level objects). Objects without a classification are
+    left out."""
     out: list[tuple[BaseGeometry, str]] = []
-    for feature in _features(data):
-        name = _class_name(feature.get("properties") or {})
+    for feature, _ in qupath_geojson.objects(data, children=False):
+        name = qupath_geojson.class_name(feature.get("properties"))
         geometry = feature.get("geometry")
         if not name or not geometry:
             continue
-        polygonal = roi_module._polygonal(shapely.make_valid(shape(geometry)))
-        if not polygonal.is_empty:
-            out.append((polygonal, name))
+        area = qupath_geojson.polygonal(shape(geometry))
+        if not area.is_empty:
+            out.append((area, name))
     return out
-
-
-def _features(data: Any) -> list[dict]:
-    if isinstance(data, list):
-        return [f for item in data for f in _features(item)]
-    if isinstance(data, dict):
-        if data.get("type") == "FeatureCollection":
-            return _features(data.get("features") or [])
-        if data.get("type") == "Feature":
-            return [data]
-    return []
-
-
-def _class_name(properties: Mapping[str, Any]) -> str | None:
-    classification = properties.get("classification")
-    if isinstance(classification, Mapping):
-        name = classification.get("name")
-    else:
-        name = classification
-    return str(name).strip() if name else None
 
 
 def read_annotation(path: str | Path, values: str | Mapping[int, str] | None = None,
@@ -437,11 +418,7 @@ def read_annotation(path: str | Path, values: str | Mapping[int, str] | None = N
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in GEOJSON_SUFFIXES:
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as error:
-            raise ValueError(f"cannot read GeoJSON {path}: {error}") from None
-        return Annotation(path, features=geojson_features(data))
+        return Annotation(path, features=geojson_features(qupath_geojson.load(path)))
     if suffix not in MASK_SUFFIXES:
         raise ValueError(f"{path.name}: not a GeoJSON ({', '.join(GEOJSON_SUFFIXES)}) or mask "
                          f"({', '.join(MASK_SUFFIXES)})")

@@ -27,7 +27,9 @@ import shapely
 from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 
+from roiseg import qupath_geojson
 from roiseg.conventions import MODEL_ID_KEY, is_roiseg_object
+from roiseg.qupath_geojson import polygonal
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +68,7 @@ class Annotation:
 
     @property
     def class_name(self) -> str:
-        classification = self.properties.get("classification") or {}
-        if isinstance(classification, str):
-            return classification
-        return str(classification.get("name") or "")
+        return qupath_geojson.class_name(self.properties) or ""
 
     @property
     def name(self) -> str:
@@ -79,19 +78,6 @@ class Annotation:
     def key(self) -> str:
         """The ROI's key in the journal and in its objects' metadata (`ROI_KEY`)."""
         return self.fixed_key or roi_key(self.geometry, self.id)
-
-
-def polygonal(geometry: BaseGeometry) -> BaseGeometry:
-    """The valid polygonal part of a geometry (empty if it has none: points, lines)."""
-    if geometry is None or geometry.is_empty:
-        return shapely.geometry.Polygon()
-    if not geometry.is_valid:
-        geometry = shapely.make_valid(geometry)
-    parts = [p for p in shapely.get_parts(geometry) if p.geom_type in ("Polygon", "MultiPolygon")]
-    parts = [q for p in parts for q in shapely.get_parts(p) if not q.is_empty and q.area > 0]
-    if not parts:
-        return shapely.geometry.Polygon()
-    return parts[0] if len(parts) == 1 else shapely.geometry.MultiPolygon(parts)
 
 
 def select_rois(annotations: Iterable[Annotation],
@@ -163,32 +149,16 @@ def tag_features(features: Iterable[Mapping[str, Any]], roi: Annotation) -> list
 
 
 def read_geojson_annotations(path: str | Path) -> list[Annotation]:
-    """The annotations of a QuPath GeoJSON file (Feature, FeatureCollection, geometry or a
-    list of them), top-level features at level 1 and their `childObjects` below."""
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    annotations: list[Annotation] = []
-
-    def visit(item: Any, level: int) -> None:
-        if isinstance(item, list):
-            for element in item:
-                visit(element, level)
-            return
-        if not isinstance(item, dict):
-            return
-        kind = item.get("type")
-        if kind == "FeatureCollection":
-            visit(item.get("features", []), level)
-        elif kind == "Feature":
-            properties = dict(item.get("properties") or {})
-            if item.get("geometry"):
-                object_id = item.get("id") or properties.get("id")
-                annotations.append(Annotation(properties, polygonal(shape(item["geometry"])),
-                                              level, str(object_id) if object_id else None))
-            visit(properties.get("childObjects", []), level + 1)
-        elif kind in ("Polygon", "MultiPolygon", "GeometryCollection"):
-            annotations.append(Annotation({}, polygonal(shape(item)), level))
-
-    visit(data, 1)
+    """The annotations of a QuPath GeoJSON file, top-level objects at level 1 and their
+    `childObjects` below."""
+    annotations = []
+    for feature, level in qupath_geojson.objects(qupath_geojson.load(path, "ROI file")):
+        if not feature.get("geometry"):
+            continue
+        properties = dict(feature.get("properties") or {})
+        object_id = feature.get("id") or properties.get("id")
+        annotations.append(Annotation(properties, polygonal(shape(feature["geometry"])), level,
+                                      str(object_id) if object_id else None))
     return annotations
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +9,7 @@ import shapely
 from shapely.geometry import MultiPolygon, Polygon, box, shape
 from shapely.geometry.base import BaseGeometry
 
+from roiseg import qupath_geojson
 from roiseg.errors import InvalidInput
 from roiseg.v1 import segmentation_pb2 as pb
 
@@ -52,28 +52,16 @@ def read_geojson(path: str | Path) -> BaseGeometry:
     """The union of the polygonal geometries in a GeoJSON file (Feature, FeatureCollection,
     geometry, or a list of them, as QuPath exports)."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise InvalidInput(f"cannot read ROI file {path}: {error}") from error
-    geometries = [shape(g) for g in _geometries(data)]
+        data = qupath_geojson.load(path, "ROI file")
+    except ValueError as error:
+        raise InvalidInput(str(error)) from error
+    geometries = [shape(feature["geometry"]) for feature, _ in
+                  qupath_geojson.objects(data, children=False) if feature.get("geometry")]
     polygonal = [_polygonal(g) for g in geometries]
     polygonal = [g for g in polygonal if not g.is_empty]
     if not polygonal:
         raise InvalidInput(f"ROI file {path} holds no polygon")
     return shapely.union_all(polygonal)
-
-
-def _geometries(data: Any) -> list[dict]:
-    if isinstance(data, list):
-        return [g for item in data for g in _geometries(item)]
-    kind = data.get("type") if isinstance(data, dict) else None
-    if kind == "FeatureCollection":
-        return _geometries(data.get("features", []))
-    if kind == "Feature":
-        return [data["geometry"]] if data.get("geometry") else []
-    if kind in {"Polygon", "MultiPolygon", "GeometryCollection"}:
-        return [data]
-    return []
 
 
 def _polygonal(geometry: BaseGeometry) -> BaseGeometry:

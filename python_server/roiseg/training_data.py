@@ -13,13 +13,11 @@ class index per pixel, `IGNORE_INDEX` where nothing is known):
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
@@ -29,6 +27,7 @@ from rasterio.features import rasterize
 from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 
+from roiseg import qupath_geojson
 from roiseg.masks import parse_values
 from roiseg.slides import Slide, read_slide_region
 
@@ -45,6 +44,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 ANNOTATED_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".svs")
 #: Every n-th pixel of a class is kept as a candidate crop centre (memory).
 _CENTRE_STRIDE = 7
+
+#: Geometry types that hold an area (an empty one of them is "empty", not "not a polygon").
+_AREA_TYPES = ("Polygon", "MultiPolygon")
 
 
 # --------------------------------------------------------------------------- masks
@@ -181,10 +183,7 @@ def read_annotations(path: Path) -> tuple[list[Annotation], dict[str, int]]:
     Raises:
         ValueError: the file is not JSON or not GeoJSON features.
     """
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"cannot read annotations {path}: {exc}") from exc
+    data = qupath_geojson.load(path, "annotations")
     if isinstance(data, Mapping) and data.get("type") == "FeatureCollection":
         features = data.get("features")
     elif isinstance(data, Mapping) and data.get("type") == "Feature":
@@ -201,53 +200,25 @@ def read_annotations(path: Path) -> tuple[list[Annotation], dict[str, int]]:
                                                                Mapping):
             raise ValueError(f"{path}: feature {number} is not a GeoJSON Feature with a "  # noqa: TRY004
                              "geometry")
-        name = _class_name(feature.get("properties"))
+        name = qupath_geojson.class_name(feature.get("properties"))
         reason = None
         geometry = None
         if name is None:
             reason = "unclassified"
         else:
             try:
-                geometry = _polygons(shape(feature["geometry"]))
+                given = shape(feature["geometry"])
             except (ValueError, TypeError, AttributeError, shapely.errors.ShapelyError) as exc:
                 raise ValueError(f"{path}: feature {number} has an invalid geometry: "
                                  f"{exc}") from exc
-            if geometry is None:
-                reason = "not a polygon"
-            elif geometry.is_empty:
-                reason = "empty"
+            geometry = qupath_geojson.polygonal(given)
+            if geometry.is_empty:
+                reason = "empty" if given.geom_type in _AREA_TYPES else "not a polygon"
         if reason:
             skipped[reason] = skipped.get(reason, 0) + 1
             continue
         annotations.append(Annotation(name, geometry))
     return annotations, skipped
-
-
-def _class_name(properties: Any) -> str | None:
-    if not isinstance(properties, Mapping):
-        return None
-    classification = properties.get("classification")
-    if isinstance(classification, Mapping):
-        name = classification.get("name")
-        if name is None and isinstance(classification.get("names"), list):
-            name = ": ".join(str(n) for n in classification["names"])
-        return (str(name).strip() or None) if name is not None else None
-    if isinstance(classification, str):  # some exporters write the name directly
-        return classification.strip() or None
-    return None
-
-
-def _polygons(geometry: BaseGeometry) -> BaseGeometry | None:
-    """The polygonal part of a geometry (None if it has none), made valid."""
-    if geometry.geom_type in ("Polygon", "MultiPolygon"):
-        if geometry.is_valid:
-            return geometry
-        fixed = shapely.make_valid(geometry)  # may hold lines and points besides polygons
-        return fixed if fixed.geom_type in ("Polygon", "MultiPolygon") else _polygons(fixed)
-    if geometry.geom_type == "GeometryCollection":
-        parts = [p for g in geometry.geoms if (p := _polygons(g)) is not None]
-        return shapely.union_all(parts) if parts else None
-    return None
 
 
 def find_annotated(images_dir: Path,
