@@ -29,6 +29,7 @@ from roiseg import overlay
 from roiseg import roi as roi_module
 from roiseg import commands
 from roiseg.client import SegmentationError
+from roiseg.conventions import class_colors
 from roiseg.errors import RoisegError
 from roiseg.files import write_atomic
 from roiseg.slides import Slide
@@ -148,15 +149,13 @@ def reference_collection(reference: ev.Annotation, roi: BaseGeometry,
     """The reference as a FeatureCollection to draw (its own class names; colours of the
     models' classes of the same name, else known colours, else a palette). Background is
     not drawn."""
-    from roiseg.train import class_specs
-
     if reference.is_mask:
         features = _mask_features(reference, roi)
     else:
         features = [(g, n) for g, n in reference.features or []
                     if n.lower() != ev.BACKGROUND]
     names = list(dict.fromkeys(n for _, n in features))
-    palette = {s.name: s.color for s in class_specs(names, colors)} if names else {}
+    palette = class_colors(names, colors)
     return {"type": "FeatureCollection", "features": [
         {"type": "Feature", "geometry": shapely.geometry.mapping(g),
          "properties": {"classification": {"name": n, "color": list(palette[n])}}}

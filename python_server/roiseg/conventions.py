@@ -5,6 +5,7 @@ The Java client mirrors this module; both are pinned by `tests/vectors/conventio
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -37,6 +38,18 @@ QUPATH_BUILTIN_CLASS_COLORS: dict[str, RGB] = {
     "Ignore*": (180, 180, 180), "Image": (128, 128, 128), "Positive": (200, 50, 50),
     "Negative": (90, 90, 180), "1+": (255, 215, 0), "2+": (225, 150, 50), "3+": (200, 50, 50),
 }
+#: Colours of common class names (lower case): QuPath's own for its built-in classes, and
+#: for the others colours no one takes for one of QuPath's built-in classes.
+KNOWN_CLASS_COLORS: dict[str, RGB] = {
+    **{name.lower(): rgb for name, rgb in QUPATH_BUILTIN_CLASS_COLORS.items()},
+    "gland epithelium": (0, 170, 200),
+    "tumour": QUPATH_BUILTIN_CLASS_COLORS["Tumor"],
+    "background": BACKGROUND_COLOR,
+}
+#: Colours for other class names, in order, skipping those too close to a built-in class.
+_PALETTE: tuple[RGB, ...] = (
+    (31, 119, 180), (255, 127, 14), (148, 103, 189), (140, 86, 75), (227, 119, 194),
+    (127, 127, 127), (188, 189, 34), (23, 190, 207))
 #: RGB distance under which two class colours are taken for one another.
 _CONFUSABLE_RGB_DISTANCE = 80.0
 
@@ -128,3 +141,23 @@ NEW_MODEL_MPP, NEW_MODEL_TILE_SIZE, NEW_MODEL_OVERLAP, NEW_MODEL_BATCH_SIZE = 1.
 #: `roiseg batch`'s journal and summary: in OUT in folder mode, beside a QuPath project.
 BATCH_FOLDER_JOURNAL, BATCH_FOLDER_SUMMARY = "roiseg-journal.jsonl", "summary.csv"
 BATCH_PROJECT_JOURNAL, BATCH_PROJECT_SUMMARY = "roiseg-batch.jsonl", "roiseg-batch-summary.csv"
+
+
+def class_colors(names: Sequence[str], colors: Mapping[str, Sequence[int]] | None = None
+                 ) -> dict[str, RGB]:
+    """The display colour of each class name: a given one (`colors`, names in any case),
+    else `KNOWN_CLASS_COLORS`, else the next palette colour that cannot be taken for a QuPath
+    built-in class. ValueError for a given colour that is not three values 0..255."""
+    given = {k.lower(): v for k, v in (colors or {}).items()}
+    palette = itertools.cycle(_PALETTE)
+    out: dict[str, RGB] = {}
+    for name in names:
+        color = given.get(name.lower()) or KNOWN_CLASS_COLORS.get(name.lower())
+        while color is None or (name.lower() not in given
+                                and confusable_builtin_class(name, color) is not None):
+            color = next(palette)
+        rgb = tuple(int(c) for c in color)
+        if len(rgb) != 3 or not all(0 <= c <= 255 for c in rgb):
+            raise ValueError(f"colour of {name!r} must be three values 0..255, got {rgb}")
+        out[name] = (rgb[0], rgb[1], rgb[2])
+    return out

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import itertools
 import json
 import math
 import re
@@ -41,9 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from roiseg.conventions import (BACKGROUND_COLOR, NEW_MODEL_BATCH_SIZE, NEW_MODEL_MPP,
-                                NEW_MODEL_OVERLAP, NEW_MODEL_TILE_SIZE,
-                                QUPATH_BUILTIN_CLASS_COLORS, confusable_builtin_class)
+from roiseg.conventions import (NEW_MODEL_BATCH_SIZE, NEW_MODEL_MPP, NEW_MODEL_OVERLAP,
+                                NEW_MODEL_TILE_SIZE, class_colors)
 from roiseg.evaluate import class_dice
 from roiseg.files import atomic_path, write_atomic
 from roiseg.inference import predict
@@ -82,17 +80,6 @@ from roiseg.training_data import (
     split_by_image,
 )
 
-#: Colours of well-known class names (lower case); other classes take `_PALETTE`.
-#: Colours of common class names: QuPath's own for its built-in classes, and colours no one takes
-#: for one of QuPath's built-in classes for the others (conventions.confusable_builtin_class).
-KNOWN_CLASS_COLORS: dict[str, tuple[int, int, int]] = {
-    **{name.lower(): rgb for name, rgb in QUPATH_BUILTIN_CLASS_COLORS.items()},
-    "gland epithelium": (0, 170, 200),
-    "tumour": QUPATH_BUILTIN_CLASS_COLORS["Tumor"],
-    "background": BACKGROUND_COLOR,
-}
-_PALETTE = ((31, 119, 180), (255, 127, 14), (148, 103, 189), (140, 86, 75),
-            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))
 _STATE_VERSION = 3
 #: Defaults of the card's inference settings when no model is fine-tuned.
 _DEFAULT_MPP, _DEFAULT_TILE, _DEFAULT_OVERLAP, _DEFAULT_INFERENCE_BATCH = (
@@ -106,23 +93,11 @@ _HEAD_PREFIX = "segmentation_head."
 
 def class_specs(names: Sequence[str], colors: Mapping[str, Sequence[int]] | None = None,
                 keep_on_glass: Sequence[str] = ()) -> list[ClassSpec]:
-    """Classes with colours: given ones, then `KNOWN_CLASS_COLORS`, then a palette colour that
-    cannot be taken for a QuPath built-in class; the classes named in `keep_on_glass` are
-    marked so."""
-    colors = {k.lower(): v for k, v in (colors or {}).items()}
-    specs: list[ClassSpec] = []
-    palette = itertools.cycle(_PALETTE)
-    for index, name in enumerate(names):
-        color = colors.get(name.lower()) or KNOWN_CLASS_COLORS.get(name.lower())
-        while color is None or (name.lower() not in colors
-                                and confusable_builtin_class(name, color) is not None):
-            color = next(palette)
-        rgb = tuple(int(c) for c in color)
-        if len(rgb) != 3 or not all(0 <= c <= 255 for c in rgb):
-            raise ValueError(f"colour of {name!r} must be three values 0..255, got {rgb}")
-        specs.append(ClassSpec(index, name, (rgb[0], rgb[1], rgb[2]),
-                               keep_on_glass=name in keep_on_glass))
-    return specs
+    """Classes with colours (`conventions.class_colors`); the classes named in
+    `keep_on_glass` are marked so."""
+    rgb = class_colors(names, colors)
+    return [ClassSpec(index, name, rgb[name], keep_on_glass=name in keep_on_glass)
+            for index, name in enumerate(names)]
 
 
 # --------------------------------------------------------------------------- model
