@@ -185,6 +185,8 @@ Thread.start('roiseg-gui-test') {
             screenshot('server-settings.png')
             def cut = fx { truncatedTexts(windowTitled('roiseg: server settings').getScene().getRoot()) }
             check('settings_not_truncated', cut.isEmpty(), "texts cut off: ${cut}")
+            def heights = fx { [windowTitled('roiseg: server settings').getHeight(), Screen.getPrimary().getVisualBounds().getHeight()] }
+            check('settings_fit_the_screen', heights[0] <= 0.8 * heights[1], "dialog ${heights[0]} px tall, screen ${heights[1]} px")
             fx { windowTitled('roiseg: server settings').getScene().getRoot().lookupButton(javafx.scene.control.ButtonType.OK).fire() }
             waitFor('the settings dialog to close', 10) { windowTitled('roiseg: server settings') == null }
         }

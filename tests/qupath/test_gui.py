@@ -84,6 +84,7 @@ def test_user_classes_are_never_recoloured(session):
 
 def test_server_settings_show_every_text_whole(session):
     step(session, "settings_not_truncated")
+    step(session, "settings_fit_the_screen")
 
 
 def test_model_dialog_shows_what_a_pathologist_needs_and_fits_the_screen(session):

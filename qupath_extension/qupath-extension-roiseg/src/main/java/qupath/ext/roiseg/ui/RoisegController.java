@@ -10,6 +10,7 @@ import java.util.function.BiConsumer;
 import java.util.function.Consumer;
 import javafx.event.ActionEvent;
 import javafx.geometry.Insets;
+import javafx.geometry.Pos;
 import javafx.scene.Node;
 import javafx.scene.control.Button;
 import javafx.scene.control.ButtonType;
@@ -95,12 +96,12 @@ class RoisegController {
         TextField serverPrefix = new TextField(current.serverPathPrefix());
         serverPrefix.setPromptText(resources.getString("settings.serverPrefix.prompt"));
         serverPrefix.disableProperty().bind(readsSlide.selectedProperty().not());
-        Label status = new Label();
+        Label status = new Label(resources.getString("settings.testHint"));
         status.setWrapText(true);
-        // spans the dialog's width below the button and wraps there, never squeezing the labels
-        status.setPrefWidth(0);
-        status.setMaxWidth(Double.MAX_VALUE);
-        status.setMinHeight(Region.USE_PREF_SIZE);
+        // room for four lines from the start: the dialog never has to grow (resizing a showing
+        // dialog misplaces it on QuPath 0.7's JavaFX)
+        status.setMinHeight(4 * 1.4 * status.getFont().getSize());
+        status.setAlignment(Pos.TOP_LEFT);
 
         GridPane grid = grid();
         ColumnConstraints labels = new ColumnConstraints();
@@ -123,14 +124,10 @@ class RoisegController {
         grid.addRow(row++, new Label(resources.getString("settings.serverPrefix")), serverPrefix);
         Button test = new Button(resources.getString("settings.test"));
         test.setMinWidth(Region.USE_PREF_SIZE);
-        grid.add(test, 0, row++);
-        grid.add(status, 0, row, 2, 1);
-        // the dialog grows to show the whole status text
-        status.textProperty().addListener((v, o, n) -> {
-            if (status.getScene() != null && status.getScene().getWindow() != null) {
-                status.getScene().getWindow().sizeToScene();
-            }
-        });
+        grid.add(test, 0, row);
+        // below the form, as wide as it, wrapping there: it never squeezes the labels
+        status.prefWidthProperty().bind(grid.widthProperty());
+        VBox content = new VBox(8, grid, status);
 
         // Reads the fields; reports the first problem in the status label and returns null
         java.util.function.Supplier<ServerSettings> read = () -> {
@@ -167,7 +164,7 @@ class RoisegController {
             }
         });
 
-        Dialog<ButtonType> dialog = dialog(resources.getString("title.settings"), grid);
+        Dialog<ButtonType> dialog = dialog(resources.getString("title.settings"), content);
         ServerSettings[] result = new ServerSettings[1];
         dialog.getDialogPane().lookupButton(ButtonType.OK).addEventFilter(ActionEvent.ACTION, e -> {
             result[0] = read.get();
