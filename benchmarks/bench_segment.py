@@ -24,14 +24,12 @@ import cv2
 import numpy as np
 import tifffile
 import torch
-from shapely.geometry import box
-
-from roiseg.models import DEFAULT_MODELS_DIR
-from roiseg.client import Client, encode_png, segment_request, slide_source
-from roiseg.inference import tile_starts
-from roiseg.models import ModelRegistry, select_device
-from roiseg.service import Limits, SegmentationService, create_server
+from roiseg.client.connection import Client, encode_png, segment_request, slide_source
+from roiseg.engine.inference import tile_starts
+from roiseg.engine.models import DEFAULT_MODELS_DIR, ModelRegistry, select_device
+from roiseg.server.service import Limits, SegmentationService, create_server
 from roiseg.v1 import segmentation_pb2 as pb
+from shapely.geometry import box
 
 SLIDE = Path(__file__).resolve().parents[1] / "examples" / "data" / "cmu_small_region.svs"
 SLIDE_MPP = 0.499

@@ -29,8 +29,8 @@ import sys
 import time
 from pathlib import Path
 
-from roiseg.models import DEFAULT_MODELS_DIR
-from roiseg.train import split_by_image
+from roiseg.engine.models import DEFAULT_MODELS_DIR
+from roiseg.train.training import split_by_image
 
 REPO = Path(__file__).resolve().parents[1]
 GLAS = REPO.parent / "shared" / "data" / "glas-train"

@@ -19,10 +19,9 @@ from paquo.classes import QuPathPathClass
 from paquo.images import ImageProvider
 from paquo.pathobjects import QuPathPathAnnotationObject
 from paquo.projects import QuPathProject
-
-from roiseg.client import Client, encode_png, segment_request
-from roiseg.conventions import is_roiseg_object
-from roiseg.slides import Slide, read_slide_region
+from roiseg.client.connection import Client, encode_png, segment_request
+from roiseg.io.qupath_geojson import is_roiseg_object
+from roiseg.io.slides import Slide, read_slide_region
 
 ROI_CLASS = "Region"
 

@@ -16,9 +16,9 @@ import argparse
 import json
 from pathlib import Path
 
-from roiseg.client import Client, encode_png, segment_request
-from roiseg.roi import rectangle
-from roiseg.slides import Slide, read_slide_region
+from roiseg.client.connection import Client, encode_png, segment_request
+from roiseg.io.roi import rectangle
+from roiseg.io.slides import Slide, read_slide_region
 
 SLIDE = Path(__file__).resolve().parent / "data" / "cmu_small_region.svs"
 

@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-
-from roiseg.client import Client
-from roiseg.models import DEFAULT_MODELS_DIR, ModelRegistry, select_device
-from roiseg.service import Limits, SegmentationService, create_server
+from roiseg.client.connection import Client
+from roiseg.engine.models import DEFAULT_MODELS_DIR, ModelRegistry, select_device
+from roiseg.server.service import Limits, SegmentationService, create_server
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from real_qupath import REPO, SLIDES, QuPath, install_profile, versions
 
 

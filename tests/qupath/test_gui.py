@@ -13,7 +13,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from real_qupath import CMU, HERE, install_profile, versions
 
 PRECISION_WARNING = "does not match default precision model"

@@ -12,7 +12,6 @@ import re
 import numpy as np
 import pytest
 import tifffile
-
 from real_qupath import CMU, REPO
 
 EXAMPLE = REPO / "examples" / "qupath" / "segment_selected.groovy"

@@ -53,7 +53,7 @@ def parser() -> argparse.ArgumentParser:
 def _is_user_error(error: Exception) -> bool:
     """Whether `error` says what the user should change (a bad option, file, request or
     server answer), rather than a fault of roiseg's."""
-    from roiseg.client import SegmentationError
+    from roiseg.client.connection import SegmentationError
     from roiseg.errors import RoisegError
 
     return isinstance(error, (SegmentationError, RoisegError, ValueError))

@@ -1,5 +1,5 @@
 """`roiseg batch`: pre-annotate a QuPath project or a folder of images, resumably (the
-engine: `roiseg.batch`)."""
+engine: `roiseg.batch.runner`)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,13 @@ import argparse
 import signal
 from pathlib import Path
 
+from roiseg.batch.outputs import (
+    BATCH_FOLDER_JOURNAL,
+    BATCH_FOLDER_SUMMARY,
+    BATCH_PROJECT_JOURNAL,
+    BATCH_PROJECT_SUMMARY,
+)
 from roiseg.cli import options
-from roiseg.conventions import (BATCH_FOLDER_JOURNAL, BATCH_FOLDER_SUMMARY, BATCH_PROJECT_JOURNAL,
-                                BATCH_PROJECT_SUMMARY)
 
 HELP = "pre-annotate a QuPath project or a folder of images"
 
@@ -59,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Runs the batch; SIGTERM stops it like Ctrl-C, resumably."""
-    from roiseg import batch
+    from roiseg.batch import runner as batch
 
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     return batch.run(args)

@@ -1,5 +1,5 @@
 """`roiseg compare`: several models on the same regions, side by side, scored against a
-reference (the engine: `roiseg.compare`)."""
+reference (the engine: `roiseg.evaluation.compare`)."""
 
 from __future__ import annotations
 
@@ -46,6 +46,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from roiseg import compare
+    from roiseg.evaluation import compare
 
     return compare.run(args)

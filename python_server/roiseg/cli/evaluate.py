@@ -1,5 +1,5 @@
 """`roiseg evaluate`: score predictions against a reference with the papers' metrics (the
-engine: `roiseg.evaluate`)."""
+engine: `roiseg.evaluation.metrics`)."""
 
 from __future__ import annotations
 
@@ -40,6 +40,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from roiseg import evaluate
+    from roiseg.evaluation import metrics as evaluate
 
     return evaluate.run(args)

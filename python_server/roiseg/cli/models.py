@@ -20,9 +20,9 @@ def run(args: argparse.Namespace) -> int:
 
     from google.protobuf.json_format import MessageToDict
 
-    from roiseg import commands
+    from roiseg.client.connection import connect
 
-    with commands.connect(args) as client:
+    with connect(options.server_address(args), options.model_source(args)) as client:
         models = client.list_models()
     if args.json:
         print(json.dumps([MessageToDict(m) for m in models], indent=2))

@@ -4,7 +4,13 @@ evaluation classes. Argument parsing only: nothing here imports torch or the eng
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from roiseg.client.connection import ModelSource, ServerAddress
+    from roiseg.v1 import segmentation_pb2 as pb
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, beside_default: bool = False) -> None:
@@ -62,3 +68,45 @@ def add_evaluation_arguments(parser: argparse.ArgumentParser, reference: str = "
                              "non-background class is negative)")
     parser.add_argument("--mask-downsample", type=float, default=1.0,
                         help="full-resolution pixels per mask pixel (default 1)")
+
+
+def token(args: argparse.Namespace) -> str | None:
+    """The bearer token from --token-file or ROISEG_TOKEN."""
+    if getattr(args, "token_file", None):
+        return args.token_file.read_text().strip()
+    return os.environ.get("ROISEG_TOKEN") or None
+
+
+def server_address(args: argparse.Namespace, target: str | None = None) -> ServerAddress | None:
+    """`target` (default: --server) and how to reach it; None for in-process."""
+    from roiseg.client.connection import ServerAddress
+
+    target = target or (args.server if isinstance(args.server, str) else None)
+    if not target:
+        return None
+    return ServerAddress(target, tls=args.tls,
+                         root_certificates=args.tls_ca.read_bytes() if args.tls_ca else None,
+                         token=token(args))
+
+
+def model_source(args: argparse.Namespace) -> ModelSource:
+    """The models `add_model_arguments` names."""
+    from roiseg.client.connection import ModelSource
+
+    return ModelSource(tuple(args.models), getattr(args, "models_beside_default", False),
+                       args.default_model, args.device)
+
+
+def segment_options(args: argparse.Namespace) -> pb.SegmentOptions:
+    """The contract's options from `add_segment_arguments`' arguments."""
+    from roiseg.v1 import segmentation_pb2 as pb
+
+    segment = pb.SegmentOptions(classes=getattr(args, "classes", []),
+                                include_background=getattr(args, "include_background", False),
+                                allow_upsample=args.allow_upsample,
+                                hysteresis=pb.Hysteresis(enabled=args.hysteresis))
+    for field, value in (("min_area_um2", args.min_area), ("min_hole_um2", args.min_hole),
+                         ("simplify_um", args.simplify)):
+        if value is not None:
+            setattr(segment, field, value)
+    return segment

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from roiseg.cli import options
-from roiseg.files import write_atomic
+from roiseg.io.files import write_atomic
 
 HELP = "segment a region of a slide or image"
 
@@ -36,28 +36,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from roiseg.slides import Slide
+    from roiseg.io.slides import Slide
 
     with Slide.open(args.image) as slide:  # a wrong path is told before torch is imported
         geometry = _roi(args, slide)
-        from roiseg import commands, overlay
+        from roiseg.client import requests
+        from roiseg.client.connection import connect
+        from roiseg.io import overlay
 
         # a server that reads the slide reads its calibration too
         mpp = args.mpp if args.server_reads_slide else \
-            commands.pixel_size(args.image.name, slide.mpp, args.mpp)
-        with commands.connect(args) as client:
+            requests.pixel_size(args.image.name, slide.mpp, args.mpp)
+        with connect(options.server_address(args), options.model_source(args)) as client:
             models = {m.id: m for m in client.list_models()}
             info = client.server_info()
             chosen = args.model_ids or [info.default_model_id]
             target_mpp = min((models[m].mpp for m in chosen if m in models), default=1.0)
-            request = commands.roi_request(client, args.image, geometry, mpp, chosen,
-                                           commands.segment_options(args), target_mpp,
+            request = requests.roi_request(client, args.image, geometry, mpp, chosen,
+                                           options.segment_options(args), target_mpp,
                                            args.server_reads_slide)
-            with commands.ProgressBar() as bar:
+            with requests.ProgressBar() as bar:
                 result = client.segment(request, bar.update)
         written = _write(args.output, result.feature_collections)
         if args.overlay:
-            pixels, origin, downsample = commands.overlay_view(slide, geometry)
+            pixels, origin, downsample = requests.overlay_view(slide, geometry)
             overlay.save_png(args.overlay, overlay.render(pixels, origin, downsample,
                                                           result.feature_collections, geometry))
             written.append(args.overlay)
@@ -74,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
 def _roi(args: argparse.Namespace, slide):
     from shapely.geometry import box
 
-    from roiseg import roi
+    from roiseg.io import roi
 
     if args.roi:
         return roi.read_geojson(args.roi)

@@ -1,4 +1,4 @@
-"""`roiseg serve`: the gRPC server (the engine: `roiseg.service`)."""
+"""`roiseg serve`: the gRPC server (the engine: `roiseg.server.service`)."""
 
 from __future__ import annotations
 
@@ -33,22 +33,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
     import signal
     import threading
 
-    from roiseg import __version__, commands
-    from roiseg.service import Limits, create_server
+    from roiseg import __version__
+    from roiseg.client.connection import in_process_service
+    from roiseg.server.service import Limits, create_server
 
     limits = Limits(max_upload_bytes=int(args.max_upload_mb * 2**20),
                     upload_capacity_bytes=int(2 * args.max_upload_mb * 2**20),
                     max_roi_pixels=int(args.max_roi_megapixels * 1e6))
-    service = commands.service(args, args.slide_root, limits)
+    service = in_process_service(options.model_source(args), args.slide_root, limits)
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ValueError("--tls-cert and --tls-key go together")
     tls = (args.tls_cert.read_bytes(), args.tls_key.read_bytes()) if args.tls_cert else None
-    token = args.token_file.read_text().strip() if args.token_file else \
-        os.environ.get("ROISEG_TOKEN") or None
+    token = options.token(args)
     server, port = create_server(service, f"{args.host}:{args.port}", tls=tls, token=token)
     server.start()
     address = f"{args.host}:{port}"

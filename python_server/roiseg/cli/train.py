@@ -11,8 +11,12 @@ import shlex
 import sys
 from pathlib import Path
 
-from roiseg.conventions import (NEW_MODEL_BATCH_SIZE, NEW_MODEL_MPP, NEW_MODEL_OVERLAP,
-                                NEW_MODEL_TILE_SIZE)
+from roiseg.train.defaults import (
+    NEW_MODEL_BATCH_SIZE,
+    NEW_MODEL_MPP,
+    NEW_MODEL_OVERLAP,
+    NEW_MODEL_TILE_SIZE,
+)
 
 HELP = "train or fine-tune a model"
 
@@ -142,7 +146,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Trains as `args` says; the card records the command that reproduces the run."""
-    from roiseg import train
+    from roiseg.train import training as train
 
     return train.run(argparse.Namespace(**vars(args), command_line=command_line(args)))
 

@@ -5,8 +5,9 @@ import java.util.Map;
 
 /**
  * The conventions the server and every client share for the GeoJSON objects roiseg writes:
- * metadata keys, measurement names, the background class. Mirrors the Python module
- * {@code roiseg.conventions}; both are pinned by {@code tests/vectors/conventions.json}.
+ * metadata keys, measurement names, the background class. Mirrors the Python modules
+ * {@code roiseg.io.qupath_geojson}, {@code roiseg.io.classes} and {@code roiseg.io.raster}; both
+ * are pinned by {@code tests/vectors/conventions.json}.
  */
 public final class Conventions {
 

@@ -1,0 +1,2 @@
+"""`roiseg batch`: folders and QuPath projects, with a journal for resume and exactly-once
+output."""

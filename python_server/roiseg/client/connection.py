@@ -1,0 +1,252 @@
+"""Python client of the roiseg.v1 contract, the same calls served in-process, and `connect`,
+which gives one or the other."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
+
+import cv2
+import grpc
+import numpy as np
+from shapely.geometry.base import BaseGeometry
+
+from roiseg import CONTRACT_MAJOR, CONTRACT_MINOR
+from roiseg.errors import RoisegError
+from roiseg.io import roi
+from roiseg.server.status import status_of
+from roiseg.v1 import segmentation_pb2 as pb
+from roiseg.v1 import segmentation_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from roiseg.server.service import Limits, SegmentationService
+
+#: Message size the client accepts and sends; larger images go through UploadImage.
+DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
+UPLOAD_CHUNK_BYTES = 1 << 20
+
+ProgressCallback = Callable[[pb.Progress], None]
+
+
+@dataclass(frozen=True)
+class ServerAddress:
+    """A roiseg server and how to reach it."""
+
+    target: str
+    tls: bool = False
+    root_certificates: bytes | None = None
+    token: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """The model cards an in-process service serves: `directories` (none: the embedded default
+    model), beside the default model when `beside_default`."""
+
+    directories: tuple[Path, ...] = ()
+    beside_default: bool = False
+    default_model: str | None = None
+    device: str = "auto"
+
+
+class SegmentationError(Exception):
+    """A refused or failed call: the gRPC status and the server's message."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.code.name})"
+
+
+@dataclass
+class SegmentResult:
+    """Per model: its GeoJSON FeatureCollection and what the server did."""
+
+    feature_collections: dict[str, dict] = field(default_factory=dict)
+    results: dict[str, pb.ModelResult] = field(default_factory=dict)
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """Lossless PNG bytes of an RGB uint8 image."""
+    ok, data = cv2.imencode(".png", np.ascontiguousarray(image[..., ::-1]))
+    if not ok:
+        raise ValueError("the image could not be encoded as PNG")
+    return data.tobytes()
+
+
+def segment_request(geometry: BaseGeometry, image: pb.ImageSource,
+                    model_ids: Sequence[str] = (),
+                    options: pb.SegmentOptions | None = None) -> pb.SegmentRequest:
+    """A Segment request for an ROI in full-resolution pixels."""
+    return pb.SegmentRequest(model_ids=list(model_ids), image=image, roi=roi.to_proto(geometry),
+                             options=options or pb.SegmentOptions(),
+                             client_contract_major=CONTRACT_MAJOR,
+                             client_contract_minor=CONTRACT_MINOR)
+
+
+def pixels_source(*, downsample: float, origin_x: float, origin_y: float, pixel_size_um: float,
+                  encoded: bytes = b"", upload_id: str = "", image_width: int = 0,
+                  image_height: int = 0) -> pb.ImageSource:
+    """Pixels read by the client: encoded bytes, or an id from `upload`."""
+    pixels = pb.RegionPixels(downsample=downsample, origin_x=origin_x, origin_y=origin_y,
+                             pixel_size_um=pixel_size_um, image_width=image_width,
+                             image_height=image_height)
+    if upload_id:
+        pixels.upload_id = upload_id
+    else:
+        pixels.encoded = encoded
+    return pb.ImageSource(pixels=pixels)
+
+
+def slide_source(path: str, pixel_size_um: float = 0.0) -> pb.ImageSource:
+    """A slide file the server reads itself (under its allowed roots)."""
+    return pb.ImageSource(slide=pb.SlideFile(path=path, pixel_size_um=pixel_size_um))
+
+
+def collect(events: Iterable[pb.SegmentEvent],
+            on_progress: ProgressCallback | None = None) -> SegmentResult:
+    """Assembles a Segment stream into per-model FeatureCollections."""
+    result = SegmentResult()
+    chunks: dict[str, bytearray] = {}
+    for event in events:
+        kind = event.WhichOneof("event")
+        if kind == "progress":
+            if on_progress:
+                on_progress(event.progress)
+        elif kind == "geojson_chunk":
+            chunks.setdefault(event.geojson_chunk.model_id, bytearray()).extend(
+                event.geojson_chunk.data)
+        elif kind == "model_result":
+            model_id = event.model_result.model_id
+            result.feature_collections[model_id] = json.loads(chunks.pop(model_id, b"") or
+                                                              b'{"type":"FeatureCollection",'
+                                                              b'"features":[]}')
+            result.results[model_id] = event.model_result
+    return result
+
+
+class Client:
+    """A connection to a roiseg server, e.g. `Client("127.0.0.1:50051")`."""
+
+    def __init__(self, target: str, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 timeout_s: float | None = None, tls: bool = False,
+                 root_certificates: bytes | None = None, token: str | None = None) -> None:
+        """`tls` (or `root_certificates`, PEM, to trust a private CA) connects over TLS;
+        `token` is sent as `authorization: Bearer <token>` on every call."""
+        self.target = target
+        self.timeout_s = timeout_s
+        self.max_message_bytes = max_message_bytes
+        options = [("grpc.max_receive_message_length", max_message_bytes),
+                   ("grpc.max_send_message_length", max_message_bytes)]
+        if tls or root_certificates:
+            self._channel = grpc.secure_channel(
+                target, grpc.ssl_channel_credentials(root_certificates), options)
+        else:
+            self._channel = grpc.insecure_channel(target, options)
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._stub = pb_grpc.SegmentationStub(self._channel)
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def server_info(self) -> pb.ServerInfo:
+        return self._call(self._stub.GetServerInfo, pb.GetServerInfoRequest())
+
+    def list_models(self) -> list[pb.ModelInfo]:
+        return list(self._call(self._stub.ListModels, pb.ListModelsRequest()).models)
+
+    def upload(self, data: bytes) -> str:
+        """Uploads an encoded image in chunks; returns its upload id."""
+        def messages() -> Iterator[pb.UploadImageRequest]:
+            yield pb.UploadImageRequest(header=pb.UploadHeader(total_bytes=len(data)))
+            for start in range(0, len(data), UPLOAD_CHUNK_BYTES):
+                yield pb.UploadImageRequest(chunk=data[start:start + UPLOAD_CHUNK_BYTES])
+        return self._call(self._stub.UploadImage, messages()).upload_id
+
+    def pixels_source(self, encoded: bytes, **fields: float) -> pb.ImageSource:
+        """Pixels inline when they fit in one message, else uploaded first."""
+        if len(encoded) > self.max_message_bytes // 2:
+            return pixels_source(upload_id=self.upload(encoded), **fields)
+        return pixels_source(encoded=encoded, **fields)
+
+    def segment(self, request: pb.SegmentRequest,
+                on_progress: ProgressCallback | None = None) -> SegmentResult:
+        try:
+            return collect(self._stub.Segment(request, timeout=self.timeout_s,
+                                              metadata=self._metadata), on_progress)
+        except grpc.RpcError as error:
+            raise _error(error) from None
+
+    def _call(self, method, request):
+        try:
+            return method(request, timeout=self.timeout_s, metadata=self._metadata)
+        except grpc.RpcError as error:
+            raise _error(error) from None
+
+
+class InProcessClient:
+    """The same calls answered by a service in this process (no network)."""
+
+    def __init__(self, service) -> None:
+        self.service = service
+
+    def __enter__(self) -> "InProcessClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def server_info(self) -> pb.ServerInfo:
+        return self.service.GetServerInfo(pb.GetServerInfoRequest(), None)
+
+    def list_models(self) -> list[pb.ModelInfo]:
+        return list(self.service.ListModels(pb.ListModelsRequest(), None).models)
+
+    def pixels_source(self, encoded: bytes, **fields: float) -> pb.ImageSource:
+        return pixels_source(encoded=encoded, **fields)
+
+    def segment(self, request: pb.SegmentRequest,
+                on_progress: ProgressCallback | None = None) -> SegmentResult:
+        try:
+            return collect(self.service.segment_events(request, lambda: False), on_progress)
+        except RoisegError as error:
+            raise SegmentationError(status_of(error), str(error)) from None
+
+
+def _error(error: grpc.RpcError) -> SegmentationError:
+    code = error.code()
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return SegmentationError(code, f"the roiseg server is not reachable: {error.details()}; "
+                                       "is it running, and are host and port right?")
+    return SegmentationError(code, error.details() or code.name)
+
+
+def in_process_service(models: ModelSource, slide_roots: Sequence[Path] = (),
+                       limits: Limits | None = None) -> SegmentationService:
+    """A service over `models`, run in this process (imports torch)."""
+    from roiseg.engine.models import DEFAULT_MODELS_DIR, ModelRegistry, select_device
+    from roiseg.server.service import Limits, SegmentationService
+
+    beside = [DEFAULT_MODELS_DIR] if models.directories and models.beside_default else []
+    registry = ModelRegistry(list(models.directories) or [DEFAULT_MODELS_DIR],
+                             select_device(models.device), models.default_model, beside)
+    return SegmentationService(registry, slide_roots, limits or Limits())
+
+
+def connect(server: ServerAddress | None, models: ModelSource) -> Client | InProcessClient:
+    """A client of `server`, or of an in-process service over `models` without one."""
+    if server is None:
+        return InProcessClient(in_process_service(models))
+    return Client(server.target, tls=server.tls, root_certificates=server.root_certificates,
+                  token=server.token)

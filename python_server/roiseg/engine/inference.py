@@ -1,0 +1,215 @@
+"""Tiled, blended, batched inference of one model on one image (paper 003's scheme).
+
+Tiles overlap by at least the card's `overlap`; each tile's probabilities are weighted by
+a ramp falling linearly across its overlaps, with the weights normalised to sum to 1 at
+every pixel. Memory is bounded by one batch of tiles and one row of tiles: the weighted
+probabilities are accumulated row of tiles by row of tiles, and the rows that no later
+tile touches are turned into uint8 outputs before moving on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from roiseg.engine.models import LoadedModel
+from roiseg.errors import Cancelled, InvalidInput
+
+#: Networks need inputs whose sides are multiples of this.
+SIZE_MULTIPLE = 32
+#: Value of the constant padding where reflecting is impossible: white, like bare glass.
+PAD_VALUE = 255
+
+
+@dataclass
+class Prediction:
+    """Per-pixel results of `predict`, all (H, W) uint8 like the input image."""
+
+    class_map: np.ndarray
+    """Index of the most probable class."""
+    probability: np.ndarray
+    """round(255 * probability of that class)."""
+    tumor_probability: np.ndarray | None
+    """round(255 * probability of the tumour class), if one was requested."""
+    fallback_map: np.ndarray | None
+    """Most probable class other than the tumour class, if one was requested."""
+    tiles: int
+    model_seconds: float
+    """Time spent in the model's forward passes, copies to and from the device included."""
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start coordinates of tiles covering [0, length).
+
+    Consecutive tiles overlap by exactly `overlap` pixels except the last one, which is
+    aligned to the far border and may overlap its neighbour more; a length <= tile gives
+    a single tile at 0.
+    """
+    if length <= tile:
+        return [0]
+    stride = tile - overlap
+    count = -(-(length - tile) // stride) + 1
+    return [k * stride for k in range(count - 1)] + [length - tile]
+
+
+def tile_weights(starts: Sequence[int], tile: int, length: int) -> list[np.ndarray]:
+    """Blending weights along one axis, one (tile,) float32 array per tile in `starts`.
+
+    Within an overlap of length l a tile's weight is v = 1 - d/(l+1), d counting from 1 at
+    the overlap's first pixel next to the tile's inner part to l at the tile's edge; sides
+    without a neighbouring tile (the image borders) have weight 1. The weights are then
+    divided by their sum, so they add up to 1 at every pixel of [0, length). The weight of
+    the tile at row starts[j], column starts[i] is the outer product of the two axes'
+    weights; its sum over tiles is the product of the axes' sums, hence 1 as well.
+    """
+    raw = []
+    for k, start in enumerate(starts):
+        weight = np.ones(tile, np.float64)
+        if k > 0:
+            left = starts[k - 1] + tile - start
+            weight[:left] *= 1 - np.arange(left, 0, -1) / (left + 1)
+        if k + 1 < len(starts):
+            right = start + tile - starts[k + 1]
+            weight[tile - right:] *= 1 - np.arange(1, right + 1) / (right + 1)
+        raw.append(weight)
+    total = np.zeros(length, np.float64)
+    for start, weight in zip(starts, raw):
+        total[start:start + tile] += weight
+    return [(weight / total[start:start + tile]).astype(np.float32)
+            for start, weight in zip(starts, raw)]
+
+
+def predict(model: LoadedModel, image: np.ndarray, *, tumor_class: int | None = None,
+            batch_size: int | None = None,
+            progress: Callable[[int, int], None] | None = None,
+            should_stop: Callable[[], bool] | None = None) -> Prediction:
+    """Segment an image with a model, tile by tile.
+
+    Args:
+        model: the model; its card gives tile size, overlap and default batch size.
+        image: (H, W, 3) uint8 RGB at the model's resolution, any size >= 1x1.
+        tumor_class: index of the class to report `tumor_probability` and
+            `fallback_map` for, if any.
+        batch_size: tiles per forward pass; the card's if None.
+        progress: called with (tiles done, tiles in all) after each batch.
+        should_stop: checked before each batch.
+
+    Raises:
+        InvalidInput: a malformed image, tumor_class or batch_size.
+        Cancelled: `should_stop` returned True.
+    """
+    card = model.card
+    classes = len(card.classes)
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 \
+            or image.shape[2] != 3 or image.shape[0] < 1 or image.shape[1] < 1:
+        raise InvalidInput("expected an (H, W, 3) uint8 RGB image, got "
+                           + (f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray)
+                              else type(image).__name__))
+    if tumor_class is not None and not 0 <= tumor_class < classes:
+        raise InvalidInput(f"tumor class {tumor_class} is not a class of model {card.id!r} "
+                           f"(0..{classes - 1})")
+    batch_size = card.batch_size if batch_size is None else batch_size
+    if batch_size < 1:
+        raise InvalidInput(f"batch size must be >= 1, got {batch_size}")
+
+    height, width = image.shape[:2]
+    padded = _pad(image, card.tile_size)
+    tile_h, tile_w = (min(card.tile_size, side) for side in padded.shape[:2])
+    ys = tile_starts(padded.shape[0], tile_h, card.overlap)
+    xs = tile_starts(padded.shape[1], tile_w, card.overlap)
+    weights_y = tile_weights(ys, tile_h, padded.shape[0])
+    weights_x = tile_weights(xs, tile_w, padded.shape[1])
+    tiles = [(j, i) for j in range(len(ys)) for i in range(len(xs))]
+
+    outputs = _Outputs(height, width, tumor_class)
+    strip = np.zeros((classes, tile_h, padded.shape[1]), np.float32)
+    row = 0
+    model_seconds = 0.0
+    for first in range(0, len(tiles), batch_size):
+        if should_stop is not None and should_stop():
+            raise Cancelled("segmentation cancelled")
+        batch = tiles[first:first + batch_size]
+        pixels = np.stack([padded[ys[j]:ys[j] + tile_h, xs[i]:xs[i] + tile_w]
+                           for j, i in batch])
+        started = time.perf_counter()
+        probabilities = model.probabilities(pixels).numpy()
+        model_seconds += time.perf_counter() - started
+        for (j, i), tile in zip(batch, probabilities):
+            while row < j:
+                done = ys[row + 1] - ys[row]
+                outputs.write(strip[:, :done], ys[row])
+                strip[:, :tile_h - done] = strip[:, done:]
+                strip[:, tile_h - done:] = 0
+                row += 1
+            tile *= np.outer(weights_y[j], weights_x[i])
+            strip[:, :, xs[i]:xs[i] + tile_w] += tile
+        if progress is not None:
+            progress(first + len(batch), len(tiles))
+    outputs.write(strip, ys[row])
+    return Prediction(class_map=outputs.class_map, probability=outputs.probability,
+                      tumor_probability=outputs.tumor_probability,
+                      fallback_map=outputs.fallback_map, tiles=len(tiles),
+                      model_seconds=model_seconds)
+
+
+def _pad(image: np.ndarray, tile: int) -> np.ndarray:
+    """The image with each side shorter than a tile padded to a multiple of 32 (below and
+    to the right; reflected where the image is long enough, else constant)."""
+    for axis in (0, 1):
+        side = image.shape[axis]
+        pad = 0 if side >= tile else -side % SIZE_MULTIPLE
+        if pad:
+            widths = [(0, 0)] * 3
+            widths[axis] = (0, pad)
+            image = (np.pad(image, widths, mode="reflect") if pad < side
+                     else np.pad(image, widths, constant_values=PAD_VALUE))
+    return image
+
+
+class _Outputs:
+    """The uint8 result rasters, filled strip by strip."""
+
+    def __init__(self, height: int, width: int, tumor_class: int | None):
+        self.tumor_class = tumor_class
+        self.class_map = np.empty((height, width), np.uint8)
+        self.probability = np.empty((height, width), np.uint8)
+        self.tumor_probability = None if tumor_class is None else np.empty_like(self.class_map)
+        self.fallback_map = None if tumor_class is None else np.empty_like(self.class_map)
+
+    def write(self, strip: np.ndarray, top: int) -> None:
+        """Store the final (classes, rows, padded width) probabilities of rows from `top`."""
+        height, width = self.class_map.shape
+        rows = min(strip.shape[1], height - top)
+        if rows <= 0:
+            return
+        blended = strip[:, :rows, :width]
+        target = slice(top, top + rows)
+        channels = range(len(blended))
+        self.class_map[target], best = _best(blended, channels)
+        self.probability[target] = _to_uint8(best)
+        if self.tumor_class is not None:
+            self.tumor_probability[target] = _to_uint8(blended[self.tumor_class])
+            self.fallback_map[target] = _best(
+                blended, [c for c in channels if c != self.tumor_class])[0]
+
+
+def _best(probabilities: np.ndarray, channels: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Per pixel, the first of `channels` with the highest probability, and that probability.
+
+    (A loop over channels: numpy's argmax across the first axis is several times slower.)
+    """
+    first, *rest = channels
+    index = np.full(probabilities.shape[1:], first, np.uint8)
+    best = probabilities[first].copy()
+    for channel in rest:
+        better = probabilities[channel] > best
+        index[better] = channel
+        np.maximum(best, probabilities[channel], out=best)
+    return index, best
+
+
+def _to_uint8(probability: np.ndarray) -> np.ndarray:
+    return np.rint(probability * 255).astype(np.uint8)

@@ -1,0 +1,666 @@
+"""Model cards (`model.json`), checkpoint loading and the registry of servable models.
+
+The card format is described in docs/model-cards.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import re
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import segmentation_models_pytorch as smp
+import torch
+
+from roiseg.errors import InvalidInput, NotFound
+from roiseg.io.classes import confusable_builtin_class
+
+log = logging.getLogger(__name__)
+
+CARD_FILE = "model.json"
+FORMATS = ("state_dict", "torchscript")
+
+_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
+_REQUIRED_FIELDS = ("id", "name", "version", "format", "architecture", "encoder", "checkpoint",
+                    "sha256", "mpp", "tile_size", "overlap", "batch_size", "normalization",
+                    "classes")
+_OPTIONAL_FIELDS = ("description", "background_class", "tumor_class", "trained_on", "metrics",
+                    "extra", "ensemble")
+_MEMBER_FIELDS = ("architecture", "encoder", "checkpoint", "sha256")
+#: Keys under which training scripts nest the state dict, outermost first.
+_STATE_DICT_WRAPPERS = ("state_dict", "model_state_dict", "model")
+#: Prefixes that DataParallel / Lightning-style wrappers put before every key.
+_KEY_PREFIXES = ("module.", "model.")
+#: SMP constructor arguments the card sets itself, not through `extra`.
+_RESERVED_EXTRA = ("encoder_name", "encoder_weights", "in_channels", "classes")
+#: The embedded default model.
+DEFAULT_MODELS_DIR = Path(__file__).parents[1] / "default_model"
+#: Class maps are uint8 and 255 is reserved for "no class".
+_MAX_CLASSES = 254
+#: Longest key-mismatch report quoted in an error.
+_MAX_DETAILS = 2000
+#: Side of the blank image a freshly loaded model is checked with.
+_PROBE_SIZE = 64
+
+
+@dataclass(frozen=True)
+class ClassSpec:
+    """One output class: its channel index, name and display colour (RGB).
+
+    `keep_on_glass`: the class's pixels are kept where the tissue mask sees blank glass
+    (a gland's lumen belongs to the gland); other classes end at the tissue's edge.
+    """
+
+    index: int
+    name: str
+    color: tuple[int, int, int]
+    keep_on_glass: bool = False
+
+
+@dataclass(frozen=True)
+class EnsembleMember:
+    """A further model of an ensemble card: its SMP set-up and its checkpoint."""
+
+    architecture: str
+    encoder: str
+    checkpoint: Path
+    sha256: str
+    extra: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """A validated `model.json`: what a model is, how to run it and what it outputs."""
+
+    id: str
+    name: str
+    description: str
+    version: str
+    format: str
+    architecture: str
+    encoder: str
+    checkpoint: Path
+    sha256: str
+    mpp: float
+    tile_size: int
+    overlap: int
+    batch_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    classes: tuple[ClassSpec, ...]
+    background_class: str | None
+    tumor_class: str | None
+    trained_on: str
+    metrics: dict[str, str]
+    extra: dict[str, Any]
+    card_path: Path
+    ensemble: tuple[EnsembleMember, ...] = ()
+    """Further models whose class probabilities are averaged with this card's own model."""
+
+    @classmethod
+    def from_file(cls, path: Path) -> ModelCard:
+        """Read and validate a card.
+
+        Raises:
+            ValueError: the card is unreadable or a field is missing or invalid; the
+                message names the file and the field.
+        """
+        path = Path(path).resolve()
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path}: cannot read the model card: {exc}") from exc
+        return _CardReader(path, data).card()
+
+    def class_named(self, name: str) -> ClassSpec:
+        """The class called `name`.
+
+        Raises:
+            InvalidInput: the model has no such class; the message lists its classes.
+        """
+        for spec in self.classes:
+            if spec.name == name:
+                return spec
+        raise InvalidInput(f"model {self.id!r} has no class {name!r}; its classes: "
+                           + ", ".join(repr(spec.name) for spec in self.classes))
+
+    @property
+    def background_index(self) -> int | None:
+        """Output channel of `background_class`, if the card names one."""
+        return None if self.background_class is None else self.class_named(
+            self.background_class).index
+
+    @property
+    def members(self) -> tuple[EnsembleMember, ...]:
+        """The card's own model, then its `ensemble`."""
+        own = EnsembleMember(self.architecture, self.encoder, self.checkpoint, self.sha256,
+                             self.extra)
+        return (own, *self.ensemble)
+
+    @property
+    def kept_on_glass(self) -> tuple[int, ...]:
+        """Output channels of the classes marked `keep_on_glass`."""
+        return tuple(spec.index for spec in self.classes if spec.keep_on_glass)
+
+    @property
+    def tumor_index(self) -> int | None:
+        """Output channel of `tumor_class`, if the card names one."""
+        return None if self.tumor_class is None else self.class_named(self.tumor_class).index
+
+
+class _CardReader:
+    """Validates the JSON of one card, naming the file and field in every error."""
+
+    def __init__(self, path: Path, data: Any):
+        self.path = path
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a model card must be a JSON object")
+        self.data = data
+
+    def error(self, field: str, message: str) -> ValueError:
+        return ValueError(f"{self.path}: field '{field}': {message}")
+
+    def card(self) -> ModelCard:
+        data = self.data
+        missing = [f for f in _REQUIRED_FIELDS if f not in data]
+        if missing:
+            raise ValueError(f"{self.path}: missing required field(s): " + ", ".join(
+                f"'{f}'" for f in missing))
+        unknown = sorted(set(data) - set(_REQUIRED_FIELDS) - set(_OPTIONAL_FIELDS))
+        if unknown:
+            raise ValueError(f"{self.path}: unknown field(s): " + ", ".join(
+                f"'{f}'" for f in unknown) + "; see docs/model-cards.md")
+
+        model_id = self.text("id", data["id"])
+        if not _ID_PATTERN.fullmatch(model_id):
+            raise self.error("id", f"{model_id!r} must be 1-64 letters, digits, '.', '_' or "
+                                   "'-', starting with a letter or digit")
+        model_format = self.text("format", data["format"])
+        if model_format not in FORMATS:
+            raise self.error("format", f"{model_format!r} is not one of {', '.join(FORMATS)}")
+        informative = model_format == "torchscript"
+        architecture = self.text("architecture", data["architecture"], allow_empty=informative)
+        encoder = self.text("encoder", data["encoder"], allow_empty=informative)
+        if not informative:
+            self.check_smp_names(architecture, encoder)
+
+        checkpoint = self.checkpoint("checkpoint", data["checkpoint"])
+        sha256 = self.sha256("sha256", data["sha256"])
+        ensemble = self.ensemble(data.get("ensemble", []), model_format)
+
+        mpp = self.number("mpp", data["mpp"])
+        if not mpp > 0:
+            raise self.error("mpp", f"must be > 0, got {mpp}")
+        tile_size = self.integer("tile_size", data["tile_size"], minimum=32)
+        if tile_size % 32:
+            raise self.error("tile_size", f"must be a multiple of 32, got {tile_size}")
+        overlap = self.integer("overlap", data["overlap"], minimum=0)
+        if tile_size <= 2 * overlap:
+            raise self.error("overlap", f"must be less than half of tile_size ({tile_size}), "
+                                        f"got {overlap}")
+        mean, std = self.normalization(data["normalization"])
+        classes = self.classes(data["classes"])
+        names = [spec.name for spec in classes]
+        background_class = self.class_name("background_class", data.get("background_class"),
+                                           names)
+        tumor_class = self.class_name("tumor_class", data.get("tumor_class"), names)
+        if background_class is not None and background_class == tumor_class:
+            raise self.error("tumor_class", "must differ from background_class")
+
+        return ModelCard(
+            id=model_id, name=self.text("name", data["name"]),
+            description=self.text("description", data.get("description", ""),
+                                  allow_empty=True),
+            version=self.text("version", data["version"]), format=model_format,
+            architecture=architecture, encoder=encoder, checkpoint=checkpoint, sha256=sha256,
+            mpp=mpp, tile_size=tile_size, overlap=overlap,
+            batch_size=self.integer("batch_size", data["batch_size"], minimum=1),
+            mean=mean, std=std, classes=classes, background_class=background_class,
+            tumor_class=tumor_class,
+            trained_on=self.text("trained_on", data.get("trained_on", ""), allow_empty=True),
+            metrics=self.metrics(data.get("metrics", {})),
+            extra=self.extra("extra", data.get("extra", {})), card_path=self.path,
+            ensemble=ensemble)
+
+    def text(self, field: str, value: Any, *, allow_empty: bool = False) -> str:
+        if not isinstance(value, str):
+            raise self.error(field, f"must be a string, got {value!r}")
+        if not allow_empty and not value.strip():
+            raise self.error(field, "must not be empty")
+        return value
+
+    def number(self, field: str, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not math.isfinite(value):
+            raise self.error(field, f"must be a finite number, got {value!r}")
+        return float(value)
+
+    def integer(self, field: str, value: Any, *, minimum: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(field, f"must be an integer, got {value!r}")
+        if value < minimum:
+            raise self.error(field, f"must be >= {minimum}, got {value}")
+        return value
+
+    def object(self, field: str, value: Any) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.error(field, f"must be a JSON object, got {value!r}")
+        return value
+
+    def checkpoint(self, field: str, value: Any) -> Path:
+        checkpoint = (self.path.parent / self.text(field, value)).resolve()
+        if not checkpoint.is_file():
+            raise self.error(field, f"file {checkpoint} does not exist")
+        return checkpoint
+
+    def sha256(self, field: str, value: Any) -> str:
+        sha256 = self.text(field, value).lower()
+        if not _SHA256_PATTERN.fullmatch(sha256):
+            raise self.error(field, "must be 64 hexadecimal digits")
+        return sha256
+
+    def extra(self, field: str, value: Any) -> dict[str, Any]:
+        reserved = sorted(set(self.object(field, value)) & set(_RESERVED_EXTRA))
+        if reserved:
+            raise self.error(field, "must not set " + ", ".join(reserved)
+                             + "; they come from the card's other fields")
+        return value
+
+    def ensemble(self, value: Any, model_format: str) -> tuple[EnsembleMember, ...]:
+        if not isinstance(value, list):
+            raise self.error("ensemble", f"must be a list of models, got {value!r}")
+        if value and model_format != "state_dict":
+            raise self.error("ensemble", "only state_dict models can form an ensemble")
+        members = []
+        for i, item in enumerate(value):
+            field = f"ensemble[{i}]"
+            if not isinstance(item, dict) or not set(_MEMBER_FIELDS) <= set(item) \
+                    or not set(item) <= {*_MEMBER_FIELDS, "extra"}:
+                raise self.error(field, "must be {" + ", ".join(f'"{f}": ...'
+                                                                for f in _MEMBER_FIELDS)
+                                 + '} with an optional "extra": {...}')
+            architecture = self.text(f"{field}.architecture", item["architecture"])
+            encoder = self.text(f"{field}.encoder", item["encoder"])
+            self.check_smp_names(architecture, encoder, field=f"{field}.")
+            members.append(EnsembleMember(
+                architecture=architecture, encoder=encoder,
+                checkpoint=self.checkpoint(f"{field}.checkpoint", item["checkpoint"]),
+                sha256=self.sha256(f"{field}.sha256", item["sha256"]),
+                extra=self.extra(f"{field}.extra", item.get("extra", {}))))
+        return tuple(members)
+
+    def check_smp_names(self, architecture: str, encoder: str, field: str = "") -> None:
+        architectures = smp.MODEL_ARCHITECTURES_MAPPING
+        if architecture.lower() not in architectures:
+            raise self.error(f"{field}architecture", f"{architecture!r} is not a "
+                             "segmentation_models_pytorch architecture ("
+                             + ", ".join(architectures) + ")")
+        if not encoder.startswith("tu-") and encoder not in smp.encoders.get_encoder_names():
+            raise self.error(f"{field}encoder", f"{encoder!r} is not a segmentation_models_pytorch "
+                                                "encoder (nor a timm encoder written 'tu-NAME')")
+
+    def normalization(self, value: Any) -> tuple[tuple[float, float, float],
+                                                 tuple[float, float, float]]:
+        if not isinstance(value, dict) or set(value) != {"mean", "std"}:
+            raise self.error("normalization", 'must be {"mean": [r, g, b], "std": [r, g, b]}')
+        mean = self.triple("normalization.mean", value["mean"])
+        std = self.triple("normalization.std", value["std"])
+        if min(std) <= 0:
+            raise self.error("normalization.std", f"must be > 0, got {list(std)}")
+        return mean, std
+
+    def triple(self, field: str, value: Any) -> tuple[float, float, float]:
+        if not isinstance(value, list) or len(value) != 3:
+            raise self.error(field, f"must be a list of 3 numbers, got {value!r}")
+        a, b, c = (self.number(field, v) for v in value)
+        return a, b, c
+
+    def classes(self, value: Any) -> tuple[ClassSpec, ...]:
+        if not isinstance(value, list) or not 2 <= len(value) <= _MAX_CLASSES:
+            raise self.error("classes", f"must be a list of 2 to {_MAX_CLASSES} classes")
+        specs = []
+        for i, item in enumerate(value):
+            field = f"classes[{i}]"
+            if not isinstance(item, dict) or not {"index", "name", "color"} <= set(item) \
+                    or not set(item) <= {"index", "name", "color", "keep_on_glass"}:
+                raise self.error(field, 'must be {"index": i, "name": "...", "color": [r, g, b]}'
+                                        ' with an optional "keep_on_glass": true/false')
+            keep_on_glass = item.get("keep_on_glass", False)
+            if not isinstance(keep_on_glass, bool):
+                raise self.error(f"{field}.keep_on_glass",
+                                 f"must be true or false, got {keep_on_glass!r}")
+            color = item["color"]
+            if not isinstance(color, list) or len(color) != 3 or any(
+                    isinstance(c, bool) or not isinstance(c, int) or not 0 <= c <= 255
+                    for c in color):
+                raise self.error(f"{field}.color", f"must be 3 integers 0..255, got {color!r}")
+            specs.append(ClassSpec(index=self.integer(f"{field}.index", item["index"], minimum=0),
+                                   name=self.text(f"{field}.name", item["name"]),
+                                   color=(color[0], color[1], color[2]),
+                                   keep_on_glass=keep_on_glass))
+        specs.sort(key=lambda spec: spec.index)
+        indexes = [spec.index for spec in specs]
+        if indexes != list(range(len(specs))):
+            raise self.error("classes", f"indexes must be 0..{len(specs) - 1}, each once; "
+                                        f"got {indexes}")
+        for spec in specs:
+            builtin = confusable_builtin_class(spec.name, spec.color)
+            if builtin is not None:
+                log.warning("model card %s: the colour %s of class %r is close to that of QuPath's "
+                            "built-in class %r; choose a colour no one takes for it", self.path,
+                            list(spec.color), spec.name, builtin)
+        names = [spec.name for spec in specs]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise self.error("classes", "duplicate class name(s): "
+                             + ", ".join(repr(n) for n in duplicates))
+        return tuple(specs)
+
+    def class_name(self, field: str, value: Any, names: list[str]) -> str | None:
+        if value is None:
+            return None
+        if value not in names:
+            raise self.error(field, f"{value!r} is not one of the classes: "
+                             + ", ".join(repr(n) for n in names))
+        return value
+
+    def metrics(self, value: Any) -> dict[str, str]:
+        for key, item in self.object("metrics", value).items():
+            if isinstance(item, bool) or not isinstance(item, (str, int, float)):
+                raise self.error(f"metrics.{key}", f"must be a string or number, got {item!r}")
+        return {key: str(item) for key, item in value.items()}
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file's contents."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """The torch device for `name`: "auto" (CUDA if available, else CPU), "cpu", "cuda"
+    or "cuda:N".
+
+    Raises:
+        ValueError: an unknown name or an unavailable device.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    match = re.fullmatch(r"cuda(?::(\d+))?", name)
+    if match is None:
+        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available")
+    index = int(match.group(1) or 0)
+    if index >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r} requested but only {torch.cuda.device_count()} "
+                         "CUDA device(s) exist")
+    return torch.device("cuda", index)
+
+
+class LoadedModel:
+    """A model ready for inference on one device.
+
+    On CUDA the forward pass runs under fp16 autocast (`amp`); on the CPU in fp32.
+    """
+
+    def __init__(self, card: ModelCard, module: torch.nn.Module, device: torch.device):
+        self.card = card
+        self.module = module
+        self.device = device
+        self.amp = device.type == "cuda"
+        self._mean = torch.tensor(card.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        self._std = torch.tensor(card.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+
+    def probabilities(self, batch: np.ndarray) -> torch.Tensor:
+        """Class probabilities for a batch of tiles.
+
+        Args:
+            batch: (N, H, W, 3) uint8 RGB, H and W multiples of 32.
+
+        Returns:
+            (N, C, H, W) float32 softmax probabilities on the CPU (copying them back
+            synchronises the device), C = len(card.classes).
+
+        Raises:
+            InvalidInput: a malformed batch.
+            ValueError: the model outputs another number of channels than the card's classes.
+        """
+        if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[3] != 3 \
+                or batch.shape[1] % 32 or batch.shape[2] % 32:
+            raise InvalidInput(f"expected an (N, H, W, 3) uint8 batch with H and W multiples "
+                               f"of 32, got {batch.dtype} {batch.shape}")
+        pixels = torch.from_numpy(np.ascontiguousarray(batch))
+        if self.amp:
+            pixels = pixels.pin_memory()
+        with torch.inference_mode():
+            x = pixels.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
+            x = (x / 255 - self._mean) / self._std
+            with torch.autocast(device_type=self.device.type, dtype=torch.float16,
+                                enabled=self.amp):
+                logits = self.module(x)
+            if logits.ndim != 4 or logits.shape[1] != len(self.card.classes) \
+                    or logits.shape[2:] != x.shape[2:]:
+                raise ValueError(f"model {self.card.id!r} outputs shape {tuple(logits.shape)} "
+                                 f"for input {tuple(x.shape)}; expected "
+                                 f"{len(self.card.classes)} channels (its classes) at the "
+                                 "input's size")
+            return logits.float().softmax(dim=1).cpu()
+
+
+class Ensemble(torch.nn.Module):
+    """Models whose softmax probabilities are averaged.
+
+    Returns the logarithm of the mean probabilities, so that a softmax of the output (as
+    `LoadedModel.probabilities` takes) is the mean probability of each class.
+    """
+
+    def __init__(self, members: Sequence[torch.nn.Module]) -> None:
+        super().__init__()
+        self.members = torch.nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = torch.stack([m(x).float().softmax(dim=1) for m in self.members]).mean(dim=0)
+        return mean.clamp_min(torch.finfo(torch.float32).tiny).log()
+
+
+def load_model(card: ModelCard, device: torch.device) -> LoadedModel:
+    """Load a card's checkpoint (and its ensemble's) onto `device` and check them against
+    the card.
+
+    Raises:
+        ValueError: a checkpoint's SHA-256 differs from the card's, it does not fit its
+            architecture / encoder / classes, or the output has the wrong shape.
+    """
+    for each in card.members:
+        check_sha256(each.checkpoint, each.sha256, card.card_path)
+    if card.format == "torchscript":
+        try:
+            module = torch.jit.load(str(card.checkpoint), map_location=device)
+        except (RuntimeError, ValueError) as exc:
+            raise ValueError(f"{card.checkpoint}: not a TorchScript model: {exc}") from exc
+    elif card.ensemble:
+        module = Ensemble([_smp_model(each, card) for each in card.members])
+    else:
+        module = _smp_model(card.members[0], card)
+    model = LoadedModel(card, module.to(device).eval(), device)
+    model.probabilities(np.zeros((1, _PROBE_SIZE, _PROBE_SIZE, 3), np.uint8))
+    return model
+
+
+def check_sha256(path: Path, expected: str, card_path: Path) -> None:
+    """Refuses (ValueError) a checkpoint whose SHA-256 is not the one its card names."""
+    actual = sha256_file(path)
+    if actual != expected:
+        raise ValueError(f"{path}: sha256 is {actual}, but the card {card_path} expects "
+                         f"{expected}; refusing the model")
+
+
+def build_smp_model(architecture: str, encoder: str, num_classes: int,
+                    extra: Mapping[str, Any] | None = None) -> torch.nn.Module:
+    """The SMP model a card describes, with random weights (RGB in, `num_classes` out)."""
+    return smp.create_model(architecture, encoder_name=encoder, encoder_weights=None,
+                            in_channels=3, classes=num_classes, **dict(extra or {}))
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The state dict in a checkpoint file, read without unpickling code, with its
+    wrappers (``state_dict``, ``model``, ...) and key prefixes (``module.``) removed."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for unreadable / unsafe pickles
+        raise ValueError(f"{path}: cannot read the checkpoint as a state dict "
+                         f"(only tensors and plain containers are accepted): {exc}") from exc
+    return _state_dict(checkpoint, path)
+
+
+def _smp_model(member: EnsembleMember, card: ModelCard) -> torch.nn.Module:
+    """``member``'s SMP model with its checkpoint's weights, on the CPU."""
+    try:
+        model = build_smp_model(member.architecture, member.encoder, len(card.classes),
+                                member.extra)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{card.card_path}: cannot build {member.architecture} with encoder "
+                         f"{member.encoder} and extra {member.extra}: {exc}") from exc
+    state = read_state_dict(member.checkpoint)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:  # names the missing, unexpected and mis-shaped keys
+        details = str(exc)
+        if len(details) > _MAX_DETAILS:
+            details = details[:_MAX_DETAILS] + " ..."
+        raise ValueError(f"{member.checkpoint}: does not fit {member.architecture}/"
+                         f"{member.encoder} with {len(card.classes)} classes: {details}") from exc
+    return model
+
+
+def _state_dict(checkpoint: Any, path: Path) -> dict[str, torch.Tensor]:
+    """The state dict inside a checkpoint, unwrapped and unprefixed.
+
+    Its tensors keep their dtype: `load_state_dict` copies fp16 ones into the model's fp32
+    parameters.
+    """
+    while isinstance(checkpoint, Mapping) and not _is_state_dict(checkpoint):
+        wrapper = next((k for k in _STATE_DICT_WRAPPERS
+                        if isinstance(checkpoint.get(k), Mapping)), None)
+        if wrapper is None:
+            raise ValueError(f"{path}: no state dict found; top-level keys: "
+                             f"{_some(list(checkpoint))}; expected tensors or one of "
+                             + ", ".join(repr(k) for k in _STATE_DICT_WRAPPERS))
+        checkpoint = checkpoint[wrapper]
+    if not isinstance(checkpoint, Mapping):
+        raise ValueError(f"{path}: no state dict found (got {type(checkpoint).__name__})")
+    state = dict(checkpoint)
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in _KEY_PREFIXES:
+            if all(key.startswith(prefix) for key in state):
+                state = {key[len(prefix):]: value for key, value in state.items()}
+                stripped = True
+    return state
+
+
+def _is_state_dict(mapping: Mapping) -> bool:
+    return bool(mapping) and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                 for k, v in mapping.items())
+
+
+def _some(keys: Sequence[str], limit: int = 8) -> str:
+    shown = ", ".join(keys[:limit])
+    return f"[{shown}{', ...' if len(keys) > limit else ''}]"
+
+
+class ModelRegistry:
+    """The models found in model directories, loaded lazily on first use and cached."""
+
+    def __init__(self, model_dirs: Sequence[Path], device: torch.device,
+                 default_id: str | None = None, beside: Sequence[Path] = ()):
+        """Register every `DIR/model.json` and `DIR/*/model.json`; then those in the `beside`
+        directories whose ids are not registered yet (the embedded default model next to a
+        user's models).
+
+        Raises:
+            ValueError: a broken card, a missing directory, duplicate ids, no models at
+                all, or an unknown `default_id`.
+        """
+        self.device = device
+        self._cards: dict[str, ModelCard] = {}
+        given = [(Path(d), False) for d in model_dirs] + [(Path(d), True) for d in beside]
+        for directory, optional in given:
+            if not directory.is_dir():
+                raise ValueError(f"models directory {directory} does not exist")
+            paths = [directory / CARD_FILE] if (directory / CARD_FILE).is_file() else []
+            for path in paths + sorted(directory.glob(f"*/{CARD_FILE}")):
+                card = ModelCard.from_file(path)
+                if card.id in self._cards:
+                    if optional:
+                        continue
+                    raise ValueError(f"duplicate model id {card.id!r} in "
+                                     f"{self._cards[card.id].card_path} and {card.card_path}")
+                self._cards[card.id] = card
+        if not self._cards:
+            raise ValueError("no models found: no model.json in "
+                             + ", ".join(str(d) for d in model_dirs) + " or their subdirectories")
+        if default_id is not None and default_id not in self._cards:
+            raise ValueError(f"default model {default_id!r} is not registered; available: "
+                             + ", ".join(self._cards))
+        self._default_id = default_id or next(iter(self._cards))
+        self._locks = {model_id: threading.Lock() for model_id in self._cards}
+        self._loaded: dict[str, LoadedModel] = {}
+
+    @property
+    def default_id(self) -> str:
+        """Id of the model used when a request names none."""
+        return self._default_id
+
+    @property
+    def device_name(self) -> str:
+        """The device in words, e.g. "cuda:0 (NVIDIA H100 80GB HBM3)" or "cpu"."""
+        if self.device.type == "cuda":
+            index = self.device.index or 0
+            return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+        return str(self.device)
+
+    def cards(self) -> list[ModelCard]:
+        """The registered cards, in registration order."""
+        return list(self._cards.values())
+
+    def card(self, model_id: str) -> ModelCard:
+        """The card of `model_id`.
+
+        Raises:
+            NotFound: no such model; the message lists the available ids.
+        """
+        try:
+            return self._cards[model_id]
+        except KeyError:
+            raise NotFound(f"unknown model {model_id!r}; available: "
+                           + ", ".join(self._cards)) from None
+
+    def get(self, model_id: str) -> LoadedModel:
+        """The loaded model `model_id`, loading it on first use.
+
+        Raises:
+            NotFound: no such model.
+            ValueError: its checkpoint is refused (see `load_model`).
+        """
+        card = self.card(model_id)
+        with self._locks[model_id]:
+            if model_id not in self._loaded:
+                self._loaded[model_id] = load_model(card, self.device)
+            return self._loaded[model_id]

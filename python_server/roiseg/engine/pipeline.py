@@ -1,0 +1,359 @@
+"""One segmentation job: read the ROI, find tissue, run each model, post-process, vectorise.
+
+The gRPC service and the in-process CLI both run jobs through `run`, so a request gives
+the same polygons either way.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import shapely
+from shapely.geometry import box
+from shapely.geometry.base import BaseGeometry
+
+from roiseg.engine import postprocess, vectorize
+from roiseg.engine.inference import predict
+from roiseg.engine.models import ModelCard, ModelRegistry
+from roiseg.errors import Cancelled, InvalidInput, TooLarge
+from roiseg.io import classes, qupath_geojson, raster
+from roiseg.io.slides import RegionRead, Slide, pixels_region, read_slide_region
+
+#: Paper 003's hysteresis thresholds for the tumour probability.
+DEFAULT_HYSTERESIS_LOW = 85 / 255
+DEFAULT_HYSTERESIS_HIGH = 229 / 255
+#: Default simplification tolerance, in pixels at model resolution.
+DEFAULT_SIMPLIFY_PX = 0.5
+
+
+class Stage:
+    """Progress stages; the values are those of the contract's Stage enum."""
+
+    QUEUED = 1
+    READING = 2
+    TISSUE = 3
+    INFERENCE = 4
+    POSTPROCESSING = 5
+    VECTORIZING = 6
+
+
+@dataclass(frozen=True)
+class Hysteresis:
+    enabled: bool = False
+    low: float = DEFAULT_HYSTERESIS_LOW
+    high: float = DEFAULT_HYSTERESIS_HIGH
+
+
+@dataclass(frozen=True)
+class Options:
+    classes: tuple[str, ...] = ()
+    min_area_um2: float = 0.0
+    min_hole_um2: float = 0.0
+    simplify_um: float | None = None
+    hysteresis: Hysteresis = Hysteresis()
+    include_background: bool = False
+    allow_upsample: bool = False
+
+
+@dataclass(frozen=True)
+class PixelSource:
+    """A region read by the client; `mpp` is the full-resolution µm/px."""
+
+    image: np.ndarray
+    origin_x: float
+    origin_y: float
+    downsample: float
+    mpp: float
+    image_width: int | None = None
+    image_height: int | None = None
+
+
+@dataclass(frozen=True)
+class SlideSource:
+    path: Path
+    mpp: float | None = None
+
+
+@dataclass(frozen=True)
+class Job:
+    model_ids: tuple[str, ...]
+    source: PixelSource | SlideSource
+    roi: BaseGeometry
+    options: Options = Options()
+
+
+@dataclass(frozen=True)
+class Progress:
+    stage: int
+    model_id: str = ""
+    done: int = 0
+    total: int = 0
+    message: str = ""
+
+
+@dataclass
+class Timings:
+    read_s: float = 0.0
+    tissue_s: float = 0.0
+    inference_s: float = 0.0
+    model_s: float = 0.0
+    postprocess_s: float = 0.0
+    vectorize_s: float = 0.0
+    total_s: float = 0.0
+
+
+@dataclass
+class ModelOutput:
+    """One model's result; `class_map` and `transform` stay in the process."""
+
+    card: ModelCard
+    features: list[dict]
+    class_areas: dict[str, tuple[float, int]]
+    region: tuple[float, float, float, float]
+    source_mpp: float
+    mpp_x: float
+    mpp_y: float
+    level: int
+    level_downsample: float
+    upsampled: bool
+    tiles: int
+    timings: Timings
+    class_map: np.ndarray = field(repr=False)
+    transform: raster.RasterTransform = field(repr=False)
+
+    @property
+    def feature_collection(self) -> dict:
+        return qupath_geojson.feature_collection(self.features)
+
+
+@dataclass
+class _Raster:
+    read: RegionRead
+    tissue: np.ndarray
+    roi_raster: BaseGeometry
+    roi_mask: np.ndarray
+    read_s: float
+    tissue_s: float
+
+
+def run(job: Job, registry: ModelRegistry, *, max_roi_pixels: int,
+        progress: Callable[[Progress], None] = lambda p: None,
+        should_stop: Callable[[], bool] = lambda: False) -> Iterator[ModelOutput]:
+    """Runs the job model by model, yielding each model's output when it is done."""
+    cards = [registry.card(model_id) for model_id in job.model_ids]
+    _check_options(job.options, cards)
+    with ExitStack() as stack:
+        slide = stack.enter_context(Slide.open(job.source.path)) \
+            if isinstance(job.source, SlideSource) else None
+        source_mpp = _source_mpp(job.source, slide)
+        roi = _clip_to_image(job.roi, job.source, slide)
+        rasters: dict[float, _Raster] = {}
+        for card in cards:
+            _check_size(roi, source_mpp, card, max_roi_pixels)
+            if card.mpp not in rasters:
+                rasters[card.mpp] = _raster(job, slide, roi, source_mpp, card, progress,
+                                            should_stop)
+            yield _segment(job, card, registry, rasters[card.mpp], source_mpp, progress,
+                           should_stop)
+
+
+def _segment(job: Job, card: ModelCard, registry: ModelRegistry, raster: _Raster,
+             source_mpp: float, progress: Callable[[Progress], None],
+             should_stop: Callable[[], bool]) -> ModelOutput:
+    """One model's output; its total time counts the (possibly shared) read and tissue
+    stages once."""
+    started = time.perf_counter()
+    timings = Timings(read_s=raster.read_s, tissue_s=raster.tissue_s)
+    options = job.options
+    read = raster.read
+    mpp_x, mpp_y = read.transform.scale_x * source_mpp, read.transform.scale_y * source_mpp
+    mpp = (mpp_x + mpp_y) / 2
+
+    model = registry.get(card.id)
+    tumor = card.tumor_index if options.hysteresis.enabled else None
+    progress(Progress(Stage.INFERENCE, card.id, 0, 0, f"running {card.name}"))
+    t0 = time.perf_counter()
+    prediction = predict(model, read.image, tumor_class=tumor,
+                         progress=lambda done, total: progress(
+                             Progress(Stage.INFERENCE, card.id, done, total)),
+                         should_stop=should_stop)
+    timings.inference_s = time.perf_counter() - t0
+    timings.model_s = prediction.model_seconds
+
+    _stop_if(should_stop)
+    progress(Progress(Stage.POSTPROCESSING, card.id))
+    t0 = time.perf_counter()
+    class_map = prediction.class_map
+    if tumor is not None:
+        tumorous = postprocess.hysteresis_mask(prediction.tumor_probability, raster.tissue, mpp,
+                                               options.hysteresis.low, options.hysteresis.high)
+        class_map = np.where(tumorous, np.uint8(tumor),
+                             np.where(class_map == tumor, prediction.fallback_map, class_map))
+    glass = ~raster.tissue
+    if card.kept_on_glass:
+        glass &= ~np.isin(class_map, card.kept_on_glass)
+    no_class = glass | ~raster.roi_mask
+    if card.background_index is not None:
+        no_class |= class_map == card.background_index
+    class_map = np.where(no_class, np.uint8(postprocess.NO_CLASS), class_map).astype(np.uint8)
+    pixel_um2 = mpp_x * mpp_y
+    class_map = postprocess.enforce_min_sizes(class_map, math.sqrt(pixel_um2),
+                                              options.min_area_um2, options.min_hole_um2)
+    timings.postprocess_s = time.perf_counter() - t0
+
+    _stop_if(should_stop)
+    progress(Progress(Stage.VECTORIZING, card.id))
+    t0 = time.perf_counter()
+    wanted = _wanted_classes(card, options.classes)
+    palette = {spec.index: (spec.name, spec.color) for spec in card.classes}
+    vector_map = class_map
+    if options.include_background:
+        background = len(card.classes)
+        palette[background] = (classes.BACKGROUND_CLASS, classes.BACKGROUND_COLOR)
+        wanted = [*wanted, background]
+        vector_map = np.where((class_map == postprocess.NO_CLASS) & raster.roi_mask,
+                              np.uint8(background), class_map)
+    simplify_px = DEFAULT_SIMPLIFY_PX if options.simplify_um is None else options.simplify_um / mpp
+    regions = vectorize.class_regions(vector_map, prediction.probability, raster.roi_raster,
+                                      simplify_px, wanted)
+    metadata = qupath_geojson.model_metadata(card.id, card.version)
+    features, class_areas = [], {}
+    for region in regions:
+        name, color = palette[region.class_index]
+        area_um2 = region.area_px * pixel_um2
+        measurements = {qupath_geojson.AREA_MEASUREMENT: area_um2}
+        if region.class_index < len(card.classes):
+            measurements[qupath_geojson.PROBABILITY_MEASUREMENT] = region.mean_probability
+        geometry = shapely.set_precision(read.transform.geometry_to_full(region.geometry), 1e-3)
+        features.append(qupath_geojson.annotation_feature(geometry, name, color, measurements,
+                                                       metadata))
+        total, count = class_areas.get(name, (0.0, 0))
+        class_areas[name] = (total + area_um2, count + 1)
+    timings.vectorize_s = time.perf_counter() - t0
+    timings.total_s = time.perf_counter() - started + raster.read_s + raster.tissue_s
+
+    t = read.transform
+    height, width = class_map.shape
+    return ModelOutput(
+        card=card, features=features, class_areas=class_areas,
+        region=(t.origin_x, t.origin_y, width * t.scale_x, height * t.scale_y),
+        source_mpp=source_mpp, mpp_x=mpp_x, mpp_y=mpp_y, level=read.level,
+        level_downsample=read.level_downsample, upsampled=read.upsampled,
+        tiles=prediction.tiles, timings=timings, class_map=vector_map, transform=t)
+
+
+def _raster(job: Job, slide: Slide | None, roi: BaseGeometry, source_mpp: float,
+            card: ModelCard, progress: Callable[[Progress], None],
+            should_stop: Callable[[], bool]) -> _Raster:
+    """Reads the ROI's bounding box at the card's resolution and finds its tissue."""
+    progress(Progress(Stage.READING, card.id, message=f"reading the region at {card.mpp} µm/px"))
+    t0 = time.perf_counter()
+    bbox = roi.bounds
+    allow = job.options.allow_upsample
+    if slide is not None:
+        read = read_slide_region(slide, bbox, source_mpp, card.mpp, allow)
+    else:
+        s = job.source
+        read = pixels_region(s.image, s.origin_x, s.origin_y, s.downsample, bbox, source_mpp,
+                             card.mpp, allow)
+    read_s = time.perf_counter() - t0
+    _stop_if(should_stop)
+
+    progress(Progress(Stage.TISSUE, card.id, message="finding tissue"))
+    t0 = time.perf_counter()
+    raster_mpp = (read.transform.scale_x + read.transform.scale_y) / 2 * source_mpp
+    tissue = postprocess.tissue_mask(read.image, raster_mpp)
+    roi_raster = read.transform.geometry_to_raster(roi)
+    roi_mask = vectorize.roi_mask(roi_raster, read.image.shape[:2])
+    return _Raster(read, tissue, roi_raster, roi_mask, read_s, time.perf_counter() - t0)
+
+
+def _source_mpp(source: PixelSource | SlideSource, slide: Slide | None) -> float:
+    if isinstance(source, PixelSource):
+        mpp = source.mpp
+        if not (mpp > 0 and math.isfinite(mpp)):
+            raise InvalidInput("the pixel size is missing: send the full-resolution pixel size in "
+                               "µm/px (pixel_size_um; --mpp on the command line)")
+        return mpp
+    mpp = source.mpp or (slide.mpp if slide is not None else None)
+    if not mpp:
+        raise InvalidInput(f"{source.path.name} has no pixel size in its metadata: supply it "
+                           "in µm/px (pixel_size_um; --mpp on the command line)")
+    if not (mpp > 0 and math.isfinite(mpp)):
+        raise InvalidInput(f"the pixel size must be a positive number of µm/px, got {mpp}")
+    return mpp
+
+
+def _clip_to_image(roi: BaseGeometry, source: PixelSource | SlideSource,
+                   slide: Slide | None) -> BaseGeometry:
+    """The ROI clipped to the image and, for client pixels, to the pixels sent."""
+    extents = []
+    if slide is not None:
+        extents.append((box(0, 0, slide.width, slide.height),
+                        f"the image ({slide.width} x {slide.height} px)"))
+    else:
+        if source.image_width and source.image_height:
+            extents.append((box(0, 0, source.image_width, source.image_height),
+                            f"the image ({source.image_width} x {source.image_height} px)"))
+        h, w = source.image.shape[:2]
+        sent = box(source.origin_x, source.origin_y, source.origin_x + w * source.downsample,
+                   source.origin_y + h * source.downsample)
+        extents.append((sent, "the pixels sent ({:g},{:g} to {:g},{:g})".format(*sent.bounds)))
+    for extent, what in extents:
+        clipped = roi.intersection(extent)
+        if clipped.is_empty or clipped.area <= 0:
+            x0, y0, x1, y1 = roi.bounds
+            raise InvalidInput(f"the ROI ({x0:g},{y0:g} to {x1:g},{y1:g}) lies outside {what}")
+        roi = clipped
+    return roi
+
+
+def _check_size(roi: BaseGeometry, source_mpp: float, card: ModelCard, limit: int) -> None:
+    x0, y0, x1, y1 = roi.bounds
+    scale = source_mpp / card.mpp
+    pixels = math.ceil((x1 - x0) * scale) * math.ceil((y1 - y0) * scale)
+    if pixels > limit:
+        side = int(math.sqrt(limit))
+        raise TooLarge(f"the ROI is {pixels / 1e6:.0f} megapixels at {card.mpp} µm/px; this "
+                       f"server segments at most {limit / 1e6:.0f} megapixels (about {side} x "
+                       f"{side} px) per request: split the ROI or draw a smaller one")
+
+
+def _check_options(options: Options, cards: Sequence[ModelCard]) -> None:
+    known = {spec.name for card in cards for spec in card.classes}
+    unknown = [name for name in options.classes if name not in known]
+    if unknown:
+        raise InvalidInput(f"unknown class(es) {', '.join(map(repr, unknown))}; the models "
+                           f"have: {', '.join(sorted(known))}")
+    for name, value in (("min_area_um2", options.min_area_um2),
+                        ("min_hole_um2", options.min_hole_um2)):
+        if not (value >= 0 and math.isfinite(value)):
+            raise InvalidInput(f"{name} must be a non-negative number of µm², got {value}")
+    if options.simplify_um is not None and not (options.simplify_um >= 0
+                                                and math.isfinite(options.simplify_um)):
+        raise InvalidInput(f"simplify_um must be a non-negative number, got {options.simplify_um}")
+    h = options.hysteresis
+    if h.enabled:
+        if not (0 <= h.low <= h.high <= 1):
+            raise InvalidInput(f"hysteresis thresholds need 0 <= low <= high <= 1, got "
+                               f"low={h.low}, high={h.high}")
+        if all(card.tumor_index is None for card in cards):
+            raise InvalidInput("hysteresis needs a model with a tumour class; "
+                               + ", ".join(card.id for card in cards) + " has none")
+
+
+def _wanted_classes(card: ModelCard, names: Sequence[str]) -> list[int]:
+    if not names:
+        return [spec.index for spec in card.classes]
+    return [spec.index for spec in card.classes if spec.name in names]
+
+
+def _stop_if(should_stop: Callable[[], bool]) -> None:
+    if should_stop():
+        raise Cancelled("segmentation cancelled")

@@ -1,0 +1,1 @@
+"""Scoring predictions against references (metrics) and models side by side (compare)."""

@@ -1,0 +1,2 @@
+"""The gRPC server: the service (proto <-> engine job, errors <-> status), uploads, status
+mapping."""

@@ -1,0 +1,326 @@
+"""The roiseg.v1.Segmentation gRPC service and the server that hosts it."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import math
+import queue
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from roiseg import CONTRACT_MAJOR, CONTRACT_MINOR, __version__
+from roiseg.engine import pipeline
+from roiseg.engine.models import ModelCard, ModelRegistry
+from roiseg.errors import Cancelled, Forbidden, InvalidInput, NotFound, RoisegError, VersionMismatch
+from roiseg.io import roi
+from roiseg.io.slides import decode_image
+from roiseg.server.status import status_of
+from roiseg.server.uploads import UploadStore
+from roiseg.v1 import segmentation_pb2 as pb
+from roiseg.v1 import segmentation_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Segmentation"].full_name
+#: Size of the GeoJSON chunks a Segment stream carries.
+GEOJSON_CHUNK_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_message_bytes: int = 64 << 20
+    max_upload_bytes: int = 1 << 30
+    upload_capacity_bytes: int = 2 << 30
+    max_roi_pixels: int = 20_000 * 20_000
+    concurrent_jobs: int = 1
+
+
+class SegmentationService(pb_grpc.SegmentationServicer):
+    """Answers the contract's calls; every failure becomes a status with a message."""
+
+    def __init__(self, registry: ModelRegistry, slide_roots: Sequence[Path] = (),
+                 limits: Limits = Limits()) -> None:
+        self.registry = registry
+        self.slide_roots = [Path(r).resolve() for r in slide_roots]
+        self.limits = limits
+        self.uploads = UploadStore(limits.max_upload_bytes, limits.upload_capacity_bytes)
+        self._jobs = threading.BoundedSemaphore(limits.concurrent_jobs)
+
+    # ------------------------------------------------------------------ gRPC methods
+
+    def GetServerInfo(self, request: pb.GetServerInfoRequest, context) -> pb.ServerInfo:
+        return pb.ServerInfo(
+            server_version=__version__, contract_major=CONTRACT_MAJOR,
+            contract_minor=CONTRACT_MINOR, device=self.registry.device_name,
+            default_model_id=self.registry.default_id,
+            max_message_bytes=self.limits.max_message_bytes,
+            max_upload_bytes=self.limits.max_upload_bytes,
+            max_roi_pixels=self.limits.max_roi_pixels,
+            slide_paths_allowed=bool(self.slide_roots))
+
+    def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
+        return pb.ListModelsResponse(models=[model_info(c) for c in self.registry.cards()],
+                                     default_model_id=self.registry.default_id)
+
+    def UploadImage(self, request_iterator, context) -> pb.UploadImageResponse:
+        try:
+            first = next(request_iterator, None)
+            if first is None or first.WhichOneof("part") != "header":
+                raise InvalidInput("an upload starts with a header message")
+            expected = first.header.total_bytes
+            self.uploads.check_size(expected)
+            data = bytearray()
+            for message in request_iterator:
+                if message.WhichOneof("part") != "chunk":
+                    raise InvalidInput("an upload has one header, then only chunks")
+                data += message.chunk
+                if len(data) > expected:
+                    raise InvalidInput(f"the upload is longer than the {expected} bytes announced")
+            upload_id = self.uploads.put(bytes(data), expected)
+            return pb.UploadImageResponse(upload_id=upload_id, received_bytes=len(data),
+                                          expires_in_seconds=self.uploads.ttl_s)
+        except RoisegError as error:
+            context.abort(status_of(error), str(error))
+
+    def Segment(self, request: pb.SegmentRequest, context) -> Iterator[pb.SegmentEvent]:
+        stopped = threading.Event()
+        context.add_callback(stopped.set)
+        try:
+            yield from self.segment_events(request, stopped.is_set)
+        except RoisegError as error:
+            log.info("Segment refused: %s (%s)", error, status_of(error).name)
+            context.abort(status_of(error), str(error))
+        except Exception:  # noqa: BLE001 - the server keeps serving and says what happened
+            log.exception("Segment failed")
+            context.abort(grpc.StatusCode.INTERNAL,
+                          "the server failed while segmenting; its log has the details")
+
+    # ------------------------------------------------------------------ the work
+
+    def segment_events(self, request: pb.SegmentRequest,
+                       should_stop: Callable[[], bool]) -> Iterator[pb.SegmentEvent]:
+        """The events of one Segment call; the in-process CLI consumes the same stream."""
+        job = self.job_from_request(request)
+        events: queue.Queue = queue.Queue()
+        closed = threading.Event()
+        stop = lambda: closed.is_set() or should_stop()  # noqa: E731
+        end = object()
+
+        def work() -> None:
+            try:
+                if not self._jobs.acquire(blocking=False):
+                    events.put(pipeline.Progress(pipeline.Stage.QUEUED,
+                                                 message="waiting for another segmentation"))
+                    while not self._jobs.acquire(timeout=0.2):
+                        if stop():
+                            raise Cancelled("segmentation cancelled")
+                try:
+                    for output in pipeline.run(job, self.registry,
+                                               max_roi_pixels=self.limits.max_roi_pixels,
+                                               progress=events.put, should_stop=stop):
+                        events.put(output)
+                finally:
+                    self._jobs.release()
+            except BaseException as error:  # noqa: BLE001 - handed to the caller's thread
+                events.put(error)
+            finally:
+                events.put(end)
+
+        threading.Thread(target=work, name="roiseg-job", daemon=True).start()
+        try:
+            while (item := events.get()) is not end:
+                if isinstance(item, BaseException):
+                    raise item
+                if isinstance(item, pipeline.Progress):
+                    yield pb.SegmentEvent(progress=pb.Progress(
+                        stage=item.stage, model_id=item.model_id, tiles_done=item.done,
+                        tiles_total=item.total, message=item.message))
+                else:
+                    yield from _output_events(item, self.registry.device_name)
+        finally:
+            closed.set()
+
+    def job_from_request(self, request: pb.SegmentRequest) -> pipeline.Job:
+        """The validated job of a request; InvalidInput and friends say what to fix."""
+        major = request.client_contract_major
+        if major and major != CONTRACT_MAJOR:
+            newer = "server" if major > CONTRACT_MAJOR else "client"
+            raise VersionMismatch(
+                f"the client speaks roiseg contract {major}.{request.client_contract_minor}, this "
+                f"server {CONTRACT_MAJOR}.{CONTRACT_MINOR} (roiseg {__version__}): update the "
+                f"{newer}")
+        model_ids = tuple(dict.fromkeys(request.model_ids)) or (self.registry.default_id,)
+        for model_id in model_ids:
+            self.registry.card(model_id)
+        return pipeline.Job(model_ids=model_ids, source=self._source(request.image),
+                            roi=roi.from_proto(request.roi), options=_options(request.options))
+
+    def _source(self, image: pb.ImageSource) -> pipeline.PixelSource | pipeline.SlideSource:
+        kind = image.WhichOneof("source")
+        if kind == "slide":
+            return pipeline.SlideSource(self._slide_path(image.slide.path),
+                                        image.slide.pixel_size_um or None)
+        if kind != "pixels":
+            raise InvalidInput("the request has no image: send the region's pixels or a slide "
+                               "path")
+        pixels = image.pixels
+        if not (pixels.downsample > 0 and math.isfinite(pixels.downsample)):
+            raise InvalidInput(f"the downsample must be a positive number, got {pixels.downsample}")
+        if not (pixels.pixel_size_um > 0 and math.isfinite(pixels.pixel_size_um)):
+            raise InvalidInput("the pixel size is missing: send the full-resolution pixel size "
+                               "in µm/px (pixel_size_um); for an uncalibrated image, ask the "
+                               "user for it")
+        which = pixels.WhichOneof("data")
+        if which == "upload_id":
+            data = self.uploads.get(pixels.upload_id)
+        elif which == "encoded" and pixels.encoded:
+            data = pixels.encoded
+        else:
+            raise InvalidInput("the region has no pixels: send encoded image bytes or an "
+                               "upload id")
+        return pipeline.PixelSource(decode_image(data, self.limits.max_roi_pixels),
+                                    pixels.origin_x, pixels.origin_y,
+                                    pixels.downsample, pixels.pixel_size_um,
+                                    pixels.image_width or None, pixels.image_height or None)
+
+    def _slide_path(self, path_text: str) -> Path:
+        if not self.slide_roots:
+            raise Forbidden("this server reads no slide files (it was started without "
+                            "--slide-root): send the region's pixels instead")
+        path = Path(path_text)
+        if not path.is_absolute():
+            raise InvalidInput(f"the slide path must be absolute, got {path_text!r}")
+        resolved = path.resolve()
+        if not any(resolved.is_relative_to(root) for root in self.slide_roots):
+            raise Forbidden(f"{path_text} is outside the directories this server may read "
+                            f"({', '.join(map(str, self.slide_roots))})")
+        if not resolved.is_file():
+            raise NotFound(f"slide file {path_text} does not exist on the server")
+        return resolved
+
+
+def model_info(card: ModelCard) -> pb.ModelInfo:
+    return pb.ModelInfo(
+        id=card.id, name=card.name, description=card.description, version=card.version,
+        checkpoint_sha256=card.sha256, architecture=card.architecture, encoder=card.encoder,
+        mpp=card.mpp, tile_size=card.tile_size, overlap=card.overlap,
+        classes=[pb.ClassInfo(index=c.index, name=c.name, color=pb.Color(r=c.color[0],
+                                                                           g=c.color[1],
+                                                                           b=c.color[2]))
+                 for c in card.classes],
+        trained_on=card.trained_on, tumor_class=card.tumor_class or "",
+        metrics={k: str(v) for k, v in card.metrics.items()})
+
+
+def _options(message: pb.SegmentOptions) -> pipeline.Options:
+    h = message.hysteresis
+    return pipeline.Options(
+        classes=tuple(dict.fromkeys(message.classes)),
+        min_area_um2=message.min_area_um2 if message.HasField("min_area_um2") else 0.0,
+        min_hole_um2=message.min_hole_um2 if message.HasField("min_hole_um2") else 0.0,
+        simplify_um=message.simplify_um if message.HasField("simplify_um") else None,
+        hysteresis=pipeline.Hysteresis(
+            enabled=h.enabled,
+            low=h.low if h.HasField("low") else pipeline.DEFAULT_HYSTERESIS_LOW,
+            high=h.high if h.HasField("high") else pipeline.DEFAULT_HYSTERESIS_HIGH),
+        include_background=message.include_background,
+        allow_upsample=message.allow_upsample)
+
+
+def _output_events(output: pipeline.ModelOutput, device: str) -> Iterator[pb.SegmentEvent]:
+    card = output.card
+    text = json.dumps(output.feature_collection, separators=(",", ":"),
+                      ensure_ascii=False).encode("utf-8")
+    for start in range(0, len(text), GEOJSON_CHUNK_BYTES):
+        yield pb.SegmentEvent(geojson_chunk=pb.GeoJsonChunk(
+            model_id=card.id, data=text[start:start + GEOJSON_CHUNK_BYTES]))
+    t = output.timings
+    x, y, w, h = output.region
+    yield pb.SegmentEvent(model_result=pb.ModelResult(
+        model_id=card.id, model_version=card.version, checkpoint_sha256=card.sha256,
+        feature_count=len(output.features),
+        class_areas=[pb.ClassArea(name=name, area_um2=area, features=count)
+                     for name, (area, count) in output.class_areas.items()],
+        execution=pb.Execution(
+            mpp_used=(output.mpp_x + output.mpp_y) / 2, source_mpp=output.source_mpp,
+            level=output.level, level_downsample=output.level_downsample,
+            region=pb.Rect(x=x, y=y, width=w, height=h),
+            raster_width=output.class_map.shape[1], raster_height=output.class_map.shape[0],
+            tiles=output.tiles, upsampled=output.upsampled,
+            device=device,
+            timings=pb.Timings(read_s=t.read_s, tissue_s=t.tissue_s, inference_s=t.inference_s,
+                               model_s=t.model_s, postprocess_s=t.postprocess_s,
+                               vectorize_s=t.vectorize_s, total_s=t.total_s))))
+
+
+class _BearerToken(grpc.ServerInterceptor):
+    """Refuses the Segmentation calls that lack `authorization: Bearer <token>`; health
+    checks and reflection stay open."""
+
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}".encode()
+
+    def intercept_service(self, continuation, details):
+        handler = continuation(details)
+        if handler is None or not details.method.startswith(f"/{SERVICE_NAME}/"):
+            return handler
+        given = dict(details.invocation_metadata).get("authorization", "")
+        if hmac.compare_digest(given.encode(), self._expected):
+            return handler
+        return _refusal(handler, grpc.StatusCode.UNAUTHENTICATED,
+                        "this roiseg server needs an access token: set the bearer token the "
+                        "server was started with in the client's server settings")
+
+
+def _refusal(handler: grpc.RpcMethodHandler, code: grpc.StatusCode,
+             message: str) -> grpc.RpcMethodHandler:
+    def refuse(request, context):
+        context.abort(code, message)
+
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(refuse)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(refuse)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(refuse)
+    return grpc.unary_unary_rpc_method_handler(refuse)
+
+
+def create_server(service: SegmentationService, address: str = "127.0.0.1:0",
+                  max_workers: int = 8, tls: tuple[bytes, bytes] | None = None,
+                  token: str | None = None) -> tuple[grpc.Server, int]:
+    """A server with the service, health checking and reflection, not yet started; returns
+    it with the bound port. `tls` is (PEM certificate chain, PEM private key); `token`
+    makes the Segmentation calls require `authorization: Bearer <token>`."""
+    size = service.limits.max_message_bytes
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers,
+                                                    thread_name_prefix="roiseg-rpc"),
+                         interceptors=[_BearerToken(token)] if token else [],
+                         options=[("grpc.max_receive_message_length", size),
+                                  ("grpc.max_send_message_length", size)])
+    pb_grpc.add_SegmentationServicer_to_server(service, server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME), server)
+    if tls:
+        certificate_chain, private_key = tls
+        port = server.add_secure_port(
+            address, grpc.ssl_server_credentials([(private_key, certificate_chain)]))
+    else:
+        port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot listen on {address}")
+    return server, port

@@ -1,0 +1,1 @@
+"""Training and fine-tuning: training data from masks or QuPath annotations, the training loop."""

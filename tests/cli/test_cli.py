@@ -1,0 +1,86 @@
+"""The `roiseg` command: in-process and through a real server, with the same result."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import cv2
+import pytest
+from conftest import CMU, GLAS, REPO
+from roiseg.cli import main
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """`roiseg serve` in its own process on a free loopback port."""
+    ready = tmp_path_factory.mktemp("serve") / "address"
+    process = subprocess.Popen([sys.executable, "-m", "roiseg.cli", "serve", "--port", "0",
+                                "--device", "cpu", "--ready-file", str(ready)])
+    deadline = time.monotonic() + 120
+    while not (ready.exists() and ready.read_text()):
+        assert process.poll() is None, "roiseg serve exited"
+        assert time.monotonic() < deadline, "roiseg serve did not start"
+        time.sleep(0.2)
+    yield ready.read_text()
+    process.terminate()
+    assert process.wait(timeout=30) == 0
+
+
+def test_segment_in_process_and_through_the_server_agree(served, tmp_path, capsys):
+    roi = REPO / "examples" / "data" / "demo_roi.geojson"
+    local, remote = tmp_path / "local.geojson", tmp_path / "remote.geojson"
+    overlay = tmp_path / "overlay.png"
+    assert main(["segment", str(CMU), "--roi", str(roi), "-o", str(local), "--device", "cpu",
+                 "--include-background"]) == 0
+    assert main(["segment", str(CMU), "--roi", str(roi), "-o", str(remote), "--server", served,
+                 "--overlay", str(overlay), "--include-background"]) == 0
+    a, b = json.loads(local.read_text()), json.loads(remote.read_text())
+    assert a["type"] == "FeatureCollection" and len(a["features"]) > 3
+    assert a == b
+    picture = cv2.imread(str(overlay))
+    assert picture is not None and min(picture.shape[:2]) > 200
+    out = capsys.readouterr().out
+    assert "polygons at 1.0" in out and "wrote" in out
+
+
+def test_models_lists_the_default_model(served, capsys):
+    assert main(["models", "--server", served, "--json"]) == 0
+    (model,) = json.loads(capsys.readouterr().out)
+    assert model["id"] == "glas-unet-mobilenetv2"
+    assert [c["name"] for c in model["classes"]] == ["Stroma", "Gland epithelium"]
+
+
+def test_plain_image_needs_mpp(tmp_path, capsys):
+    image = GLAS / "images" / "train_1.png"
+    out = tmp_path / "glas.geojson"
+    assert main(["segment", str(image), "-o", str(out), "--device", "cpu"]) == 2
+    assert "--mpp" in capsys.readouterr().err
+    assert main(["segment", str(image), "--mpp", "0.62", "--region", "0,0,500,400", "-o",
+                 str(out), "--device", "cpu"]) == 0
+    names = {f["properties"]["classification"]["name"]
+             for f in json.loads(out.read_text())["features"]}
+    assert "Gland epithelium" in names
+
+
+def test_bad_region_is_a_clear_error(tmp_path, capsys):
+    assert main(["segment", str(CMU), "--region", "10,10,0,5", "-o",
+                 str(tmp_path / "x.geojson"), "--device", "cpu"]) == 2
+    assert "positive width and height" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["batch", "--help"], ["train", "--help"],
+                                  ["evaluate", "--help"], ["compare", "--help"],
+                                  ["segment", "--nonsense"], ["train", "--images", "x"],
+                                  ["segment", "/no/such/slide.svs", "-o", "x.geojson"]],
+                         ids=lambda argv: " ".join(argv))
+def test_help_and_argument_errors_never_import_torch(argv, tmp_path):
+    code = ("import sys\nfrom roiseg.cli import main\ntry:\n    status = main(sys.argv[1:])\n"
+            "except SystemExit as end:\n    status = end.code\n"
+            "print('STATUS', status, 'torch' in sys.modules, file=sys.stderr)\n")
+    result = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
+                            cwd=tmp_path, timeout=120)
+    status, torch_imported = result.stderr.strip().splitlines()[-1].split()[1:]
+    assert status in ("0", "2") and torch_imported == "False", result.stderr

@@ -1,0 +1,25 @@
+"""One atomic file writer for every output roiseg writes (roiseg.io.files)."""
+
+from __future__ import annotations
+
+import pytest
+from roiseg.io.files import atomic_path, write_atomic
+
+
+def test_write_atomic_replaces_whole_files_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "out" / "result.geojson"
+    assert write_atomic(path, '{"type": "FeatureCollection"}') == path
+    write_atomic(path, b"second")
+    assert path.read_bytes() == b"second"
+    assert [p.name for p in path.parent.iterdir()] == ["result.geojson"]
+
+
+def test_a_failed_write_keeps_the_old_file(tmp_path):
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"old weights")
+    with pytest.raises(RuntimeError):
+        with atomic_path(path) as partial:
+            partial.write_bytes(b"half of the new")
+            raise RuntimeError("disk full")
+    assert path.read_bytes() == b"old weights"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
