@@ -46,6 +46,7 @@ test: test-python test-java test-qupath
 # ruff, then pytest; the paquo project-mode tests run on QuPath 0.5.1 when ../shared/qupath is there.
 test-python: install qupath
 	$(PY) -m ruff check python_server tests benchmarks examples
+	$(PY) -m mypy
 	if [ -x $(PAQUO_QUPATH)/bin/QuPath ]; then export PAQUO_QUPATH_DIR=$(PAQUO_QUPATH); fi; \
 		$(PY) -m pytest -q tests
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 import cv2
 import grpc
@@ -174,7 +174,7 @@ class Client:
                 yield pb.UploadImageRequest(chunk=data[start:start + UPLOAD_CHUNK_BYTES])
         return self._call(self._stub.UploadImage, messages()).upload_id
 
-    def pixels_source(self, encoded: bytes, **fields: float) -> pb.ImageSource:
+    def pixels_source(self, encoded: bytes, **fields: Any) -> pb.ImageSource:
         """Pixels inline when they fit in one message, else uploaded first."""
         if len(encoded) > self.max_message_bytes // 2:
             return pixels_source(upload_id=self.upload(encoded), **fields)
@@ -213,7 +213,7 @@ class InProcessClient:
     def list_models(self) -> list[pb.ModelInfo]:
         return list(self.service.ListModels(pb.ListModelsRequest(), None).models)
 
-    def pixels_source(self, encoded: bytes, **fields: float) -> pb.ImageSource:
+    def pixels_source(self, encoded: bytes, **fields: Any) -> pb.ImageSource:
         return pixels_source(encoded=encoded, **fields)
 
     def segment(self, request: pb.SegmentRequest,

@@ -190,7 +190,7 @@ class _Outputs:
         channels = range(len(blended))
         self.class_map[target], best = _best(blended, channels)
         self.probability[target] = _to_uint8(best)
-        if self.tumor_class is not None:
+        if self.tumor_probability is not None and self.fallback_map is not None:
             self.tumor_probability[target] = _to_uint8(blended[self.tumor_class])
             self.fallback_map[target] = _best(
                 blended, [c for c in channels if c != self.tumor_class])[0]

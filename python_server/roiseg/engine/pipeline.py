@@ -149,15 +149,15 @@ def run(job: Job, registry: ModelRegistry, *, max_roi_pixels: int,
     cards = [registry.card(model_id) for model_id in job.model_ids]
     _check_options(job.options, cards)
     with ExitStack() as stack:
-        slide = stack.enter_context(Slide.open(job.source.path)) \
-            if isinstance(job.source, SlideSource) else None
-        source_mpp = _source_mpp(job.source, slide)
-        roi = _clip_to_image(job.roi, job.source, slide)
+        image = stack.enter_context(Slide.open(job.source.path)) \
+            if isinstance(job.source, SlideSource) else job.source
+        source_mpp = _source_mpp(job.source, image)
+        roi = _clip_to_image(job.roi, image)
         rasters: dict[float, _Raster] = {}
         for card in cards:
             _check_size(roi, source_mpp, card, max_roi_pixels)
             if card.mpp not in rasters:
-                rasters[card.mpp] = _raster(job, slide, roi, source_mpp, card, progress,
+                rasters[card.mpp] = _raster(job, image, roi, source_mpp, card, progress,
                                             should_stop)
             yield _segment(job, card, registry, rasters[card.mpp], source_mpp, progress,
                            should_stop)
@@ -190,7 +190,8 @@ def _segment(job: Job, card: ModelCard, registry: ModelRegistry, raster: _Raster
     progress(Progress(Stage.POSTPROCESSING, card.id))
     t0 = time.perf_counter()
     class_map = prediction.class_map
-    if tumor is not None:
+    if tumor is not None and prediction.tumor_probability is not None \
+            and prediction.fallback_map is not None:
         tumorous = postprocess.hysteresis_mask(prediction.tumor_probability, raster.tissue, mpp,
                                                options.hysteresis.low, options.hysteresis.high)
         class_map = np.where(tumorous, np.uint8(tumor),
@@ -223,7 +224,8 @@ def _segment(job: Job, card: ModelCard, registry: ModelRegistry, raster: _Raster
     regions = vectorize.class_regions(vector_map, prediction.probability, raster.roi_raster,
                                       simplify_px, wanted)
     metadata = qupath_geojson.model_metadata(card.id, card.version)
-    features, class_areas = [], {}
+    features: list[dict] = []
+    class_areas: dict[str, tuple[float, int]] = {}
     for region in regions:
         name, color = palette[region.class_index]
         area_um2 = region.area_px * pixel_um2
@@ -248,7 +250,7 @@ def _segment(job: Job, card: ModelCard, registry: ModelRegistry, raster: _Raster
         tiles=prediction.tiles, timings=timings, class_map=vector_map, transform=t)
 
 
-def _raster(job: Job, slide: Slide | None, roi: BaseGeometry, source_mpp: float,
+def _raster(job: Job, image: Slide | PixelSource, roi: BaseGeometry, source_mpp: float,
             card: ModelCard, progress: Callable[[Progress], None],
             should_stop: Callable[[], bool]) -> _Raster:
     """Reads the ROI's bounding box at the card's resolution and finds its tissue."""
@@ -256,12 +258,11 @@ def _raster(job: Job, slide: Slide | None, roi: BaseGeometry, source_mpp: float,
     t0 = time.perf_counter()
     bbox = roi.bounds
     allow = job.options.allow_upsample
-    if slide is not None:
-        read = read_slide_region(slide, bbox, source_mpp, card.mpp, allow)
+    if isinstance(image, Slide):
+        read = read_slide_region(image, bbox, source_mpp, card.mpp, allow)
     else:
-        s = job.source
-        read = pixels_region(s.image, s.origin_x, s.origin_y, s.downsample, bbox, source_mpp,
-                             card.mpp, allow)
+        read = pixels_region(image.image, image.origin_x, image.origin_y, image.downsample, bbox,
+                             source_mpp, card.mpp, allow)
     read_s = time.perf_counter() - t0
     _stop_if(should_stop)
 
@@ -274,30 +275,30 @@ def _raster(job: Job, slide: Slide | None, roi: BaseGeometry, source_mpp: float,
     return _Raster(read, tissue, roi_raster, roi_mask, read_s, time.perf_counter() - t0)
 
 
-def _source_mpp(source: PixelSource | SlideSource, slide: Slide | None) -> float:
+def _source_mpp(source: PixelSource | SlideSource, image: Slide | PixelSource) -> float:
     if isinstance(source, PixelSource):
         mpp = source.mpp
         if not (mpp > 0 and math.isfinite(mpp)):
             raise InvalidInput("the pixel size is missing: send the full-resolution pixel size in "
                                "µm/px (pixel_size_um; --mpp on the command line)")
         return mpp
-    mpp = source.mpp or (slide.mpp if slide is not None else None)
-    if not mpp:
+    given = source.mpp or (image.mpp if isinstance(image, Slide) else None)
+    if not given:
         raise InvalidInput(f"{source.path.name} has no pixel size in its metadata: supply it "
                            "in µm/px (pixel_size_um; --mpp on the command line)")
-    if not (mpp > 0 and math.isfinite(mpp)):
-        raise InvalidInput(f"the pixel size must be a positive number of µm/px, got {mpp}")
-    return mpp
+    if not (given > 0 and math.isfinite(given)):
+        raise InvalidInput(f"the pixel size must be a positive number of µm/px, got {given}")
+    return given
 
 
-def _clip_to_image(roi: BaseGeometry, source: PixelSource | SlideSource,
-                   slide: Slide | None) -> BaseGeometry:
+def _clip_to_image(roi: BaseGeometry, image: Slide | PixelSource) -> BaseGeometry:
     """The ROI clipped to the image and, for client pixels, to the pixels sent."""
     extents = []
-    if slide is not None:
-        extents.append((box(0, 0, slide.width, slide.height),
-                        f"the image ({slide.width} x {slide.height} px)"))
+    if isinstance(image, Slide):
+        extents.append((box(0, 0, image.width, image.height),
+                        f"the image ({image.width} x {image.height} px)"))
     else:
+        source = image
         if source.image_width and source.image_height:
             extents.append((box(0, 0, source.image_width, source.image_height),
                             f"the image ({source.image_width} x {source.image_height} px)"))

@@ -319,8 +319,7 @@ def _resize_mask_area(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def _wanted_classes(class_map: np.ndarray, classes: Sequence[int] | None) -> list[int]:
-    present = present_values(class_map)
-    present = [int(c) for c in present if c != NO_CLASS]
+    present = [int(c) for c in present_values(class_map) if c != NO_CLASS]
     if classes is None:
         return present
     requested = {int(c) for c in classes}
@@ -364,15 +363,15 @@ def _relabel_small_regions(out: np.ndarray, classes: Sequence[int], min_px: floa
         pairs, counts = np.unique(np.concatenate(keys), return_counts=True)
         if pairs.size == 0:
             break  # the rest border nothing but each other or the image edge: keep them
-        region, value = pairs // 256, pairs % 256
+        region, neighbour = pairs // 256, pairs % 256
         # Best neighbour per region: any class before NO_CLASS, then the longest border,
         # then the lowest value.
-        order = np.lexsort((value, -counts, value == NO_CLASS, region))
-        region, value = region[order], value[order]
+        order = np.lexsort((neighbour, -counts, neighbour == NO_CLASS, region))
+        region, neighbour = region[order], neighbour[order]
         first = np.ones(region.size, dtype=bool)
         first[1:] = region[1:] != region[:-1]
         choice = np.full(next_id, -1, dtype=np.int64)
-        choice[region[first]] = value[first]
+        choice[region[first]] = neighbour[first]
         new_value = choice[ids]
         resolved = new_value >= 0
         out[ys[resolved], xs[resolved]] = new_value[resolved].astype(np.uint8)

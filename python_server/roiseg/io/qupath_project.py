@@ -246,8 +246,8 @@ class Project:
         images = []
         for entry in self._project.images:
             try:
-                local = Path(self._ImageProvider.path_from_uri(entry.uri))
-                local = local if local.is_file() else None
+                uri_path = Path(self._ImageProvider.path_from_uri(entry.uri))
+                local = uri_path if uri_path.is_file() else None
             except Exception:  # noqa: BLE001 - non-file URIs (servers, OMERO)
                 local = None
             images.append(ProjectImage(entry.image_name, str(entry.entry_id), local, entry))

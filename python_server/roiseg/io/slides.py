@@ -433,9 +433,9 @@ def _check_tiff_pixels(page: tifffile.TiffPage, axes: str, what: str) -> None:
         raise InvalidInput(f"{what} has {page.dtype} pixels; only 8-bit RGB or grey images "
                            "are supported.")
     if page.photometric not in _SUPPORTED_PHOTOMETRIC or page.samplesperpixel > 4:
-        raise InvalidInput(f"{what} stores {page.samplesperpixel}-sample "
-                           f"{page.photometric.name} pixels; only RGB or grey images are "
-                           "supported.")
+        photometric = tifffile.PHOTOMETRIC(page.photometric).name
+        raise InvalidInput(f"{what} stores {page.samplesperpixel}-sample {photometric} pixels; "
+                           "only RGB or grey images are supported.")
 
 
 def _read_tiff_window(page: tifffile.TiffPage, x: int, y: int, w: int, h: int,
@@ -461,10 +461,10 @@ def _read_tiff_window(page: tifffile.TiffPage, x: int, y: int, w: int, h: int,
         for data, index in fh.read_segments([page.dataoffsets[i] for i in indices],
                                             [page.databytecounts[i] for i in indices],
                                             indices=indices):
-            segment, (plane, _, top, left, _), _ = page.decode(data, index, **decode_args)
-            if segment is None:
+            decoded, (plane, _, top, left, _), _ = page.decode(data, index, **decode_args)
+            if decoded is None:
                 continue
-            segment = segment.reshape(segment.shape[-3:])
+            segment: np.ndarray = decoded.reshape(decoded.shape[-3:])
             sy0, sx0 = max(y, top), max(x, left)
             sy1 = min(y + h, top + segment.shape[0])
             sx1 = min(x + w, left + segment.shape[1])
@@ -511,7 +511,7 @@ def _tiff_mpp(tiff: tifffile.TiffFile, page: tifffile.TiffPage) -> float | None:
         mpp = source(tiff)
         if mpp is not None:
             return mpp
-    um_per_unit = _UM_PER_RESOLUTION_UNIT.get(page.resolutionunit)
+    um_per_unit = _UM_PER_RESOLUTION_UNIT.get(tifffile.RESUNIT(page.resolutionunit))
     pixels_per_unit = page.resolution[0]
     if um_per_unit is None or not pixels_per_unit > 0:
         return None

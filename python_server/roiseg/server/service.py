@@ -11,7 +11,7 @@ import threading
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, NoReturn, Sequence, cast
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -89,7 +89,7 @@ class SegmentationService(pb_grpc.SegmentationServicer):
             return pb.UploadImageResponse(upload_id=upload_id, received_bytes=len(data),
                                           expires_in_seconds=self.uploads.ttl_s)
         except RoisegError as error:
-            context.abort(status_of(error), str(error))
+            _abort(context, error)
 
     def Segment(self, request: pb.SegmentRequest, context) -> Iterator[pb.SegmentEvent]:
         stopped = threading.Event()
@@ -98,7 +98,7 @@ class SegmentationService(pb_grpc.SegmentationServicer):
             yield from self.segment_events(request, stopped.is_set)
         except RoisegError as error:
             log.info("Segment refused: %s (%s)", error, status_of(error).name)
-            context.abort(status_of(error), str(error))
+            _abort(context, error)
         except Exception:  # noqa: BLE001 - the server keeps serving and says what happened
             log.exception("Segment failed")
             context.abort(grpc.StatusCode.INTERNAL,
@@ -141,8 +141,9 @@ class SegmentationService(pb_grpc.SegmentationServicer):
                 if isinstance(item, BaseException):
                     raise item
                 if isinstance(item, pipeline.Progress):
+                    stage = cast(pb.Stage, item.stage)
                     yield pb.SegmentEvent(progress=pb.Progress(
-                        stage=item.stage, model_id=item.model_id, tiles_done=item.done,
+                        stage=stage, model_id=item.model_id, tiles_done=item.done,
                         tiles_total=item.total, message=item.message))
                 else:
                     yield from _output_events(item, self.registry.device_name)
@@ -175,10 +176,6 @@ class SegmentationService(pb_grpc.SegmentationServicer):
         pixels = image.pixels
         if not (pixels.downsample > 0 and math.isfinite(pixels.downsample)):
             raise InvalidInput(f"the downsample must be a positive number, got {pixels.downsample}")
-        if not (pixels.pixel_size_um > 0 and math.isfinite(pixels.pixel_size_um)):
-            raise InvalidInput("the pixel size is missing: send the full-resolution pixel size "
-                               "in µm/px (pixel_size_um); for an uncalibrated image, ask the "
-                               "user for it")
         which = pixels.WhichOneof("data")
         if which == "upload_id":
             data = self.uploads.get(pixels.upload_id)
@@ -324,3 +321,9 @@ def create_server(service: SegmentationService, address: str = "127.0.0.1:0",
     if port == 0:
         raise OSError(f"cannot listen on {address}")
     return server, port
+
+
+def _abort(context: grpc.ServicerContext, error: RoisegError) -> NoReturn:
+    """Ends the call with `error`'s status and message (`abort` raises)."""
+    context.abort(status_of(error), str(error))
+    raise AssertionError("grpc's abort returned")
