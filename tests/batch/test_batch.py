@@ -6,7 +6,6 @@ of the CMU slide, so each ROI is one 512 px tile at the model's 1 µm/px.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
@@ -23,8 +22,7 @@ import pytest
 import tifffile
 from conftest import CMU_MPP, GLAS, REPO
 from roiseg import cli
-from roiseg.batch.runner import Journal, summary_rows
-from roiseg.cli.batch import add_arguments, run
+from roiseg.batch.journal import Journal, summary_rows
 from roiseg.engine.models import DEFAULT_MODELS_DIR
 from roiseg.io.qupath_geojson import MODEL_ID_KEY, is_roiseg_object
 from roiseg.io.qupath_project import ROI_KEY, roi_key
@@ -41,9 +39,7 @@ REGION_B = box(480, 200, 860, 660).difference(box(600, 350, 700, 450))
 
 
 def batch(*argv) -> int:
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    return run(parser.parse_args([str(a) for a in argv]))
+    return cli.main(["batch", *map(str, argv)])
 
 
 def glas(folder: Path, names=GLAS_NAMES) -> list[Path]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import shutil
@@ -11,9 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 from conftest import GLAS, REPO
-from roiseg.cli import compare as compare_cli
 from roiseg.cli import main as roiseg_main
-from roiseg.evaluation import compare
 from shapely.geometry import box, shape
 
 CMU_EXAMPLE = REPO / "examples" / "data" / "cmu_small_region.svs"
@@ -23,9 +20,7 @@ GLAND = "Gland epithelium"
 
 
 def _compare(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="roiseg compare")
-    compare_cli.add_arguments(parser)
-    return compare.run(parser.parse_args(argv))
+    return roiseg_main(["compare", *argv])
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -101,7 +96,8 @@ def test_through_a_server_with_a_sidecar_roi(address, tmp_path):
     assert not (out / "compare.csv").exists()
 
 
-def test_mask_references_over_several_images(models_dir, tmp_path):
+def test_mask_references_over_several_images(models_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)  # where the default card's training command finds its images
     images = [GLAS / "images" / f"train_{i}.png" for i in (3, 4)]
     out = tmp_path / "out"
     assert _compare([*map(str, images), "--mpp", "0.62", "--models", str(models_dir),
@@ -124,6 +120,10 @@ def test_mask_references_over_several_images(models_dir, tmp_path):
     table = (out / "compare.md").read_text()
     line = next(row for row in table.splitlines() if row.startswith(f"| {DEFAULT_ID} | 2 |"))
     assert "–" in line  # a confidence interval over the two images
+    # both images are among those the default model (and its copy) was trained on
+    for model in (DEFAULT_ID, COARSE_ID):
+        assert f"2 of the 2 evaluated image(s) were used to train {model}@0.4.0: train_3, " \
+            "train_4." in table
 
 
 def test_user_errors(models_dir, tmp_path, capsys):
@@ -131,7 +131,7 @@ def test_user_errors(models_dir, tmp_path, capsys):
     base = [str(image), "--mpp", "0.62", "--models", str(models_dir), "--device", "cpu",
             "--out", str(tmp_path / "out")]
     assert _compare([*base, "--model", "nope"]) == 2
-    assert "roiseg: error: unknown model(s) nope" in capsys.readouterr().err
+    assert "roiseg compare: error: unknown model(s) nope" in capsys.readouterr().err
     assert _compare([*base, "--reference", str(GLAS / "masks" / "train_3.png"),
                      "--reference-values", f"0=Stroma,255={GLAND}"]) == 2
     assert "--positive" in capsys.readouterr().err

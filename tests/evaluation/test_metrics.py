@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -18,7 +17,6 @@ import rasterio.errors
 import rasterio.features
 from affine import Affine
 from conftest import GLAS, REPO
-from roiseg.cli import evaluate as evaluate_cli
 from roiseg.cli import main as roiseg_main
 from roiseg.evaluation import metrics as ev
 from scipy import stats
@@ -45,14 +43,8 @@ PRED = np.array([[1, 1, 1, 1, 2, 2],   # (bg bg) TP TP FN FN
 TP, FP, FN, TN = 7, 4, 3, 12
 
 
-def _args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="roiseg evaluate")
-    evaluate_cli.add_arguments(parser)
-    return parser.parse_args(argv)
-
-
 def _evaluate(argv: list[str]) -> int:
-    return ev.run(_args(argv))
+    return roiseg_main(["evaluate", *argv])
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -247,7 +239,7 @@ def test_cli_user_errors(tmp_path, capsys):
     out = str(tmp_path / "out")
     assert _evaluate([str(pred_dir), str(truth_dir), *values, "--positive", "t",
                       "--out", out]) == 2
-    assert "roiseg: error: 1 reference(s) have no prediction" in capsys.readouterr().err
+    assert "roiseg evaluate: error: 1 reference(s) have no prediction" in capsys.readouterr().err
     (truth_dir / "b.png").unlink()
     assert _evaluate([str(pred_dir), str(truth_dir), *values, "--out", out]) == 2
     assert "--positive" in capsys.readouterr().err

@@ -18,6 +18,7 @@ from conftest import GLAS, REPO
 from roiseg.cli import train as train_cli
 from roiseg.engine.models import DEFAULT_MODELS_DIR, ModelCard, load_model
 from roiseg.engine.pretrained import encoder_state, imagenet_normalization, load_imagenet_encoder
+from roiseg.errors import InvalidInput, NotFound
 from roiseg.train import training as train
 
 GLAS_MPP = 0.62
@@ -105,11 +106,11 @@ def test_imagenet_normalization_follows_the_weights(tmp_path):
     for extra, expected in [(("--encoder", "tu-tf_efficientnet_lite0"), ((0.5,) * 3, (0.5,) * 3)),
                             (("--encoder", "resnet18", "--no-pretrained"), imagenet),
                             ((), imagenet)]:
-        config = train._Config.from_args(_args(*data, *extra))
-        assert (config.mean, config.std) == expected
+        config = train._Config.from_options(_options(*data, *extra))
+        assert (config.card.mean, config.card.std) == expected
     default = _default_card()
-    config = train._Config.from_args(_args(*data, "--init-model", str(default.card_path)))
-    assert (config.mean, config.std) == (tuple(default.mean), tuple(default.std))
+    config = train._Config.from_options(_options(*data, "--init-model", str(default.card_path)))
+    assert (config.card.mean, config.card.std) == (tuple(default.mean), tuple(default.std))
 
 
 def test_unsupported_encoder_names_the_supported_ones():
@@ -129,7 +130,7 @@ def test_mask_values_parse_and_default():
     assert merged.names == ("Other", "Tumour") and dict(merged.values) == {0: 0, 1: 1, 2: 0}
     binary = train.parse_mask_values(None)
     assert list(binary.lookup_table(255)[[0, 1, 255]]) == [0, 1, 1]
-    with pytest.raises(ValueError):
+    with pytest.raises(InvalidInput):
         train.parse_mask_values("0=Stroma")
     with pytest.raises(ValueError):
         train.parse_mask_values("0=Stroma,x=Gland")
@@ -290,12 +291,12 @@ def test_roiseg_train_end_to_end(tmp_path):
 def test_the_weight_average_is_validated_and_exported(tmp_path):
     data = _three_images(tmp_path)
     out = tmp_path / "model"
-    args = _args("--images", str(data / "images"), "--masks", str(data / "masks"),
-                 "--source-mpp", str(GLAS_MPP), "--val-fraction", "0.34", "--crop", "64",
-                 "--batch-size", "2", "--epochs", "1", "--steps-per-epoch", "4", "--lr", "0.01",
-                 "--ema", "0.5", "--threads", "1", "--no-progress", "--keep-state",
-                 "--out", str(out))
-    assert train.run(args) == 0
+    options = _options("--images", str(data / "images"), "--masks", str(data / "masks"),
+                       "--source-mpp", str(GLAS_MPP), "--val-fraction", "0.34", "--crop", "64",
+                       "--batch-size", "2", "--epochs", "1", "--steps-per-epoch", "4",
+                       "--lr", "0.01", "--ema", "0.5", "--threads", "1", "--no-progress",
+                       "--keep-state", "--out", str(out))
+    assert train.train(options).card_path == (out / "model.json").resolve()
     state = torch.load(out / "train_state.pt", map_location="cpu", weights_only=True)
     exported = torch.load(out / "model.pt", map_location="cpu", weights_only=True)
     averaged = {k.removeprefix("module."): v for k, v in state["averaged"].items()
@@ -319,31 +320,36 @@ def test_recorded_command_leaves_out_resume(tmp_path, monkeypatch):
         shlex.join(["roiseg", "train", *argv])
 
 
+def test_the_command_line_defaults_are_the_library_defaults(tmp_path):
+    options = _options("--images", "images", "--masks", "masks", "--out", str(tmp_path))
+    assert dataclasses.replace(options, command_line="") == train.TrainOptions(
+        images=Path("images"), masks=Path("masks"), out=tmp_path)
+
+
 def test_encoder_learns_at_its_own_rate(tmp_path):
     model = train.build_model("Unet", "mobilenet_v2", 2)
     encoder, rest = train._parameter_groups(model, 1e-3, 0.2)
     assert (encoder["base_lr"], rest["base_lr"]) == (pytest.approx(2e-4), 1e-3)
     assert {id(p) for p in encoder["params"]} == {id(p) for p in model.encoder.parameters()}
     assert len(encoder["params"]) + len(rest["params"]) == len(list(model.parameters()))
-    with pytest.raises(ValueError, match="--encoder-lr-scale"):
-        train._Config.from_args(_args(
+    with pytest.raises(InvalidInput, match="--encoder-lr-scale"):
+        train._Config.from_options(_options(
             "--images", str(GLAS / "images"), "--masks", str(GLAS / "masks"),
             "--source-mpp", "0.62", "--encoder-lr-scale", "0", "--out", str(tmp_path)))
 
 
 def test_keep_on_glass_names_a_class(tmp_path):
-    with pytest.raises(ValueError, match="--keep-on-glass names unknown classes: Lumen"):
-        train._Config.from_args(_args(
+    with pytest.raises(InvalidInput, match="--keep-on-glass names unknown classes: Lumen"):
+        train._Config.from_options(_options(
             "--images", str(GLAS / "images"), "--masks", str(GLAS / "masks"),
             "--source-mpp", "0.62", "--keep-on-glass", "Lumen", "--out", str(tmp_path)))
 
 
 def test_resume_requires_matching_state(tmp_path):
-    parser = argparse.ArgumentParser()
-    train_cli.add_arguments(parser)
-    args = parser.parse_args(["--images", str(GLAS / "images"), "--masks", str(GLAS / "masks"),
-                              "--source-mpp", "0.62", "--out", str(tmp_path), "--resume"])
-    assert train_cli.run(args) == 2  # no state to resume from
+    from roiseg.cli import main
+
+    assert main(["train", "--images", str(GLAS / "images"), "--masks", str(GLAS / "masks"),
+                 "--source-mpp", "0.62", "--out", str(tmp_path), "--resume"]) == 2  # no state
 
 
 # ------------------------------------------------------------------ the shipped model
@@ -372,7 +378,7 @@ def test_default_model_card_and_checkpoint(monkeypatch):
     partner = command.index("--ensemble-with")
     del command[partner:partner + 2]
     monkeypatch.chdir(REPO)  # the command's paths are relative to the repository
-    config = train._Config.from_args(_args(*command[3:]))
+    config = train._Config.from_options(_options(*command[3:]))
     _, held_out = train._Trainer(config)._load_data()
     assert len(held_out) == int(card["metrics"]["val_images"])
     result = train.evaluate(load_model(ModelCard.from_file(directory / "model.json"),
@@ -508,23 +514,27 @@ def _args(*argv: str) -> argparse.Namespace:
     return parser.parse_args(list(argv))
 
 
+def _options(*argv: str) -> train.TrainOptions:
+    return train_cli.train_options(_args(*argv))
+
+
 def _default_card() -> ModelCard:
     return ModelCard.from_file(DEFAULT_MODELS_DIR / "model.json")
 
 
 def test_fine_tuning_starts_from_the_default_model(tmp_path, samples):
-    args = _args("--images", str(GLAS / "images"), "--masks", str(GLAS / "masks"),
-                 "--source-mpp", str(GLAS_MPP), "--init-model", "glas-unet-mobilenetv2",
-                 "--out", str(tmp_path))
-    config = train._Config.from_args(args)
-    card = _default_card()
+    options = _options("--images", str(GLAS / "images"), "--masks", str(GLAS / "masks"),
+                       "--source-mpp", str(GLAS_MPP), "--init-model", "glas-unet-mobilenetv2",
+                       "--out", str(tmp_path))
+    config = train._Config.from_options(options)
+    card, trained = _default_card(), config.card
     # The fine-tuned model's settings are the defaults.
-    assert (config.architecture, config.encoder, config.mpp, config.tile_size,
-            config.overlap) == (card.architecture, card.encoder, card.mpp, card.tile_size,
-                                card.overlap)
-    assert [c.name for c in config.classes] == [c.name for c in card.classes]
-    assert [c.keep_on_glass for c in config.classes] == [c.keep_on_glass for c in card.classes]
-    assert tuple(config.mean) == card.mean and tuple(config.std) == card.std
+    assert (trained.architecture, trained.encoder, trained.mpp, trained.tile_size,
+            trained.overlap) == (card.architecture, card.encoder, card.mpp, card.tile_size,
+                                 card.overlap)
+    assert [c.name for c in trained.classes] == [c.name for c in card.classes]
+    assert [c.keep_on_glass for c in trained.classes] == [c.keep_on_glass for c in card.classes]
+    assert tuple(trained.mean) == card.mean and tuple(trained.std) == card.std
     model = train._Trainer(config)._model().eval()
     # Its first training step sees exactly the default model's outputs on a real crop (of
     # an ensemble, the card's own model's).
@@ -532,7 +542,7 @@ def test_fine_tuning_starts_from_the_default_model(tmp_path, samples):
     expected = load_model(dataclasses.replace(card, ensemble=()),
                           torch.device("cpu")).probabilities(images)
     with torch.no_grad():
-        actual = model(train.to_input(images, config.mean, config.std)).softmax(1)
+        actual = model(train.to_input(images, trained.mean, trained.std)).softmax(1)
     assert torch.allclose(actual, expected, atol=1e-5)
 
 
@@ -541,13 +551,13 @@ def test_ensemble_with_a_registered_model(tmp_path):
     data = _three_images(tmp_path)
     out = tmp_path / "model"
     default = _default_card()
-    args = _args("--images", str(data / "images"), "--masks", str(data / "masks"),
-                 "--source-mpp", str(GLAS_MPP), "--val-fraction", "0.34", "--crop", "64",
-                 "--batch-size", "2", "--epochs", "1", "--steps-per-epoch", "2",
-                 "--threads", "1", "--no-progress", "--extra",
-                 '{"decoder_channels": [32, 16, 8, 8, 4]}', "--ensemble-with",
-                 str(default.card_path), "--out", str(out))
-    assert train.run(args) == 0
+    options = _options("--images", str(data / "images"), "--masks", str(data / "masks"),
+                       "--source-mpp", str(GLAS_MPP), "--val-fraction", "0.34", "--crop", "64",
+                       "--batch-size", "2", "--epochs", "1", "--steps-per-epoch", "2",
+                       "--threads", "1", "--no-progress", "--extra",
+                       '{"decoder_channels": [32, 16, 8, 8, 4]}', "--ensemble-with",
+                       str(default.card_path), "--out", str(out))
+    assert train.train(options).card_path == (out / "model.json").resolve()
     card = ModelCard.from_file(out / "model.json")
     partner_checkpoints = [default.checkpoint, *(m.checkpoint for m in default.ensemble)]
     assert [m.checkpoint.name for m in card.ensemble] == [
@@ -578,26 +588,26 @@ def test_ensemble_partners_must_match(tmp_path):
     data = ("--images", str(GLAS / "images"), "--masks", str(GLAS / "masks"),
             "--source-mpp", "0.62", "--ensemble-with", "glas-unet-mobilenetv2",
             "--out", str(tmp_path))
-    with pytest.raises(ValueError, match=r"--ensemble-with glas-unet-mobilenetv2: it runs "
+    with pytest.raises(InvalidInput, match=r"--ensemble-with glas-unet-mobilenetv2: it runs "
                                          r"at 1 µm/px, not 0\.5"):
-        train._Config.from_args(_args(*data, "--mpp", "0.5"))
-    with pytest.raises(ValueError, match="its classes are Stroma, Gland epithelium, not "
+        train._Config.from_options(_options(*data, "--mpp", "0.5"))
+    with pytest.raises(InvalidInput, match="its classes are Stroma, Gland epithelium, not "
                                          "Other, Gland"):
-        train._Config.from_args(_args(*data, "--mask-values", "0=Other,255=Gland"))
-    with pytest.raises(ValueError, match="its normalisation"):
-        train._Config.from_args(_args(*data, "--encoder", "tu-tf_efficientnet_lite0"))
-    with pytest.raises(ValueError, match="--ensemble-with 'nope': no such model card or id"):
-        train._Config.from_args(_args(*data[:-4], "--ensemble-with", "nope",
+        train._Config.from_options(_options(*data, "--mask-values", "0=Other,255=Gland"))
+    with pytest.raises(InvalidInput, match="its normalisation"):
+        train._Config.from_options(_options(*data, "--encoder", "tu-tf_efficientnet_lite0"))
+    with pytest.raises(NotFound, match="--ensemble-with 'nope': no such model card or id"):
+        train._Config.from_options(_options(*data[:-4], "--ensemble-with", "nope",
                                       "--out", str(tmp_path)))
 
 
 def test_other_classes_reinitialise_only_the_head(tmp_path, annotated, capsys):
-    args = _args("--images", str(annotated / "images"), "--annotations",
-                 str(annotated / "annotations"), "--source-mpp", str(GLAS_MPP),
-                 "--classes", "Stroma,Gland epithelium,Lumen",
-                 "--init-model", str(DEFAULT_MODELS_DIR / "model.json"),
-                 "--out", str(tmp_path))
-    config = train._Config.from_args(args)
+    options = _options("--images", str(annotated / "images"), "--annotations",
+                       str(annotated / "annotations"), "--source-mpp", str(GLAS_MPP),
+                       "--classes", "Stroma,Gland epithelium,Lumen",
+                       "--init-model", str(DEFAULT_MODELS_DIR / "model.json"),
+                       "--out", str(tmp_path))
+    config = train._Config.from_options(options)
     torch.manual_seed(0)
     model = train._Trainer(config)._model()
     assert "segmentation head is re-initialised for 3 classes" in capsys.readouterr().err
@@ -616,8 +626,8 @@ def test_other_classes_reinitialise_only_the_head(tmp_path, annotated, capsys):
     other.mkdir()
     text = (annotated / "annotations" / "train_1.geojson").read_text()
     (other / "train_1.geojson").write_text(text.replace('"Stroma"', '"Lumen"'))
-    with pytest.raises(ValueError, match="Lumen.*--classes"):
-        train._Config.from_args(_args(
+    with pytest.raises(InvalidInput, match="Lumen.*--classes"):
+        train._Config.from_options(_options(
             "--images", str(annotated / "images"), "--annotations", str(other),
             "--source-mpp", str(GLAS_MPP), "--init-model", "glas-unet-mobilenetv2",
             "--out", str(tmp_path)))
@@ -631,13 +641,13 @@ def test_fine_tuned_card_loads_in_the_server_and_segments(tmp_path, annotated):
     from shapely.geometry import box
 
     out = tmp_path / "model"
-    args = _args("--images", str(annotated / "images"), "--annotations",
-                 str(annotated / "annotations"), "--source-mpp", str(GLAS_MPP),
-                 "--init-model", "glas-unet-mobilenetv2", "--val-fraction", "0.34",
-                 "--crop", "64", "--batch-size", "2", "--epochs", "1", "--steps-per-epoch",
-                 "2", "--lr", "1e-5", "--threads", "1", "--no-progress", "--out", str(out),
-                 "--model-id", "glas-finetuned")
-    assert train.run(args) == 0
+    options = _options("--images", str(annotated / "images"), "--annotations",
+                       str(annotated / "annotations"), "--source-mpp", str(GLAS_MPP),
+                       "--init-model", "glas-unet-mobilenetv2", "--val-fraction", "0.34",
+                       "--crop", "64", "--batch-size", "2", "--epochs", "1",
+                       "--steps-per-epoch", "2", "--lr", "1e-5", "--threads", "1",
+                       "--no-progress", "--out", str(out), "--model-id", "glas-finetuned")
+    assert train.train(options).card_path == (out / "model.json").resolve()
     card = json.loads((out / "model.json").read_text())
     default = _default_card()
     assert f"fine_tuned_from: {default.id}@{default.version} ({default.sha256})" \

@@ -33,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:  # noqa: BLE001 - sorted below; anything else propagates
         if not _is_user_error(error):
             raise
-        print(f"roiseg: error: {error}", file=sys.stderr)
+        print(f"roiseg {args.command_name}: error: {error}", file=sys.stderr)
         return 2
 
 
@@ -46,7 +46,7 @@ def parser() -> argparse.ArgumentParser:
         command = subcommands.add_parser(name, help=module.HELP, description=module.__doc__,
                                          formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(command)
-        command.set_defaults(command=module)
+        command.set_defaults(command=module, command_name=name)
     return root
 
 

@@ -1,19 +1,20 @@
 """`roiseg batch`: pre-annotate a QuPath project or a folder of images, resumably (the
-engine: `roiseg.batch.runner`)."""
+engine: `roiseg.batch.runner.run`)."""
 
 from __future__ import annotations
 
 import argparse
+import re
 import signal
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from roiseg.batch.outputs import (
-    BATCH_FOLDER_JOURNAL,
-    BATCH_FOLDER_SUMMARY,
-    BATCH_PROJECT_JOURNAL,
-    BATCH_PROJECT_SUMMARY,
-)
+from roiseg.batch import outputs
 from roiseg.cli import options
+
+if TYPE_CHECKING:
+    from roiseg.client.connection import ServerAddress
 
 HELP = "pre-annotate a QuPath project or a folder of images"
 
@@ -51,19 +52,59 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true",
                         help="show what would be done; segment and write nothing")
     parser.add_argument("--journal", type=Path,
-                        help=f"journal file (default: OUT/{BATCH_FOLDER_JOURNAL}, or "
-                             f"{BATCH_PROJECT_JOURNAL} next to the project)")
+                        help=f"journal file (default: OUT/{outputs.BATCH_FOLDER_JOURNAL}, or "
+                             f"{outputs.BATCH_PROJECT_JOURNAL} next to the project)")
     parser.add_argument("--summary", type=Path,
-                        help=f"summary CSV (default: OUT/{BATCH_FOLDER_SUMMARY}, or "
-                             f"{BATCH_PROJECT_SUMMARY} next to the project)")
+                        help=f"summary CSV (default: OUT/{outputs.BATCH_FOLDER_SUMMARY}, or "
+                             f"{outputs.BATCH_PROJECT_SUMMARY} next to the project)")
     options.add_segment_arguments(parser)
     options.add_model_arguments(parser)  # in-process: --models, --default-model, --device
     parser.add_argument("-v", "--verbose", action="store_true")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Runs the batch; SIGTERM stops it like Ctrl-C, resumably."""
-    from roiseg.batch import runner as batch
+    """Runs the batch; SIGTERM stops it like Ctrl-C, resumably. 0 when every ROI is done, 1
+    when some were recorded as errors, 130 when interrupted."""
+    from roiseg.batch.options import BatchOptions
+    from roiseg.batch.runner import run as run_batch
 
+    batch = BatchOptions(
+        project=args.project, images=args.images, out=args.out,
+        image_filter=_pattern(args.image_filter), roi_classes=tuple(args.roi_class),
+        model_ids=tuple(args.model_ids), mpp=args.mpp or None, servers=_servers(args),
+        models=options.model_source(args), server_reads_slide=args.server_reads_slide,
+        replace=args.replace, dry_run=args.dry_run, journal=args.journal,
+        summary=args.summary, segment=options.segment_options(args))
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    return batch.run(args)
+    try:
+        result = run_batch(batch)
+    except KeyboardInterrupt:
+        print("roiseg batch: interrupted", file=sys.stderr)
+        return 130
+    if result.interrupted:
+        print(f"roiseg batch: interrupted; {result.images} image(s) saved this run, "
+              f"{result.unfinished} unfinished left untouched. Run the same command again to "
+              "resume.", file=sys.stderr)
+        return 130
+    if not batch.dry_run:
+        servers = ", ".join(f"{server} {jobs}" for server, jobs in result.jobs.items())
+        print(f"roiseg batch: {result.segmented} ROI(s) segmented, {result.skipped} skipped "
+              f"(already done), {result.errors} error(s); jobs per server: {servers}; "
+              f"summary {result.summary_csv}")
+    return 1 if result.errors else 0
+
+
+def _servers(args: argparse.Namespace) -> tuple[ServerAddress, ...]:
+    """Each --server once, with how to reach it."""
+    addresses = (options.server_address(args, target) for target in dict.fromkeys(args.server))
+    return tuple(address for address in addresses if address is not None)
+
+
+def _pattern(text: str | None) -> re.Pattern[str] | None:
+    """--image-filter compiled; ValueError when it is no regular expression."""
+    if text is None:
+        return None
+    try:
+        return re.compile(text)
+    except re.error as error:
+        raise ValueError(f"--image-filter {text!r}: {error}") from None

@@ -1,9 +1,10 @@
 """`roiseg compare`: several models on the same regions, side by side, scored against a
-reference (the engine: `roiseg.evaluation.compare`)."""
+reference (the engine: `roiseg.evaluation.compare.compare`)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from roiseg.cli import options
@@ -35,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            help='mask value to class, e.g. 0=Stroma,255="Gland epithelium" '
                                 "(required for a binary mask: say whether its 0 is background "
                                 "or the rest of the tissue)")
-    options.add_evaluation_arguments(reference)
+    options.add_evaluation_arguments(reference)  # type: ignore[arg-type]  # a group is enough
     reference.add_argument("--downsample", type=float, default=0.0,
                            help="full-resolution pixels per evaluation pixel for GeoJSON "
                                 "references (default: the finest model's resolution)")
@@ -46,6 +47,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from roiseg.evaluation import compare
+    """Compares as `args` says; prints the report (when scored) and its warnings (stderr)."""
+    from roiseg.evaluation.compare import CompareOptions, compare
+    from roiseg.evaluation.metrics import parse_map, parse_rectangle
+    from roiseg.io.masks import parse_values
 
-    return compare.run(args)
+    comparison = compare(CompareOptions(
+        images=tuple(args.images), out=args.out, model_ids=tuple(args.model_ids), roi=args.roi,
+        region=parse_rectangle(args.region) if args.region else None, mpp=args.mpp or None,
+        reference=args.reference, reference_values=parse_values(args.reference_values),
+        class_map=parse_map(args.map), positive=args.positive,
+        mask_downsample=args.mask_downsample, downsample=args.downsample or None,
+        segment=options.segment_options(args), server=options.server_address(args),
+        models=options.model_source(args)))
+    for warning in comparison.warnings:
+        print(f"roiseg: {warning}", file=sys.stderr)
+    if comparison.report:
+        print(comparison.report)
+    print("wrote " + ", ".join(map(str, comparison.written)))
+    return 0

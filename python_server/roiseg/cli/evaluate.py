@@ -1,9 +1,10 @@
 """`roiseg evaluate`: score predictions against a reference with the papers' metrics (the
-engine: `roiseg.evaluation.metrics`)."""
+engine: `roiseg.evaluation.metrics.evaluate`)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from roiseg.cli import options
@@ -37,9 +38,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--roi", type=Path, help="evaluate only inside this GeoJSON's polygons")
     where.add_argument("--region", help="evaluate only inside x,y,w,h (full-resolution pixels)")
+    parser.add_argument("--models", action="append", type=Path, default=[], metavar="DIR",
+                        help="directory of model cards (repeatable) in which to look up the "
+                             "model a prediction GeoJSON names, to warn when it was trained on "
+                             "the evaluated images (the embedded default model is always "
+                             "looked up)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from roiseg.evaluation import metrics as evaluate
+    """Evaluates as `args` says; prints the warnings (stderr) and the summary."""
+    from roiseg.evaluation.metrics import (
+        EvaluateOptions,
+        evaluate,
+        parse_map,
+        parse_point,
+        parse_rectangle,
+    )
+    from roiseg.evaluation.training_data import EMBEDDED_MODELS_DIR
+    from roiseg.io.masks import parse_values
 
-    return evaluate.run(args)
+    evaluation = evaluate(EvaluateOptions(
+        pred=args.pred, truth=args.truth, out=args.out, positive=args.positive,
+        class_map=parse_map(args.map), pred_values=parse_values(args.pred_values),
+        truth_values=parse_values(args.truth_values), mask_downsample=args.mask_downsample,
+        mask_origin=parse_point(args.mask_origin, "--mask-origin"), downsample=args.downsample,
+        mpp=args.mpp or None, roi=args.roi,
+        region=parse_rectangle(args.region) if args.region else None,
+        model_dirs=(EMBEDDED_MODELS_DIR, *args.models)))
+    for warning in evaluation.warnings:
+        print(f"roiseg: {warning}", file=sys.stderr)
+    print(evaluation.summary)
+    print("wrote " + ", ".join(map(str, evaluation.written)))
+    return 0

@@ -1,4 +1,4 @@
-"""`roiseg train`: train or fine-tune a model (the engine: `roiseg.train`)."""
+"""`roiseg train`: train or fine-tune a model (the engine: `roiseg.train.training`)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ import os
 import shlex
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from roiseg.train.defaults import (
-    NEW_MODEL_BATCH_SIZE,
-    NEW_MODEL_MPP,
-    NEW_MODEL_OVERLAP,
-    NEW_MODEL_TILE_SIZE,
-)
+from roiseg.errors import InvalidInput
+from roiseg.train import defaults
+
+if TYPE_CHECKING:
+    from roiseg.train.training import TrainOptions
 
 HELP = "train or fine-tune a model"
 
@@ -60,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            "--masks, default the slide's calibration for --annotations")
     data.add_argument("--mpp", type=float, default=None,
                       help="µm per pixel the model works at (default: the fine-tuned "
-                           f"model's, else {NEW_MODEL_MPP:g})")
+                           f"model's, else {defaults.NEW_MODEL_MPP:g})")
     data.add_argument("--val-fraction", type=float, default=0.15,
                       help="fraction of images held out for validation, split by image "
                            "(default 0.15; 0 = no validation)")
@@ -129,13 +129,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--model-version", default="0.1.0", help="card version (default 0.1.0)")
     out.add_argument("--tile-size", type=int, default=None,
                      help="card tile_size (default: the fine-tuned model's, else "
-                          f"{NEW_MODEL_TILE_SIZE})")
+                          f"{defaults.NEW_MODEL_TILE_SIZE})")
     out.add_argument("--overlap", type=int, default=None,
                      help="card overlap (default: the fine-tuned model's, else "
-                          f"{NEW_MODEL_OVERLAP})")
+                          f"{defaults.NEW_MODEL_OVERLAP})")
     out.add_argument("--inference-batch-size", type=int, default=None,
                      help="card batch_size (default: the fine-tuned model's, else "
-                          f"{NEW_MODEL_BATCH_SIZE})")
+                          f"{defaults.NEW_MODEL_BATCH_SIZE})")
     out.add_argument("--state", type=Path, default=None,
                      help="resumable training state (default OUT/train_state.pt); written "
                           "every epoch, removed after a completed run unless --keep-state")
@@ -145,10 +145,70 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Trains as `args` says; the card records the command that reproduces the run."""
-    from roiseg.train import training as train
+    """Trains as `args` says; the card records the command that reproduces the run. An
+    interrupted run says where its state is kept (exit status 130)."""
+    from roiseg.train.training import train
 
-    return train.run(argparse.Namespace(**vars(args), command_line=command_line(args)))
+    options = train_options(args)
+    try:
+        train(options)
+    except KeyboardInterrupt:
+        print("roiseg train: interrupted; the last epoch's state is in "
+              f"{options.state_path} (--resume)", file=sys.stderr)
+        return 130
+    return 0
+
+
+def train_options(args: argparse.Namespace) -> TrainOptions:
+    """The library's options for `args`, with the command line that reproduces them."""
+    from roiseg.train.data import parse_mask_values
+    from roiseg.train.training import TrainOptions
+
+    return TrainOptions(
+        images=args.images, out=args.out, masks=args.masks, annotations=args.annotations,
+        mask_values=parse_mask_values(args.mask_values) if args.mask_values else None,
+        classes=_class_list(args.classes),
+        unannotated=args.unannotated, margin=args.margin, colors=_colors(args.colors),
+        keep_on_glass=tuple(_class_name(n) for n in args.keep_on_glass) or None,
+        source_mpp=args.source_mpp, mpp=args.mpp, val_fraction=args.val_fraction,
+        data_description=args.data_description,
+        init_model=args.init_model, models=tuple(args.models),
+        ensemble_with=tuple(args.ensemble_with), architecture=args.architecture,
+        encoder=args.encoder, pretrained=not args.no_pretrained, extra=args.extra,
+        crop=args.crop, batch_size=args.batch_size, scale_jitter=args.scale_jitter,
+        epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, max_minutes=args.max_minutes,
+        lr=args.lr, encoder_lr_scale=args.encoder_lr_scale, weight_decay=args.weight_decay,
+        warmup_steps=args.warmup_steps, ema=args.ema, patience=args.patience, seed=args.seed,
+        device=args.device, amp=not args.no_amp, threads=args.threads,
+        progress_bar=not args.no_progress,
+        model_id=args.model_id, model_name=args.model_name, description=args.description,
+        model_version=args.model_version, tile_size=args.tile_size, overlap=args.overlap,
+        inference_batch_size=args.inference_batch_size, state=args.state, resume=args.resume,
+        keep_state=args.keep_state, command_line=command_line(args))
+
+
+def _class_list(text: str | None) -> tuple[str, ...] | None:
+    """``--classes "A,B,C"`` as class names; None when not given."""
+    return tuple(_class_name(name) for name in text.split(",") if name.strip()) if text \
+        else None
+
+
+def _class_name(text: str) -> str:
+    """A class name as given on the command line, without spaces or quotes around it."""
+    return text.strip().strip("\"'")
+
+
+def _colors(items: list[str]) -> dict[str, tuple[int, int, int]]:
+    """``--colors NAME=R,G,B`` options as a mapping of class names to colours."""
+    colors: dict[str, tuple[int, int, int]] = {}
+    for item in items:
+        name, _, rgb = item.rpartition("=")
+        try:
+            red, green, blue = (int(value) for value in rgb.split(","))
+        except ValueError:
+            raise InvalidInput(f"--colors {item!r}: expected NAME=R,G,B") from None
+        colors[_class_name(name)] = (red, green, blue)
+    return colors
 
 
 def command_line(args: argparse.Namespace) -> str:

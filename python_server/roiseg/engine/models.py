@@ -22,6 +22,7 @@ import torch
 
 from roiseg.errors import InvalidInput, NotFound
 from roiseg.io.classes import confusable_builtin_class
+from roiseg.io.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,11 @@ _REQUIRED_FIELDS = ("id", "name", "version", "format", "architecture", "encoder"
 _OPTIONAL_FIELDS = ("description", "background_class", "tumor_class", "trained_on", "metrics",
                     "extra", "ensemble")
 _MEMBER_FIELDS = ("architecture", "encoder", "checkpoint", "sha256")
+#: The order `write_card` writes the fields in (docs/model-cards.md's); others follow.
+_FIELD_ORDER = ("id", "name", "description", "version", "format", "architecture", "encoder",
+                "checkpoint", "sha256", "mpp", "tile_size", "overlap", "batch_size",
+                "normalization", "classes", "background_class", "tumor_class", "trained_on",
+                "metrics", "extra", "ensemble")
 #: Keys under which training scripts nest the state dict, outermost first.
 _STATE_DICT_WRAPPERS = ("state_dict", "model_state_dict", "model")
 #: Prefixes that DataParallel / Lightning-style wrappers put before every key.
@@ -378,6 +384,16 @@ class _CardReader:
             if isinstance(item, bool) or not isinstance(item, (str, int, float)):
                 raise self.error(f"metrics.{key}", f"must be a string or number, got {item!r}")
         return {key: str(item) for key, item in value.items()}
+
+
+def write_card(directory: Path, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Write ``directory/model.json`` atomically, the fields in the documented order (any
+    others after them), as `ModelCard.from_file` reads it; returns the card as written."""
+    ordered = {key: fields[key] for key in _FIELD_ORDER if key in fields}
+    ordered.update({key: value for key, value in fields.items() if key not in ordered})
+    write_atomic(Path(directory) / CARD_FILE, json.dumps(ordered, indent=2, ensure_ascii=False)
+                 + "\n")
+    return ordered
 
 
 def sha256_file(path: Path) -> str:

@@ -1,22 +1,22 @@
 """Several models on the same regions, side by side, scored against a reference (paper 001).
 
-Mounted by the CLI as ``roiseg compare IMAGE [IMAGE ...] --model A --model B --out DIR``
-(`add_arguments` + `run`). For each image every model runs in one Segment request, through
-the same client path as ``roiseg segment`` (in-process, or ``--server``). Written to DIR:
+`compare` is ``roiseg compare IMAGE [IMAGE ...] --model A --model B --out DIR``
+(`roiseg.cli.compare` parses the options into `CompareOptions`). For each image every model
+runs in one Segment request, through the same client path as ``roiseg segment`` (in-process,
+or a server). Written to DIR:
 
 - ``<stem>.<model>.geojson`` per image and model (QuPath GeoJSON);
 - ``<stem>.compare.png``: one panel per model, plus the reference when given;
-- with ``--reference``: ``compare.csv`` (one row per model and image, the metrics of
+- with a reference: ``compare.csv`` (one row per model and image, the metrics of
   ``roiseg evaluate``) and ``compare.md`` (per-model mean and 95 % CI, then every row).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,15 +24,17 @@ import shapely
 from shapely.geometry import box
 from shapely.geometry.base import BaseGeometry
 
-from roiseg.client import requests as commands
-from roiseg.client.connection import SegmentationError
-from roiseg.errors import RoisegError
+from roiseg.client.connection import ModelSource, ServerAddress, connect
+from roiseg.client.requests import ProgressBar, overlay_view, pixel_size, roi_request
+from roiseg.errors import InvalidInput, NotFound
 from roiseg.evaluation import metrics as ev
+from roiseg.evaluation.training_data import trained_on, training_data_warnings
 from roiseg.io import overlay
 from roiseg.io import roi as roi_module
 from roiseg.io.classes import class_colors
 from roiseg.io.files import write_atomic
 from roiseg.io.slides import Slide
+from roiseg.v1 import segmentation_pb2 as pb
 
 #: Overlay panel title of the reference.
 REFERENCE_TITLE = "reference"
@@ -42,6 +44,46 @@ _IMAGE_COLUMNS = ("dsc", "tpr", "tnr", "ppv", "npv", "mcc", "region_dice")
 _MODEL_COLUMNS = ("dsc", "tpr", "ppv", "mcc", "informedness", "markedness", "region_dice")
 
 
+@dataclass(frozen=True)
+class CompareOptions:
+    """What `compare` runs, where, and what it scores the models against."""
+
+    images: tuple[Path, ...]
+    out: Path
+    #: Model ids; none: every model.
+    model_ids: tuple[str, ...] = ()
+    #: ROI of every image: a GeoJSON's polygons or x, y, w, h; neither: IMAGE.geojson beside
+    #: the image when present, else the whole image.
+    roi: Path | None = None
+    region: ev.Rectangle | None = None
+    #: Full-resolution µm/px, supplying or overriding the files'.
+    mpp: float | None = None
+    #: Reference GeoJSON or mask: a file (one image) or a directory of files named like the
+    #: images.
+    reference: Path | None = None
+    reference_values: Mapping[int, str] | None = None
+    class_map: Mapping[str, str] = field(default_factory=dict)
+    positive: str | None = None
+    mask_downsample: float = 1.0
+    #: Full-resolution pixels per evaluation pixel for GeoJSON references; None: the finest
+    #: model's resolution.
+    downsample: float | None = None
+    segment: pb.SegmentOptions = field(default_factory=pb.SegmentOptions)
+    #: None: in-process, over `models`.
+    server: ServerAddress | None = None
+    models: ModelSource = ModelSource(beside_default=True)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """What `compare` wrote; `report` is compare.md when a reference was scored, and
+    `warnings` head it."""
+
+    report: str | None
+    warnings: tuple[str, ...]
+    written: tuple[Path, ...]
+
+
 @dataclass
 class _Job:
     image: Path
@@ -49,80 +91,96 @@ class _Job:
     reference: Path | None
 
 
-def run(args: argparse.Namespace) -> int:
-    """Compare as ``args`` says; returns the exit status."""
+def compare(options: CompareOptions) -> Comparison:
+    """Segments every image with every model and scores them against the references.
+    Raises InvalidInput or NotFound for unusable inputs, SegmentationError for refused
+    requests."""
     try:
-        return _run(args)
-    except (SegmentationError, RoisegError, ValueError, OSError) as error:
-        print(f"roiseg: error: {error}", file=sys.stderr)
-        return 2
+        return _compare(options)
+    except OSError as error:
+        raise InvalidInput(str(error)) from error
 
 
-def _run(args: argparse.Namespace) -> int:
-    jobs = _jobs(args)
-    classes = ev.EvalClasses(ev.parse_map(args.map))
-    region = ev.region_from_args(args)
-    references = {job.image: ev.read_annotation(job.reference, args.reference_values,
-                                                args.positive, args.mask_downsample,
+def _compare(options: CompareOptions) -> Comparison:
+    jobs = _jobs(options)
+    classes = ev.EvalClasses(options.class_map)
+    area = ev.evaluation_area(options.roi, options.region)
+    references = {job.image: ev.read_annotation(job.reference, options.reference_values,
+                                                options.positive, options.mask_downsample,
                                                 reference_option="--reference-values")
                   for job in jobs if job.reference}
-    warning = ev.single_class_reference(references.values(), classes)
-    if warning:
-        print(f"roiseg: {warning}", file=sys.stderr)
-    args.out.mkdir(parents=True, exist_ok=True)
+    cautions = [w for w in [ev.single_class_reference(references.values(), classes)] if w]
+    options.out.mkdir(parents=True, exist_ok=True)
     rows: list[tuple[str, ev.ImageResult]] = []
     written: list[Path] = []
-    with commands.connect(args) as client:
-        models = {m.id: m for m in client.list_models()}
-        chosen = list(dict.fromkeys(args.model_ids)) or list(models)
-        unknown = [m for m in chosen if m not in models]
-        if unknown:
-            raise ValueError(f"unknown model(s) {', '.join(unknown)}; the server has "
-                             f"{', '.join(models)}")
+    with connect(options.server, options.models) as client:
+        models = _chosen_models(client.list_models(), options.model_ids)
         colors = {c.name.lower(): (c.color.r, c.color.g, c.color.b)
-                  for m in chosen for c in models[m].classes}
+                  for m in models.values() for c in m.classes}
+        positive = ""  # scored only against references
         if references:
-            ev.check_positive(args.positive, classes,
-                              [c.name for m in chosen for c in models[m].classes]
-                              + [n for a in references.values() for n in a.class_names()])
-        target_mpp = min(models[m].mpp for m in chosen)
+            positive = ev.check_positive(
+                options.positive, classes, [c.name for m in models.values() for c in m.classes]
+                + [n for a in references.values() for n in a.class_names()])
+        target_mpp = min(m.mpp for m in models.values())
         for job in jobs:
+            reference = references.get(job.image)
             with Slide.open(job.image) as slide:
-                geometry = _roi(job, region, slide)
-                mpp = commands.pixel_size(job.image.name, slide.mpp, args.mpp)
-                request = commands.roi_request(client, job.image, geometry, mpp, chosen,
-                                               commands.segment_options(args), target_mpp)
-                with commands.ProgressBar() as bar:
+                geometry = _roi(job, area, slide)
+                mpp = pixel_size(job.image.name, slide.mpp, options.mpp)
+                request = roi_request(client, job.image, geometry, mpp, list(models),
+                                      options.segment, target_mpp)
+                with ProgressBar() as bar:
                     result = client.segment(request, bar.update)
-                collections = {m: result.feature_collections[m] for m in chosen
+                collections = {m: result.feature_collections[m] for m in models
                                if m in result.feature_collections}
-                stem = job.image.stem
-                for model_id, collection in collections.items():
-                    written.append(_write_json(args.out / f"{stem}.{model_id}.geojson",
-                                               collection))
-                reference = references.get(job.image)
-                panels = dict(collections)
-                if reference is not None:
-                    title = REFERENCE_TITLE if REFERENCE_TITLE not in panels \
-                        else f"{REFERENCE_TITLE} ({job.reference.name})"
-                    panels[title] = reference_collection(reference, geometry, colors)
-                view, view_origin, view_downsample = commands.overlay_view(slide, geometry)
-                sheet = args.out / f"{stem}.compare.png"
-                overlay.save_png(sheet, overlay.render(view, view_origin, view_downsample,
-                                                       panels, geometry))
-                written.append(sheet)
+                written += _write_image(options.out, job, slide, geometry, collections,
+                                        reference, colors)
                 extent = geometry.intersection(box(0, 0, slide.width, slide.height))
             for model_id, model_result in result.results.items():
-                print(f"{stem} {model_id}: {model_result.feature_count} polygons at "
+                print(f"{job.image.stem} {model_id}: {model_result.feature_count} polygons at "
                       f"{model_result.execution.mpp_used:.3f} µm/px")
             if reference is not None:
-                eval_downsample = args.downsample or max(1.0, target_mpp / mpp)
-                rows += score(stem, collections, reference, classes, args.positive, extent,
-                              eval_downsample, mpp)
-    if rows:
-        _report(args.out, rows, classes, args.positive, written, warning)
-    print("wrote " + ", ".join(map(str, written)))
-    return 0
+                rows += score(job.image.stem, collections, reference, classes, positive, extent,
+                              options.downsample or max(1.0, target_mpp / mpp), mpp)
+    if not rows:
+        return Comparison(None, tuple(cautions), tuple(written))
+    trained = {m.id: trained_on(m.id, m.version, m.trained_on) for m in models.values()}
+    cautions += training_data_warnings({scored.name: list(trained.values())
+                                        for _, scored in rows})
+    report = _report(options.out, rows, classes, positive, cautions)
+    written += [options.out / "compare.csv", options.out / "compare.md"]
+    return Comparison(report, tuple(cautions), tuple(written))
+
+
+def _chosen_models(available: Sequence[pb.ModelInfo], model_ids: Sequence[str]
+                   ) -> dict[str, pb.ModelInfo]:
+    """The models `model_ids` names (all when none), by id; NotFound for unknown ids."""
+    models = {m.id: m for m in available}
+    chosen = list(dict.fromkeys(model_ids)) or list(models)
+    unknown = [m for m in chosen if m not in models]
+    if unknown:
+        raise NotFound(f"unknown model(s) {', '.join(unknown)}; the server has "
+                       f"{', '.join(models)}")
+    return {m: models[m] for m in chosen}
+
+
+def _write_image(out: Path, job: _Job, slide: Slide, geometry: BaseGeometry,
+                 collections: Mapping[str, dict], reference: ev.Annotation | None,
+                 colors: Mapping[str, Sequence[int]]) -> list[Path]:
+    """Each model's GeoJSON and the side-by-side sheet (with the reference when given)."""
+    stem = job.image.stem
+    written = [write_atomic(out / f"{stem}.{model_id}.geojson", json.dumps(collection))
+               for model_id, collection in collections.items()]
+    panels = dict(collections)
+    if reference is not None and job.reference is not None:
+        title = REFERENCE_TITLE if REFERENCE_TITLE not in panels \
+            else f"{REFERENCE_TITLE} ({job.reference.name})"
+        panels[title] = reference_collection(reference, geometry, colors)
+    view, view_origin, view_downsample = overlay_view(slide, geometry)
+    sheet = out / f"{stem}.compare.png"
+    overlay.save_png(sheet, overlay.render(view, view_origin, view_downsample, panels, geometry))
+    return [*written, sheet]
 
 
 def score(name: str, collections: Mapping[str, dict], reference: ev.Annotation,
@@ -130,11 +188,8 @@ def score(name: str, collections: Mapping[str, dict], reference: ev.Annotation,
           downsample: float, mpp: float | None = None) -> list[tuple[str, ev.ImageResult]]:
     """(model, result) for every model's FeatureCollection against the reference, inside
     the ROI: on the reference mask's grid, else on a grid at `downsample` over the ROI."""
-    if reference.is_mask:
-        g = reference.grid
-        grid = ev.Grid.covering(roi.bounds, g.downsample, (g.origin_x, g.origin_y))
-    else:
-        grid = ev.Grid.covering(roi.bounds, downsample)
+    grid = _mask_window(reference.mask, roi) if reference.mask is not None \
+        else ev.Grid.covering(roi.bounds, downsample)
     valid = grid.roi_mask(roi)
     truth = ev.labels_on_grid(reference, grid, classes)
     preds = {m: ev.labels_on_grid(ev.Annotation(None, features=ev.geojson_features(c)), grid,
@@ -149,11 +204,10 @@ def reference_collection(reference: ev.Annotation, roi: BaseGeometry,
     """The reference as a FeatureCollection to draw (its own class names; colours of the
     models' classes of the same name, else known colours, else a palette). Background is
     not drawn."""
-    if reference.is_mask:
-        features = _mask_features(reference, roi)
+    if reference.mask is not None:
+        features = _mask_features(reference.mask, roi)
     else:
-        features = [(g, n) for g, n in reference.features or []
-                    if n.lower() != ev.BACKGROUND]
+        features = [(g, n) for g, n in reference.features if n.lower() != ev.BACKGROUND]
     names = list(dict.fromkeys(n for _, n in features))
     palette = class_colors(names, colors)
     return {"type": "FeatureCollection", "features": [
@@ -162,85 +216,88 @@ def reference_collection(reference: ev.Annotation, roi: BaseGeometry,
         for g, n in features]}
 
 
-def _mask_features(reference: ev.Annotation, roi: BaseGeometry
-                   ) -> list[tuple[BaseGeometry, str]]:
+def _mask_window(mask: ev.LabelMask, roi: BaseGeometry) -> ev.Grid:
+    """The grid of the mask's pixels that covers the ROI."""
+    g = mask.grid
+    return ev.Grid.covering(roi.bounds, g.downsample, (g.origin_x, g.origin_y))
+
+
+def _mask_features(mask: ev.LabelMask, roi: BaseGeometry) -> list[tuple[BaseGeometry, str]]:
     from roiseg.engine.postprocess import NO_CLASS
     from roiseg.engine.vectorize import class_regions
 
-    g = reference.grid
-    grid = ev.Grid.covering(roi.bounds, g.downsample, (g.origin_x, g.origin_y))
-    names = sorted({n for n in reference.values.values() if n.lower() != ev.BACKGROUND})[:255]
-    table = np.full(int(reference.mask.max()) + 1, NO_CLASS, np.uint8)
-    for value, name in reference.values.items():
+    grid = _mask_window(mask, roi)
+    names = sorted({n for n in mask.values.values() if n.lower() != ev.BACKGROUND})[:255]
+    table = np.full(int(mask.pixels.max()) + 1, NO_CLASS, np.uint8)
+    for value, name in mask.values.items():
         if name in names and value < table.size:
             table[value] = names.index(name)
-    source = ev.Grid(g.origin_x, g.origin_y, g.downsample, g.width, g.height)
-    class_map = ev._window(table[reference.mask], source, grid)
+    class_map = ev.cut_to_grid(table[mask.pixels], mask.grid, grid)
     if grid.shape != class_map.shape or class_map.size == 0:
         return []
-    class_map[ev._window(np.ones(reference.mask.shape, bool), source, grid) == 0] = NO_CLASS
+    inside = ev.cut_to_grid(np.ones(mask.pixels.shape, np.bool_), mask.grid, grid)
+    class_map[~inside] = NO_CLASS
     regions = class_regions(class_map, np.zeros(class_map.shape, np.uint8),
                             grid.transform.geometry_to_raster(roi), 0.0)
     return [(grid.transform.geometry_to_full(r.geometry), names[r.class_index])
             for r in regions]
 
 
-def _jobs(args: argparse.Namespace) -> list[_Job]:
-    images = list(dict.fromkeys(args.images))
+def _jobs(options: CompareOptions) -> list[_Job]:
+    images = list(dict.fromkeys(options.images))
     stems = [p.stem for p in images]
     duplicate = sorted({s for s in stems if stems.count(s) > 1})
     if duplicate:
-        raise ValueError(f"images share the name {duplicate[0]}: their outputs would collide")
+        raise InvalidInput(f"images share the name {duplicate[0]}: their outputs would collide")
     for image in images:
         if not image.is_file():
-            raise ValueError(f"{image} is not a file")
-    references: dict[Path, Path | None] = {p: None for p in images}
-    if args.reference:
-        if not args.reference.exists():
-            raise ValueError(f"--reference {args.reference} does not exist")
-        if args.reference.is_file():
-            if len(images) > 1:
-                raise ValueError("--reference is one file but there are several images: give "
-                                 "a directory of references named like the images")
-            references[images[0]] = args.reference
-        else:
-            found = ev._annotation_files(args.reference)
-            for image in images:
-                references[image] = found.get(image.stem)
-                if references[image] is None:
-                    print(f"roiseg compare: no reference for {image.name} in "
-                          f"{args.reference}: not scored", file=sys.stderr)
+            raise NotFound(f"{image} is not a file")
+    references = _references(images, options.reference)
     jobs = []
     for image in images:
-        roi_path = args.roi
-        if roi_path is None and args.region is None:
-            for candidate in (image.with_name(image.name + ".geojson"),
-                              image.with_suffix(".geojson")):
-                if candidate.is_file() and candidate != image and (
-                        references[image] is None
-                        or candidate.resolve() != references[image].resolve()):
-                    roi_path = candidate
-                    break
-        jobs.append(_Job(image, roi_path, references[image]))
+        reference = references.get(image)
+        roi_path = options.roi
+        if roi_path is None and options.region is None:
+            roi_path = next((c for c in (image.with_name(image.name + ".geojson"),
+                                         image.with_suffix(".geojson"))
+                             if c.is_file() and c != image and (
+                                 reference is None or c.resolve() != reference.resolve())),
+                            None)
+        jobs.append(_Job(image, roi_path, reference))
     return jobs
 
 
-def _roi(job: _Job, region: BaseGeometry | None, slide: Slide) -> BaseGeometry:
-    if region is not None and job.roi_path is None:
-        return region
+def _references(images: Sequence[Path], reference: Path | None) -> dict[Path, Path]:
+    """Each image's reference: `reference` itself for one image, else its file named like
+    the image in the directory `reference` (images without one are not scored)."""
+    if reference is None:
+        return {}
+    if not reference.exists():
+        raise NotFound(f"--reference {reference} does not exist")
+    if reference.is_file():
+        if len(images) > 1:
+            raise InvalidInput("--reference is one file but there are several images: give "
+                               "a directory of references named like the images")
+        return {images[0]: reference}
+    found = ev.annotation_files(reference)
+    for image in images:
+        if image.stem not in found:
+            print(f"roiseg compare: no reference for {image.name} in {reference}: not scored",
+                  file=sys.stderr)
+    return {image: found[image.stem] for image in images if image.stem in found}
+
+
+def _roi(job: _Job, area: BaseGeometry | None, slide: Slide) -> BaseGeometry:
+    """The job's ROI file, else the ROI given for every image, else the whole image."""
     if job.roi_path is not None:
         return roi_module.read_geojson(job.roi_path)
-    return box(0, 0, slide.width, slide.height)
-
-
-def _write_json(path: Path, data: dict) -> Path:
-    return write_atomic(path, json.dumps(data))
+    return area if area is not None else box(0, 0, slide.width, slide.height)
 
 
 def _report(out: Path, rows: Sequence[tuple[str, ev.ImageResult]], classes: ev.EvalClasses,
-            positive: str, written: list[Path], warning: str | None = None) -> None:
-    """compare.csv (model x image) and compare.md (per model, then per row); prints it.
-    `warning` (a single-class reference) heads the report."""
+            positive: str, cautions: Sequence[str]) -> str:
+    """Writes compare.csv (model x image) and compare.md (per model, then per row), headed by
+    `cautions`; returns compare.md."""
     csv_rows = [{"model": model, **result.row(classes.names)} for model, result in rows]
     ev.write_csv(out / "compare.csv", csv_rows)
     models = list(dict.fromkeys(model for model, _ in rows))
@@ -248,7 +305,7 @@ def _report(out: Path, rows: Sequence[tuple[str, ev.ImageResult]], classes: ev.E
     class_names = classes.names[1:]
     header = ["model", "n images"] + [labels[k] for k in _MODEL_COLUMNS] + \
         ["pooled DSC"] + [f"Dice {n}" for n in class_names]
-    lines = ["# roiseg compare", "", *([f"**{warning}**", ""] if warning else []),
+    lines = ["# roiseg compare", "", *(line for c in cautions for line in (f"**{c}**", "")),
              ev.describe(classes, positive, f"{len(models)} model(s), "
                                             f"{len({r.name for _, r in rows})} image(s)"), "",
              "## Per model: mean (95 % CI) over images", "",
@@ -273,8 +330,7 @@ def _report(out: Path, rows: Sequence[tuple[str, ev.ImageResult]], classes: ev.E
         lines.append("| " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     (out / "compare.md").write_text(text, encoding="utf-8")
-    written += [out / "compare.csv", out / "compare.md"]
-    print(text)
+    return text
 
 
 def _mean_ci(row: ev.SummaryRow) -> str:

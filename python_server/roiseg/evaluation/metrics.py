@@ -1,23 +1,23 @@
 """Scores segmentations against a reference: pixel and region metrics (papers 001 and 003).
 
-Mounted by the CLI as ``roiseg evaluate PRED TRUTH --positive NAME --out DIR``
-(`add_arguments` + `run`); the functions below are the library API that ``roiseg
-compare`` uses too.
+`evaluate` is ``roiseg evaluate PRED TRUTH --positive NAME --out DIR`` (`roiseg.cli.evaluate`
+parses the options into `EvaluateOptions`); the functions below are the library API that
+``roiseg compare`` uses too.
 
 Both sides are QuPath GeoJSON (classes from ``properties.classification.name``) or label
 masks. Class names are mapped onto evaluation classes (``--map "Gland epithelium=tumour"``,
 paper 001); "Background" and unannotated pixels are background (index 0). Metrics exclude
 background as paper 003 does: they are computed over the pixels that are non-background in
 the reference. The positive class is one evaluation class; every other non-background class
-is negative. Undefined values (0/0) are NaN, never 0 or 1.
+is negative. Undefined values (0/0) are NaN, never 0 or 1. Predictions that name the model
+that made them (roiseg's GeoJSON metadata) are checked against the images its card says it
+was trained on (`roiseg.evaluation.training_data`).
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import math
-import sys
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,20 +33,26 @@ from affine import Affine
 from shapely.geometry import box, shape
 from shapely.geometry.base import BaseGeometry
 
-from roiseg.errors import RoisegError
+from roiseg.errors import InvalidInput, NotFound
+from roiseg.evaluation.training_data import (
+    EMBEDDED_MODELS_DIR,
+    card_trained_on,
+    training_data_warnings,
+)
 from roiseg.io import qupath_geojson
 from roiseg.io import roi as roi_module
 from roiseg.io.classes import BACKGROUND_CLASS
-from roiseg.io.masks import parse_values
 from roiseg.io.raster import RasterTransform
 
 __all__ = [
     "BACKGROUND", "PIXEL_METRICS", "REGION_METRICS", "Annotation", "Counts", "EvalClasses",
-    "Grid", "ImageResult", "SummaryRow", "choose_grid", "class_dice",
-    "confusion", "evaluate_labels", "format_summary", "geojson_features", "labels_on_grid",
-    "mean_ci", "pair_paths", "parse_map", "parse_values", "pixel_metrics",
-    "rasterize_geojson", "read_annotation", "region_metrics", "run", "single_class_reference",
-    "summarize", "write_csv",
+    "EvaluateOptions", "Evaluation", "Grid", "ImageResult", "LabelMask", "Rectangle",
+    "SummaryRow", "annotation_files", "check_positive", "choose_grid", "class_dice",
+    "confusion", "cut_to_grid", "describe", "evaluate", "evaluate_annotations",
+    "evaluate_labels", "evaluation_area", "fmt", "fmt_ci", "format_summary",
+    "geojson_features", "labels_on_grid", "mean_ci", "model_ids", "pair_paths", "parse_map",
+    "parse_point", "parse_rectangle", "pixel_metrics", "rasterize_geojson", "read_annotation",
+    "region_metrics", "single_class_reference", "summarize", "write_csv",
 ]
 
 #: Name of evaluation class 0.
@@ -84,6 +90,8 @@ AREA_METRICS: dict[str, str] = {
     "reference_positive_um2": "reference-positive area µm²",
     "predicted_positive_um2": "predicted-positive area µm²",
 }
+#: A rectangle x, y, width, height in full-resolution pixels.
+Rectangle = tuple[float, float, float, float]
 _NAN = float("nan")
 #: Pixels per band when counting (bounds temporary memory on large grids).
 _BAND_PIXELS = 1 << 22
@@ -260,7 +268,7 @@ def parse_map(items: Sequence[str]) -> dict[str, str]:
     for item in items:
         source, sep, target = item.rpartition("=")
         if not sep or not source.strip() or not target.strip():
-            raise ValueError(f'--map needs "CLASS=EVALUATION CLASS", got {item!r}')
+            raise InvalidInput(f'--map needs "CLASS=EVALUATION CLASS", got {item!r}')
         mapping[source.strip()] = target.strip()
     return mapping
 
@@ -337,7 +345,7 @@ class Grid:
                  anchor: tuple[float, float] = (0.0, 0.0)) -> Grid:
         """The grid of pixels at `anchor` + multiples of `downsample` that covers `bounds`."""
         if not downsample > 0:
-            raise ValueError(f"the downsample must be positive, got {downsample}")
+            raise InvalidInput(f"the downsample must be positive, got {downsample}")
         x0, y0, x1, y1 = bounds
         ax, ay = anchor
         i0, j0 = math.floor((x0 - ax) / downsample), math.floor((y0 - ay) / downsample)
@@ -359,35 +367,42 @@ class Grid:
 # --------------------------------------------------------------------------- inputs
 
 
+@dataclass(frozen=True)
+class LabelMask:
+    """A label mask: its pixel values, the class name of each value, and its grid."""
+
+    pixels: np.ndarray
+    values: dict[int, str]
+    grid: Grid
+
+
 @dataclass
 class Annotation:
     """One side of an evaluation: classified polygons or a label mask."""
 
     path: Path | None
     #: Polygonal geometries (full-resolution pixels) and class names, in drawing order.
-    features: list[tuple[BaseGeometry, str]] | None = None
-    #: Mask pixel values, their class names, and the mask's grid.
-    mask: np.ndarray | None = None
-    values: dict[int, str] = field(default_factory=dict)
-    grid: Grid | None = None
-
-    @property
-    def is_mask(self) -> bool:
-        return self.mask is not None
+    features: list[tuple[BaseGeometry, str]] = field(default_factory=list)
+    mask: LabelMask | None = None
+    #: (id, version) of the models that made a roiseg GeoJSON, from its objects' metadata.
+    models: tuple[tuple[str, str], ...] = ()
 
     def class_names(self) -> list[str]:
-        if self.is_mask:
-            present = np.unique(self.mask)
-            return [self.values[int(v)] for v in present if int(v) in self.values]
-        return list(dict.fromkeys(name for _, name in self.features or []))
+        if self.mask is not None:
+            present = np.unique(self.mask.pixels)
+            return [self.mask.values[int(v)] for v in present if int(v) in self.mask.values]
+        return list(dict.fromkeys(name for _, name in self.features))
 
     def bounds(self) -> tuple[float, float, float, float] | None:
-        if self.is_mask:
-            g = self.grid
+        if self.mask is not None:
+            g = self.mask.grid
             return (g.origin_x, g.origin_y, g.origin_x + g.width * g.downsample,
                     g.origin_y + g.height * g.downsample)
-        geometries = [g for g, _ in self.features or []]
-        return tuple(shapely.total_bounds(geometries)) if geometries else None
+        geometries = [g for g, _ in self.features]
+        if not geometries:
+            return None
+        x0, y0, x1, y1 = shapely.total_bounds(geometries)
+        return float(x0), float(y0), float(x1), float(y1)
 
 
 def geojson_features(data: Any) -> list[tuple[BaseGeometry, str]]:
@@ -406,7 +421,18 @@ def geojson_features(data: Any) -> list[tuple[BaseGeometry, str]]:
     return out
 
 
-def read_annotation(path: str | Path, values: str | Mapping[int, str] | None = None,
+def model_ids(data: Any) -> tuple[tuple[str, str], ...]:
+    """(id, version) of the models named in the metadata of roiseg's top-level objects."""
+    found: dict[tuple[str, str], None] = {}
+    for feature, _ in qupath_geojson.objects(data, children=False):
+        metadata = (feature.get("properties") or {}).get("metadata") or {}
+        if metadata.get(qupath_geojson.MODEL_ID_KEY):
+            found[(str(metadata[qupath_geojson.MODEL_ID_KEY]),
+                   str(metadata.get(qupath_geojson.MODEL_VERSION_KEY, "")))] = None
+    return tuple(found)
+
+
+def read_annotation(path: str | Path, values: Mapping[int, str] | None = None,
                     positive: str | None = None, mask_downsample: float = 1.0,
                     mask_origin: tuple[float, float] = (0.0, 0.0),
                     reference_option: str | None = None) -> Annotation:
@@ -419,22 +445,22 @@ def read_annotation(path: str | Path, values: str | Mapping[int, str] | None = N
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in GEOJSON_SUFFIXES:
-        return Annotation(path, features=geojson_features(qupath_geojson.load(path)))
+        data = qupath_geojson.load(path)
+        return Annotation(path, features=geojson_features(data), models=model_ids(data))
     if suffix not in MASK_SUFFIXES:
-        raise ValueError(f"{path.name}: not a GeoJSON ({', '.join(GEOJSON_SUFFIXES)}) or mask "
-                         f"({', '.join(MASK_SUFFIXES)})")
+        raise InvalidInput(f"{path.name}: not a GeoJSON ({', '.join(GEOJSON_SUFFIXES)}) or mask "
+                           f"({', '.join(MASK_SUFFIXES)})")
     mask = _read_mask(path)
-    mapping = parse_values(values) if isinstance(values, str) or values is None \
-        else dict(values)
+    mapping = None if values is None else dict(values)
     present = [int(v) for v in np.unique(mask)]
     if mapping is None:
         if len(present) > 2 or (len(present) == 2 and 0 not in present):
-            raise ValueError(f"mask {path.name} holds values {present[:10]}: say which class "
-                             "each is, e.g. --truth-values 0=background,1=tumour,2=stroma")
+            raise InvalidInput(f"mask {path.name} holds values {present[:10]}: say which class "
+                               "each is, e.g. --truth-values 0=background,1=tumour,2=stroma")
         if reference_option is not None and len(present) == 2:
             other = present[1]
             name = positive or "CLASS"
-            raise ValueError(
+            raise InvalidInput(
                 f"reference mask {path.name} holds only the values 0 and {other}. Read with 0 as "
                 f"background, only its {other} pixels would be scored: precision would be 1 "
                 f"and Dice would look far better than it is. Say what 0 is: {reference_option} "
@@ -442,18 +468,18 @@ def read_annotation(path: str | Path, values: str | Mapping[int, str] | None = N
                 f"scored) or {reference_option} '0=background,{other}=\"{name}\"' (only the "
                 f"{other} area is scored)")
         if positive is None:
-            raise ValueError(f"mask {path.name} is binary: pass --positive NAME (its non-zero "
-                             "class) or the mask values")
+            raise InvalidInput(f"mask {path.name} is binary: pass --positive NAME (its non-zero "
+                               "class) or the mask values")
         mapping = {0: BACKGROUND, **{v: positive for v in present if v != 0}}
     unmapped = [v for v in present if v not in mapping]
     if unmapped:
-        raise ValueError(f"mask {path.name} has values {unmapped[:10]} that the mask values "
-                         f"({mapping}) do not name")
+        raise InvalidInput(f"mask {path.name} has values {unmapped[:10]} that the mask values "
+                           f"({mapping}) do not name")
     if not mask_downsample > 0:
-        raise ValueError(f"--mask-downsample must be positive, got {mask_downsample}")
+        raise InvalidInput(f"--mask-downsample must be positive, got {mask_downsample}")
     grid = Grid(float(mask_origin[0]), float(mask_origin[1]), float(mask_downsample),
                 mask.shape[1], mask.shape[0])
-    return Annotation(path, mask=mask, values=mapping, grid=grid)
+    return Annotation(path, mask=LabelMask(mask, mapping, grid))
 
 
 def _read_mask(path: Path) -> np.ndarray:
@@ -463,16 +489,16 @@ def _read_mask(path: Path) -> np.ndarray:
         try:
             mask = tifffile.imread(path)
         except Exception as error:  # noqa: BLE001 - reported to the user
-            raise ValueError(f"cannot read mask {path}: {error}") from None
+            raise InvalidInput(f"cannot read mask {path}: {error}") from None
     if mask is None:
-        raise ValueError(f"cannot read mask {path}")
+        raise InvalidInput(f"cannot read mask {path}")
     if mask.ndim == 3:
         if not all(np.array_equal(mask[..., 0], mask[..., c]) for c in range(1, mask.shape[2])):
-            raise ValueError(f"mask {path.name} has colour channels; label masks hold one "
-                             "value per pixel")
+            raise InvalidInput(f"mask {path.name} has colour channels; label masks hold one "
+                               "value per pixel")
         mask = mask[..., 0]
     if mask.dtype.kind not in "ui":
-        raise ValueError(f"mask {path.name} must hold integer labels, not {mask.dtype}")
+        raise InvalidInput(f"mask {path.name} must hold integer labels, not {mask.dtype}")
     return mask
 
 
@@ -510,17 +536,18 @@ def _is_feature_list(value: Any) -> bool:
 
 def labels_on_grid(annotation: Annotation, grid: Grid, classes: EvalClasses) -> np.ndarray:
     """(H, W) uint16 evaluation class indices of `annotation` on `grid`."""
-    if not annotation.is_mask:
-        return rasterize_geojson(annotation.features or [], grid.shape,
+    mask = annotation.mask
+    if mask is None:
+        return rasterize_geojson(annotation.features, grid.shape,
                                  (grid.origin_x, grid.origin_y), grid.downsample, classes)
-    table = np.zeros(int(annotation.mask.max()) + 1, np.uint16)
-    for value, name in annotation.values.items():
+    table = np.zeros(int(mask.pixels.max()) + 1, np.uint16)
+    for value, name in mask.values.items():
         if value < table.size:
             table[value] = classes.index(name)
-    return _window(table[annotation.mask], annotation.grid, grid)
+    return cut_to_grid(table[mask.pixels], mask.grid, grid)
 
 
-def _window(labels: np.ndarray, source: Grid, target: Grid) -> np.ndarray:
+def cut_to_grid(labels: np.ndarray, source: Grid, target: Grid) -> np.ndarray:
     """`labels` on `source` cut (or padded with background) to `target`, which must share
     the downsample and lie on the same pixel lattice."""
     if source == target:
@@ -529,8 +556,8 @@ def _window(labels: np.ndarray, source: Grid, target: Grid) -> np.ndarray:
     dx, dy = (target.origin_x - source.origin_x) / ds, (target.origin_y - source.origin_y) / ds
     if abs(target.downsample - ds) > 1e-9 * ds or abs(dx - round(dx)) > 1e-6 \
             or abs(dy - round(dy)) > 1e-6:
-        raise ValueError("a mask can only be evaluated on its own pixel grid: give the "
-                         "other side at the same --mask-downsample, or as GeoJSON")
+        raise InvalidInput("a mask can only be evaluated on its own pixel grid: give the "
+                           "other side at the same --mask-downsample, or as GeoJSON")
     dx, dy = round(dx), round(dy)
     out = np.zeros(target.shape, labels.dtype)
     x0, y0 = max(0, dx), max(0, dy)
@@ -545,14 +572,14 @@ def choose_grid(pred: Annotation, truth: Annotation, downsample: float = 1.0,
     """A mask's own grid (the reference's when both are masks, which must then agree);
     for two GeoJSONs the grid at `downsample` over the union of their bounds (cut to the
     ROI's bounds when one is given)."""
-    if pred.is_mask and truth.is_mask:
-        if pred.grid != truth.grid:
-            raise ValueError(f"masks {pred.path.name} ({pred.grid.width}x{pred.grid.height}) "
-                             f"and {truth.path.name} ({truth.grid.width}x{truth.grid.height}) "
-                             "are not on the same grid")
-        return truth.grid
-    if truth.is_mask or pred.is_mask:
-        return truth.grid if truth.is_mask else pred.grid
+    if pred.mask is not None and truth.mask is not None:
+        if pred.mask.grid != truth.mask.grid:
+            raise InvalidInput(f"masks {_mask_label(pred, pred.mask)} and "
+                               f"{_mask_label(truth, truth.mask)} are not on the same grid")
+        return truth.mask.grid
+    for mask in (truth.mask, pred.mask):
+        if mask is not None:
+            return mask.grid
     bounds = [b for b in (pred.bounds(), truth.bounds()) if b is not None]
     region = shapely.union_all([box(*b) for b in bounds]) if bounds else None
     if roi is not None:
@@ -562,9 +589,16 @@ def choose_grid(pred: Annotation, truth: Annotation, downsample: float = 1.0,
     return Grid.covering(region.bounds, downsample)
 
 
-def _annotation_files(path: Path) -> dict[str, Path]:
+def _mask_label(annotation: Annotation, mask: LabelMask) -> str:
+    """A mask as messages name it: file name and size."""
+    name = annotation.path.name if annotation.path else "mask"
+    return f"{name} ({mask.grid.width}x{mask.grid.height})"
+
+
+def annotation_files(path: Path) -> dict[str, Path]:
+    """GeoJSON and mask files by stem: `path` itself, or the files in the directory."""
     if not path.exists():
-        raise ValueError(f"{path} does not exist")
+        raise NotFound(f"{path} does not exist")
     if path.is_file():
         return {path.stem: path}
     files: dict[str, Path] = {}
@@ -572,8 +606,8 @@ def _annotation_files(path: Path) -> dict[str, Path]:
         if p.is_file() and not p.name.startswith(".") \
                 and p.suffix.lower() in GEOJSON_SUFFIXES + MASK_SUFFIXES:
             if p.stem in files:
-                raise ValueError(f"{path} holds two files named {p.stem}: "
-                                 f"{files[p.stem].name} and {p.name}")
+                raise InvalidInput(f"{path} holds two files named {p.stem}: "
+                                   f"{files[p.stem].name} and {p.name}")
             files[p.stem] = p
     return files
 
@@ -586,17 +620,17 @@ def pair_paths(pred: str | Path, truth: str | Path) -> list[tuple[str, Path, Pat
     pred, truth = Path(pred), Path(truth)
     if pred.is_file() and truth.is_file():
         return [(truth.stem, pred, truth)]
-    preds, truths = _annotation_files(pred), _annotation_files(truth)
+    preds, truths = annotation_files(pred), annotation_files(truth)
     if not truths:
-        raise ValueError(f"no GeoJSON or mask files in {truth}")
+        raise InvalidInput(f"no GeoJSON or mask files in {truth}")
     if pred.is_file():
         truths = {k: v for k, v in truths.items() if k == pred.stem}
         if not truths:
-            raise ValueError(f"{truth} holds no reference named {pred.stem}")
+            raise InvalidInput(f"{truth} holds no reference named {pred.stem}")
     missing = sorted(k for k in truths if k not in preds)
     if missing:
-        raise ValueError(f"{len(missing)} reference(s) have no prediction in {pred}: "
-                         f"{', '.join(missing[:5])}")
+        raise InvalidInput(f"{len(missing)} reference(s) have no prediction in {pred}: "
+                           f"{', '.join(missing[:5])}")
     return [(k, preds[k], truths[k]) for k in sorted(truths)]
 
 
@@ -657,19 +691,19 @@ def evaluate_labels(name: str, pred_labels: np.ndarray, truth_labels: np.ndarray
     pixels (inside `valid`). Predicted positive regions are cut to those pixels too."""
     pred, truth = np.asarray(pred_labels), np.asarray(truth_labels)
     if pred.shape != truth.shape:
-        raise ValueError(f"{name}: prediction {pred.shape} and reference {truth.shape} differ "
-                         "in shape")
+        raise InvalidInput(f"{name}: prediction {pred.shape} and reference {truth.shape} differ "
+                           "in shape")
     area = truth != 0
     if valid is not None:
         area &= valid
     k = max(n_classes, int(pred.max(initial=0)) + 1, int(truth.max(initial=0)) + 1)
-    cm = np.zeros(k * k, np.int64)
+    pairs = np.zeros(k * k, np.int64)
     rows = max(1, _BAND_PIXELS // max(1, truth.shape[1] if truth.ndim == 2 else 1))
     for top in range(0, truth.shape[0], rows):  # bands bound the temporary memory
         band = area[top:top + rows]
-        cm += np.bincount(truth[top:top + rows][band].astype(np.int64) * k
-                          + pred[top:top + rows][band], minlength=k * k)
-    cm = cm.reshape(k, k)
+        pairs += np.bincount(truth[top:top + rows][band].astype(np.int64) * k
+                             + pred[top:top + rows][band], minlength=k * k)
+    cm = pairs.reshape(k, k)
     tp = int(cm[positive, positive]) if positive < k else 0
     fn = int(cm[positive].sum()) - tp if positive < k else 0
     fp = int(cm[:, positive].sum()) - tp if positive < k else 0
@@ -803,30 +837,48 @@ def _csv_value(value: Any) -> Any:
     return value
 
 
-# --------------------------------------------------------------------------- CLI
+# --------------------------------------------------------------------------- roiseg evaluate
 
 
-def region_from_args(args: argparse.Namespace) -> BaseGeometry | None:
-    if getattr(args, "roi", None):
-        return roi_module.read_geojson(args.roi)
-    if getattr(args, "region", None):
-        try:
-            x, y, w, h = (float(v) for v in args.region.split(","))
-        except ValueError:
-            raise ValueError(f"--region needs x,y,w,h, got {args.region!r}") from None
-        return roi_module.rectangle(x, y, w, h)
-    return None
+def parse_rectangle(text: str, option: str = "--region") -> Rectangle:
+    """``"x,y,w,h"`` -> (x, y, w, h); InvalidInput naming `option` otherwise."""
+    x, y, width, height = _numbers(text, option, "x,y,w,h")
+    return x, y, width, height
+
+
+def parse_point(text: str, option: str) -> tuple[float, float]:
+    """``"X,Y"`` -> (X, Y); InvalidInput naming `option` otherwise."""
+    x, y = _numbers(text, option, "X,Y")
+    return x, y
+
+
+def _numbers(text: str, option: str, layout: str) -> tuple[float, ...]:
+    try:
+        numbers = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        numbers = ()
+    if len(numbers) != len(layout.split(",")):
+        raise InvalidInput(f"{option} needs {layout}, got {text!r}")
+    return numbers
+
+
+def evaluation_area(roi: Path | None, region: Rectangle | None) -> BaseGeometry | None:
+    """The polygons of the GeoJSON file `roi`, else the rectangle `region` (x, y, width,
+    height), else None (everywhere); full-resolution pixels."""
+    if roi is not None:
+        return roi_module.read_geojson(roi)
+    return roi_module.rectangle(*region) if region is not None else None
 
 
 def check_positive(positive: str | None, classes: EvalClasses, seen: Iterable[str]) -> str:
-    """`positive` if some input holds it (after mapping), else a ValueError listing classes."""
+    """`positive` if some input holds it (after mapping), else InvalidInput listing classes."""
     found = sorted({classes.evaluation_name(n) for n in seen} - {BACKGROUND}, key=str.lower)
     if not positive:
-        raise ValueError("pass --positive NAME, the class to score; the inputs hold "
-                         f"{', '.join(found) or 'no class'}")
+        raise InvalidInput("pass --positive NAME, the class to score; the inputs hold "
+                           f"{', '.join(found) or 'no class'}")
     if classes.evaluation_name(positive).lower() not in {n.lower() for n in found}:
-        raise ValueError(f"no input holds the class {positive!r} (after --map); they hold "
-                         f"{', '.join(found) or 'no class'}")
+        raise InvalidInput(f"no input holds the class {positive!r} (after --map); they hold "
+                           f"{', '.join(found) or 'no class'}")
     return positive
 
 
@@ -841,48 +893,85 @@ def describe(classes: EvalClasses, positive: str, what: str) -> str:
             "values (0/0) are n/a.")
 
 
-def run(args: argparse.Namespace) -> int:
-    """Evaluate as ``args`` says; writes metrics.csv and summary.md, prints the summary."""
+@dataclass(frozen=True)
+class EvaluateOptions:
+    """What `evaluate` scores and how: predictions and references (files, or directories
+    paired by stem), the evaluation classes, the grid and where the report goes."""
+
+    pred: Path
+    truth: Path
+    out: Path
+    positive: str | None = None
+    #: Class name -> evaluation class (`parse_map`).
+    class_map: Mapping[str, str] = field(default_factory=dict)
+    #: Mask value -> class name, for prediction and reference masks.
+    pred_values: Mapping[int, str] | None = None
+    truth_values: Mapping[int, str] | None = None
+    mask_downsample: float = 1.0
+    #: Full-resolution position of the masks' top-left corner.
+    mask_origin: tuple[float, float] = (0.0, 0.0)
+    #: Full-resolution pixels per grid pixel when both sides are GeoJSON.
+    downsample: float = 1.0
+    #: Full-resolution µm/px, only for the µm² areas.
+    mpp: float | None = None
+    #: Evaluate only inside the polygons of this GeoJSON, or inside x, y, w, h (full-resolution
+    #: pixels).
+    roi: Path | None = None
+    region: Rectangle | None = None
+    #: Where the cards of the models named in prediction GeoJSON are looked up.
+    model_dirs: tuple[Path, ...] = (EMBEDDED_MODELS_DIR,)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What `evaluate` scored and wrote; `warnings` head the summary too."""
+
+    results: tuple[ImageResult, ...]
+    summary: str
+    warnings: tuple[str, ...]
+    written: tuple[Path, ...]
+
+
+def evaluate(options: EvaluateOptions) -> Evaluation:
+    """Scores every prediction against its reference and writes OUT/metrics.csv and
+    OUT/summary.md. Raises InvalidInput or NotFound for inputs it cannot score."""
     try:
-        classes = EvalClasses(parse_map(args.map))
-        region = region_from_args(args)
-        try:
-            origin = tuple(float(v) for v in args.mask_origin.split(","))
-            if len(origin) != 2:
-                raise ValueError
-        except ValueError:
-            raise ValueError(f"--mask-origin needs X,Y, got {args.mask_origin!r}") from None
-        pairs = pair_paths(args.pred, args.truth)
-        loaded = []
-        for name, pred_path, truth_path in pairs:
-            pred = read_annotation(pred_path, args.pred_values, args.positive,
-                                   args.mask_downsample, origin)
-            truth = read_annotation(truth_path, args.truth_values, args.positive,
-                                    args.mask_downsample, origin, "--truth-values")
-            loaded.append((name, pred, truth))
-        positive = check_positive(args.positive, classes,
-                                  (n for _, p, t in loaded for n in p.class_names()
-                                   + t.class_names()))
-        # Number the classes in a stable order: reference first, then prediction.
-        for _, pred, truth in loaded:
-            for n in truth.class_names() + pred.class_names():
-                classes.index(n)
-        results = [evaluate_annotations(name, pred, truth, classes, positive,
-                                        args.downsample, region, args.mpp or None)
-                   for name, pred, truth in loaded]
-    except (RoisegError, ValueError, OSError) as error:
-        print(f"roiseg: error: {error}", file=sys.stderr)
-        return 2
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_csv(args.out / "metrics.csv", [r.row(classes.names) for r in results])
+        return _evaluate(options)
+    except OSError as error:
+        raise InvalidInput(str(error)) from error
+
+
+def _evaluate(options: EvaluateOptions) -> Evaluation:
+    classes = EvalClasses(options.class_map)
+    area = evaluation_area(options.roi, options.region)
+    loaded = []
+    for name, pred_path, truth_path in pair_paths(options.pred, options.truth):
+        pred = read_annotation(pred_path, options.pred_values, options.positive,
+                               options.mask_downsample, options.mask_origin)
+        truth = read_annotation(truth_path, options.truth_values, options.positive,
+                                options.mask_downsample, options.mask_origin, "--truth-values")
+        loaded.append((name, pred, truth))
+    positive = check_positive(options.positive, classes,
+                              (n for _, p, t in loaded for n in p.class_names()
+                               + t.class_names()))
+    # Number the classes in a stable order: reference first, then prediction.
+    for _, pred, truth in loaded:
+        for n in truth.class_names() + pred.class_names():
+            classes.index(n)
+    results = tuple(evaluate_annotations(name, pred, truth, classes, positive,
+                                         options.downsample, area, options.mpp)
+                    for name, pred, truth in loaded)
+    models = {model for _, pred, _ in loaded for model in pred.models}
+    trained = {model: card_trained_on(*model, options.model_dirs) for model in models}
+    cautions = [w for w in [single_class_reference((t for _, _, t in loaded), classes)] if w]
+    cautions += training_data_warnings({name: [trained[m] for m in pred.models]
+                                        for name, pred, _ in loaded})
+    options.out.mkdir(parents=True, exist_ok=True)
+    csv_path, summary_path = options.out / "metrics.csv", options.out / "summary.md"
+    write_csv(csv_path, [r.row(classes.names) for r in results])
     rows, class_rows = summarize(results, classes.names)
-    notes = [describe(classes, positive, f"{len(results)} image(s)")]
-    warning = single_class_reference((truth for _, _, truth in loaded), classes)
-    if warning:
-        print(f"roiseg: {warning}", file=sys.stderr)
-        notes.insert(0, f"**{warning}**")
-    text = format_summary(rows, class_rows, "roiseg evaluate", notes)
-    (args.out / "summary.md").write_text(text, encoding="utf-8")
-    print(text)
-    print(f"wrote {args.out / 'metrics.csv'}, {args.out / 'summary.md'}")
-    return 0
+    notes = [f"**{c}**" for c in cautions] + [describe(classes, positive,
+                                                       f"{len(results)} image(s)")]
+    summary = format_summary(rows, class_rows, "roiseg evaluate", notes)
+    summary_path.write_text(summary, encoding="utf-8")
+    return Evaluation(results, summary, tuple(cautions), (csv_path, summary_path))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from rasterio.features import rasterize
 from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 
+from roiseg.errors import InvalidInput, NotFound
 from roiseg.io import qupath_geojson
 from roiseg.io.masks import parse_values
 from roiseg.io.slides import Slide, read_slide_region
@@ -89,31 +91,34 @@ def parse_mask_values(text: str | None) -> MaskMapping:
     class. ``None`` or an empty string gives the binary default: 0 -> "Stroma", any
     other value -> "Gland epithelium".
     """
-    if not text or not text.strip():
+    parsed = parse_values(text)
+    if parsed is None:
         return MaskMapping(DEFAULT_BINARY_CLASSES, {0: 0}, other=1)
     names: list[str] = []
     values: dict[int, int] = {}
-    for value, name in parse_values(text).items():
+    for value, name in parsed.items():
         if name not in names:
             names.append(name)
         values[value] = names.index(name)
     if len(names) < 2:
-        raise ValueError("a segmentation model needs at least two classes")
+        raise InvalidInput("a segmentation model needs at least two classes")
     return MaskMapping(tuple(names), values)
 
 
 def find_pairs(images_dir: Path, masks_dir: Path) -> list[tuple[Path, Path]]:
-    """Image/mask pairs matched by file stem, sorted by name; unmatched images are an error."""
-    images = sorted(p for p in Path(images_dir).iterdir()
-                    if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
-    masks = {p.stem: p for p in Path(masks_dir).iterdir()
-             if p.suffix.lower() in IMAGE_SUFFIXES}
+    """Image/mask pairs matched by file stem, sorted by name.
+
+    Raises:
+        NotFound: no such directory, no images, or images without a mask.
+    """
+    images = _files(images_dir, IMAGE_SUFFIXES)
+    masks = {p.stem: p for p in _files(masks_dir, IMAGE_SUFFIXES)}
     if not images:
-        raise ValueError(f"no images in {images_dir}")
+        raise NotFound(f"no images in {images_dir}")
     missing = [p.name for p in images if p.stem not in masks]
     if missing:
-        raise ValueError(f"{len(missing)} image(s) have no mask in {masks_dir}: "
-                         f"{', '.join(missing[:5])}")
+        raise NotFound(f"{len(missing)} image(s) have no mask in {masks_dir}: "
+                       f"{', '.join(missing[:5])}")
     return [(p, masks[p.stem]) for p in images]
 
 
@@ -126,27 +131,27 @@ def load_sample(image_path: Path, mask_path: Path, mapping: MaskMapping,
     """
     bgr = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
     if bgr is None:
-        raise ValueError(f"cannot read image {image_path}")
+        raise InvalidInput(f"cannot read image {image_path}")
     image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
     mask = cv2.imread(str(mask_path), cv2.IMREAD_UNCHANGED)
     if mask is None:
-        raise ValueError(f"cannot read mask {mask_path}")
+        raise InvalidInput(f"cannot read mask {mask_path}")
     if mask.ndim == 3:
         if not all(np.array_equal(mask[..., 0], mask[..., c]) for c in range(1, 3)):
-            raise ValueError(f"mask {mask_path} has colour channels; masks must hold "
-                             "one value per pixel")
+            raise InvalidInput(f"mask {mask_path} has colour channels; masks must hold "
+                               "one value per pixel")
         mask = mask[..., 0]
     if mask.dtype not in (np.uint8, np.uint16):
-        raise ValueError(f"mask {mask_path} must be 8- or 16-bit, not {mask.dtype}")
+        raise InvalidInput(f"mask {mask_path} must be 8- or 16-bit, not {mask.dtype}")
     if mask.shape != image.shape[:2]:
-        raise ValueError(f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} px, its image "
-                         f"{image.shape[1]}x{image.shape[0]} px")
-    table = mapping.lookup_table(int(np.iinfo(mask.dtype).max))
+        raise InvalidInput(f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} px, its image "
+                           f"{image.shape[1]}x{image.shape[0]} px")
+    table = mapping.lookup_table(int(mask.max()))
     classes = table[mask]
     if (classes < 0).any():
         unmapped = sorted(int(v) for v in np.unique(mask[classes < 0]))[:10]
-        raise ValueError(f"mask {mask_path} has values {unmapped} that --mask-values "
-                         "does not map to a class")
+        raise InvalidInput(f"mask {mask_path} has values {unmapped} that --mask-values "
+                           "does not map to a class")
     labels = classes.astype(np.uint8)
     if abs(scale - 1.0) > 1e-6:
         h, w = labels.shape
@@ -181,7 +186,8 @@ def read_annotations(path: Path) -> tuple[list[Annotation], dict[str, int]]:
         ("unclassified", "not a polygon", "empty").
 
     Raises:
-        ValueError: the file is not JSON or not GeoJSON features.
+        ValueError: the file cannot be read as JSON (`roiseg.io.qupath_geojson.load`).
+        InvalidInput: the JSON is not GeoJSON features.
     """
     data = qupath_geojson.load(path, "annotations")
     if isinstance(data, Mapping) and data.get("type") == "FeatureCollection":
@@ -191,31 +197,27 @@ def read_annotations(path: Path) -> tuple[list[Annotation], dict[str, int]]:
     else:
         features = data
     if not isinstance(features, list):
-        raise ValueError(f"{path}: expected a GeoJSON FeatureCollection, Feature or a list "  # noqa: TRY004
-                         "of Features")
+        raise InvalidInput(f"{path}: expected a GeoJSON FeatureCollection, Feature or a list "
+                           "of Features")
     annotations: list[Annotation] = []
-    skipped: dict[str, int] = {}
+    skipped: Counter[str] = Counter()
     for number, feature in enumerate(features):
         if not isinstance(feature, Mapping) or not isinstance(feature.get("geometry"),
                                                                Mapping):
-            raise ValueError(f"{path}: feature {number} is not a GeoJSON Feature with a "  # noqa: TRY004
-                             "geometry")
+            raise InvalidInput(f"{path}: feature {number} is not a GeoJSON Feature with a "
+                               "geometry")
         name = qupath_geojson.class_name(feature.get("properties"))
-        reason = None
-        geometry = None
         if name is None:
-            reason = "unclassified"
-        else:
-            try:
-                given = shape(feature["geometry"])
-            except (ValueError, TypeError, AttributeError, shapely.errors.ShapelyError) as exc:
-                raise ValueError(f"{path}: feature {number} has an invalid geometry: "
-                                 f"{exc}") from exc
-            geometry = qupath_geojson.polygonal(given)
-            if geometry.is_empty:
-                reason = "empty" if given.geom_type in _AREA_TYPES else "not a polygon"
-        if reason:
-            skipped[reason] = skipped.get(reason, 0) + 1
+            skipped["unclassified"] += 1
+            continue
+        try:
+            given = shape(feature["geometry"])
+        except (ValueError, TypeError, AttributeError, shapely.errors.ShapelyError) as exc:
+            raise InvalidInput(f"{path}: feature {number} has an invalid geometry: "
+                               f"{exc}") from exc
+        geometry = qupath_geojson.polygonal(given)
+        if geometry.is_empty:
+            skipped["empty" if given.geom_type in _AREA_TYPES else "not a polygon"] += 1
             continue
         annotations.append(Annotation(name, geometry))
     return annotations, skipped
@@ -227,12 +229,10 @@ def find_annotated(images_dir: Path,
     ``NAME.EXT.geojson``) belongs to ``NAME.EXT``. Images without annotations are left out.
 
     Raises:
-        ValueError: no image has annotations.
+        NotFound: no such directory, or no image has annotations.
     """
-    images = sorted(p for p in Path(images_dir).iterdir()
-                    if p.suffix.lower() in ANNOTATED_SUFFIXES and not p.name.startswith("."))
-    geojson = {p.name.lower(): p for p in Path(annotations_dir).iterdir()
-               if p.suffix.lower() == ".geojson"}
+    images = _files(images_dir, ANNOTATED_SUFFIXES)
+    geojson = {p.name.lower(): p for p in _files(annotations_dir, (".geojson",))}
     pairs: list[tuple[Path, Path]] = []
     for image in images:
         stem = image_stem(image)
@@ -241,8 +241,21 @@ def find_annotated(images_dir: Path,
         if match is not None:
             pairs.append((image, match))
     if not pairs:
-        raise ValueError(f"no image in {images_dir} has a NAME.geojson in {annotations_dir}")
+        raise NotFound(f"no image in {images_dir} has a NAME.geojson in {annotations_dir}")
     return pairs
+
+
+def _files(directory: Path, suffixes: Sequence[str]) -> list[Path]:
+    """The files of ``directory`` with one of ``suffixes`` (any case), sorted; hidden files
+    left out.
+
+    Raises:
+        NotFound: no such directory.
+    """
+    if not Path(directory).is_dir():
+        raise NotFound(f"{directory} is not a directory")
+    return sorted(p for p in Path(directory).iterdir()
+                  if p.suffix.lower() in suffixes and not p.name.startswith("."))
 
 
 def image_stem(path: Path) -> str:
@@ -277,7 +290,9 @@ def load_annotated_sample(image_path: Path, annotations_path: Path, classes: Seq
         source_mpp: µm per full-resolution pixel; default the slide's own calibration.
 
     Raises:
-        ValueError: no pixel size, no usable annotation, or an unreadable file.
+        InvalidInput: no pixel size, no usable annotation, or an unreadable image.
+        NotFound: no such image.
+        ValueError: an unreadable GeoJSON file.
     """
     annotations, skipped = read_annotations(annotations_path)
     index = {name: i for i, name in enumerate(classes)}
@@ -290,20 +305,20 @@ def load_annotated_sample(image_path: Path, annotations_path: Path, classes: Seq
                     ", ".join(f"{n} {reason}" for reason, n in sorted(skipped.items()))
                     + (f" (classes {', '.join(unknown)})" if unknown else ""))
     if not annotations:
-        raise ValueError(f"{annotations_path}: no annotation of the classes "
-                         f"{', '.join(classes)}")
+        raise InvalidInput(f"{annotations_path}: no annotation of the classes "
+                           f"{', '.join(classes)}")
     with Slide.open(image_path) as slide:
         pixel_size = source_mpp or slide.mpp
         if not pixel_size:
-            raise ValueError(f"{image_path.name} has no pixel size in its metadata; pass "
-                             "--source-mpp (µm per full-resolution pixel)")
+            raise InvalidInput(f"{image_path.name} has no pixel size in its metadata; pass "
+                               "--source-mpp (µm per full-resolution pixel)")
         x0, y0, x1, y1 = shapely.union_all([a.geometry for a in annotations]).bounds
         pad = margin_px * mpp / pixel_size
         bbox = (max(0.0, x0 - pad), max(0.0, y0 - pad),
                 min(float(slide.width), x1 + pad), min(float(slide.height), y1 + pad))
         if bbox[0] >= bbox[2] or bbox[1] >= bbox[3]:
-            raise ValueError(f"{annotations_path}: the annotations lie outside "
-                             f"{image_path.name} ({slide.width}x{slide.height} px)")
+            raise InvalidInput(f"{annotations_path}: the annotations lie outside "
+                               f"{image_path.name} ({slide.width}x{slide.height} px)")
         region = read_slide_region(slide, bbox, pixel_size, mpp, allow_upsample=True)
     t = region.transform
     height, width = region.image.shape[:2]
@@ -326,7 +341,7 @@ def split_by_image(names: Sequence[str], val_fraction: float,
     """
     n = len(names)
     if not 0.0 <= val_fraction < 1.0:
-        raise ValueError("--val-fraction must be in [0, 1)")
+        raise InvalidInput("--val-fraction must be in [0, 1)")
     n_val = 0 if val_fraction == 0 else min(n - 1, max(1, round(val_fraction * n)))
     order = sorted(range(n), key=lambda i: names[i])
     permuted = [order[i] for i in np.random.default_rng(seed).permutation(n)]
@@ -349,9 +364,9 @@ class CropSampler:
                  rng: np.random.Generator, augment: bool = True,
                  scale_jitter: float = 0.0) -> None:
         if not samples:
-            raise ValueError("no training images")
+            raise InvalidInput("no training images")
         if scale_jitter < 0:
-            raise ValueError(f"scale jitter must be >= 0, got {scale_jitter}")
+            raise InvalidInput(f"scale jitter must be >= 0, got {scale_jitter}")
         self.crop = crop
         self.rng = rng
         self.augment = augment
@@ -374,7 +389,7 @@ class CropSampler:
             self._weights.append(np.asarray(counts, np.float64))
         self.classes_present = [c for c in range(num_classes) if self._weights[c].sum() > 0]
         if not self.classes_present:
-            raise ValueError("the training masks hold no labelled pixels")
+            raise InvalidInput("the training masks hold no labelled pixels")
 
     def batch(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         """``batch_size`` crops: images (B, crop, crop, 3) uint8, labels (B, crop, crop)."""

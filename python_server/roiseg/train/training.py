@@ -1,9 +1,9 @@
 """Train or fine-tune an SMP segmentation model and write a roiseg model card.
 
-Mounted by the CLI as ``roiseg train`` (`add_arguments` + `run`); also runnable as
-``python -m roiseg.train``. Output directory: ``model.pt`` (a float16 state_dict; the
-loader casts it back to float32) and ``model.json`` (see docs/model-cards.md and
-docs/training.md).
+`train` (`TrainOptions`) is ``roiseg train`` (`roiseg.cli.train` parses its options; also
+runnable as ``python -m roiseg.train``). Output directory: ``model.pt`` (a float16
+state_dict; the loader casts it back to float32) and ``model.json`` (see
+docs/model-cards.md and docs/training.md).
 
 Input (`roiseg.train.data`): images with label masks (``--masks``), or images and slides
 with QuPath GeoJSON annotations (``--annotations``; unannotated pixels are ignored unless
@@ -23,17 +23,15 @@ loaded by the server's `load_model`.
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import math
 import re
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -42,6 +40,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from roiseg.engine.inference import predict
 from roiseg.engine.models import (
+    CARD_FILE,
     DEFAULT_MODELS_DIR,
     ClassSpec,
     Ensemble,
@@ -54,6 +53,7 @@ from roiseg.engine.models import (
     load_model,
     read_state_dict,
     sha256_file,
+    write_card,
 )
 from roiseg.engine.pretrained import (
     IMAGENET_MEAN,
@@ -62,9 +62,10 @@ from roiseg.engine.pretrained import (
     imagenet_normalization,
     load_imagenet_encoder,
 )
+from roiseg.errors import InvalidInput, NotFound
 from roiseg.evaluation.metrics import class_dice
 from roiseg.io.classes import class_colors
-from roiseg.io.files import atomic_path, write_atomic
+from roiseg.io.files import atomic_path
 from roiseg.train.data import (
     IGNORE_INDEX,
     CropSampler,
@@ -123,13 +124,14 @@ def resolve_card(spec: str, model_dirs: Sequence[Path] = (),
     registered in ``model_dirs`` (searched in order) or in the embedded default.
 
     Raises:
-        ValueError: no such card or id; the message names ``option`` and lists the ids found.
+        NotFound: no such card or id; the message names ``option`` and lists the ids found.
+        ValueError: an invalid card (`ModelCard.from_file`).
     """
     path = Path(spec)
-    if path.suffix == ".json" or path.is_file() or (path / "model.json").is_file():
-        card_path = path / "model.json" if path.is_dir() else path
+    if path.suffix == ".json" or path.is_file() or (path / CARD_FILE).is_file():
+        card_path = path / CARD_FILE if path.is_dir() else path
         if not card_path.is_file():
-            raise ValueError(f"{option}: no model card {card_path}")
+            raise NotFound(f"{option}: no model card {card_path}")
         return ModelCard.from_file(card_path)
     found: list[str] = []
     for directory in [*model_dirs, DEFAULT_MODELS_DIR]:
@@ -138,8 +140,8 @@ def resolve_card(spec: str, model_dirs: Sequence[Path] = (),
         if spec in ids:
             return registry.card(spec)
         found += ids
-    raise ValueError(f"{option} {spec!r}: no such model card or id; registered ids: "
-                     + ", ".join(dict.fromkeys(found)))
+    raise NotFound(f"{option} {spec!r}: no such model card or id; registered ids: "
+                   + ", ".join(dict.fromkeys(found)))
 
 
 def init_from_card(model: torch.nn.Module, card: ModelCard,
@@ -155,11 +157,12 @@ def init_from_card(model: torch.nn.Module, card: ModelCard,
         True when the head was re-initialised.
 
     Raises:
-        ValueError: a checkpoint that does not match the card or does not fit ``model``.
+        InvalidInput: a checkpoint that does not match the card or does not fit ``model``.
+        ValueError: the checkpoint's SHA-256 is not the card's.
     """
     if card.format != "state_dict":
-        raise ValueError(f"--init-model {card.id}: only state_dict models can be fine-tuned, "
-                         f"not {card.format}")
+        raise InvalidInput(f"--init-model {card.id}: only state_dict models can be "
+                           f"fine-tuned, not {card.format}")
     check_sha256(card.checkpoint, card.sha256, card.card_path)
     state = read_state_dict(card.checkpoint)
     reinit = list(classes) != [c.name for c in card.classes]
@@ -170,9 +173,9 @@ def init_from_card(model: torch.nn.Module, card: ModelCard,
     mismatched = [k for k, v in state.items() if k in own and v.shape != own[k].shape]
     unexpected = [k for k in state if k not in own]
     if missing or mismatched or unexpected:
-        raise ValueError(f"{card.checkpoint} does not fit {card.architecture}/{card.encoder}: "
-                         f"missing {missing[:3]}, unexpected {unexpected[:3]}, "
-                         f"other shapes {mismatched[:3]}")
+        raise InvalidInput(f"{card.checkpoint} does not fit {card.architecture}/{card.encoder}: "
+                           f"missing {missing[:3]}, unexpected {unexpected[:3]}, "
+                           f"other shapes {mismatched[:3]}")
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=False)
     return reinit
 
@@ -210,7 +213,8 @@ def in_memory_card(classes: Sequence[ClassSpec], *, architecture: str = "Unet",
                    encoder: str = "mobilenet_v2", mpp: float = _DEFAULT_MPP,
                    tile_size: int = _DEFAULT_TILE, overlap: int = _DEFAULT_OVERLAP,
                    batch_size: int = _DEFAULT_INFERENCE_BATCH,
-                   mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                   mean: tuple[float, float, float] = IMAGENET_MEAN,
+                   std: tuple[float, float, float] = IMAGENET_STD,
                    model_id: str = "in-training",
                    extra: Mapping[str, Any] | None = None) -> ModelCard:
     """A card for a model that has no files yet, to run it with
@@ -218,7 +222,7 @@ def in_memory_card(classes: Sequence[ClassSpec], *, architecture: str = "Unet",
     return ModelCard(id=model_id, name=model_id, description="", version="0", format="state_dict",
                      architecture=architecture, encoder=encoder, checkpoint=Path(),
                      sha256="", mpp=mpp, tile_size=tile_size, overlap=overlap,
-                     batch_size=batch_size, mean=tuple(mean), std=tuple(std),
+                     batch_size=batch_size, mean=mean, std=std,
                      classes=tuple(classes), background_class=None, tumor_class=None,
                      trained_on="", metrics={}, extra=dict(extra or {}), card_path=Path())
 
@@ -307,26 +311,6 @@ def _save_half(model: torch.nn.Module, path: Path) -> str:
     return sha256_file(path)
 
 
-def write_card(out_dir: Path, card: Mapping[str, Any]) -> dict[str, Any]:
-    """Write ``model.json`` (fields in the order of docs/model-cards.md); returns it."""
-    written = _ordered_card(card)
-    write_atomic(Path(out_dir) / "model.json",
-                 json.dumps(written, indent=2, ensure_ascii=False) + "\n")
-    return written
-
-
-_CARD_ORDER = ("id", "name", "description", "version", "format", "architecture", "encoder",
-               "checkpoint", "sha256", "mpp", "tile_size", "overlap", "batch_size",
-               "normalization", "classes", "background_class", "tumor_class", "trained_on",
-               "metrics", "extra", "ensemble")
-
-
-def _ordered_card(card: Mapping[str, Any]) -> dict[str, Any]:
-    ordered = {k: card[k] for k in _CARD_ORDER if k in card}
-    ordered.update({k: v for k, v in card.items() if k not in ordered})
-    return ordered
-
-
 def _metric_keys(classes: Sequence[ClassSpec]) -> list[str]:
     """``val_<first word>_dice`` per class ("Gland epithelium" -> val_gland_dice)."""
     keys: list[str] = []
@@ -341,24 +325,91 @@ def _metric_keys(classes: Sequence[ClassSpec]) -> list[str]:
     return keys
 
 
-# --------------------------------------------------------------------------- CLI
+# --------------------------------------------------------------------------- options
 
 
-def run(args: argparse.Namespace) -> int:
-    """Train as ``args`` says and write the model directory; returns the exit status."""
-    try:
-        config = _Config.from_args(args)
-    except ValueError as exc:
-        print(f"roiseg train: {exc}", file=sys.stderr)
-        return 2
-    if config.threads > 0:
-        torch.set_num_threads(config.threads)
-    try:
-        return _Trainer(config).train()
-    except KeyboardInterrupt:
-        print("roiseg train: interrupted; the last epoch's state is in "
-              f"{config.state_path} (--resume)", file=sys.stderr)
-        return 130
+@dataclass(frozen=True)
+class TrainOptions:
+    """What `train` trains on, how, and what it writes: the options of ``roiseg train``, a
+    field per option of the same name (the errors name the options). None where a setting
+    has a default: the fine-tuned model's (``init_model``), else a new model's."""
+
+    images: Path  #: images (with ``annotations`` also slides)
+    out: Path  #: the model directory written: model.pt + model.json
+    # -- data: exactly one of ``masks`` and ``annotations``
+    masks: Path | None = None  #: label masks, named as the images
+    annotations: Path | None = None  #: QuPath GeoJSON exports, NAME.geojson for image NAME.EXT
+    mask_values: MaskMapping | None = None  #: with ``masks``; None: binary masks
+    classes: tuple[str, ...] | None = None  #: with ``annotations``: the classes, in order
+    unannotated: str | None = None  #: with ``annotations``: the class of unannotated pixels
+    margin: int = 64  #: with ``annotations``: model pixels read around them
+    colors: Mapping[str, tuple[int, int, int]] = field(default_factory=dict)
+    keep_on_glass: tuple[str, ...] | None = None
+    source_mpp: float | None = None  #: µm/px of the images; None: the slides' own
+    mpp: float | None = None
+    val_fraction: float = 0.15
+    data_description: str | None = None
+    # -- model
+    init_model: str | None = None  #: id or model.json of the model to fine-tune
+    models: tuple[Path, ...] = ()  #: model directories to look ids up in
+    ensemble_with: tuple[str, ...] = ()
+    architecture: str | None = None
+    encoder: str | None = None
+    pretrained: bool = True  #: ImageNet weights for a new model's encoder
+    extra: Mapping[str, Any] | None = None
+    # -- training
+    crop: int = 256
+    batch_size: int = 8
+    scale_jitter: float = 0.0
+    epochs: int = 100
+    steps_per_epoch: int = 40
+    max_minutes: float | None = None
+    lr: float = 1e-3
+    encoder_lr_scale: float = 1.0
+    weight_decay: float = 1e-4
+    warmup_steps: int = 30
+    ema: float = 0.995
+    patience: int = 10
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = True  #: mixed precision on CUDA
+    threads: int = 0  #: CPU threads for torch; 0: torch's choice
+    progress_bar: bool = True
+    # -- output
+    model_id: str | None = None  #: None: the output directory's name
+    model_name: str | None = None
+    description: str | None = None
+    model_version: str = "0.1.0"
+    tile_size: int | None = None
+    overlap: int | None = None
+    inference_batch_size: int | None = None
+    state: Path | None = None  #: the resumable training state; None: OUT/train_state.pt
+    resume: bool = False
+    keep_state: bool = False
+    command_line: str = ""  #: the command that reproduces the run, for the card
+
+    @property
+    def state_path(self) -> Path:
+        """Where the training state is kept between epochs."""
+        return self.state or self.out / "train_state.pt"
+
+
+def train(options: TrainOptions) -> ModelCard:
+    """Train as ``options`` say and write the model directory ``options.out``; the card as
+    written. Progress goes to stderr.
+
+    An interrupted run (KeyboardInterrupt) leaves the last epoch's state at
+    ``options.state_path``, from where ``resume`` continues it.
+
+    Raises:
+        InvalidInput: options that contradict each other, the data or the fine-tuned model;
+            unusable data; a budget too small for one step.
+        NotFound: missing images, masks or annotations, an unknown model, no state to resume.
+    """
+    config = _Config.from_options(options)
+    if options.threads > 0:
+        torch.set_num_threads(options.threads)
+    return _Trainer(config).run()
 
 
 # --------------------------------------------------------------------------- training
@@ -368,131 +419,120 @@ def run(args: argparse.Namespace) -> int:
 class _Config:
     """The options resolved: defaults of the fine-tuned model filled in, classes fixed."""
 
-    args: argparse.Namespace
-    classes: list[ClassSpec]
+    options: TrainOptions
+    card: ModelCard  # of the model trained, in memory: classes, SMP set-up, inference settings
     mapping: MaskMapping | None  # --masks
-    annotated: list[tuple[Path, Path]]  # --annotations: (image, GeoJSON) pairs
+    pairs: list[tuple[Path, Path]]  # (image, mask) or, with --annotations, (image, GeoJSON)
     unannotated: int | None
     init_card: ModelCard | None
     partners: tuple[ModelCard, ...]  # --ensemble-with
-    architecture: str
-    encoder: str
-    extra: dict[str, Any] | None
-    mpp: float
-    tile_size: int
-    overlap: int
-    inference_batch_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    state_path: Path
     device: torch.device
     amp: bool
-    threads: int
-    command: str
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> _Config:
-        if args.crop < 32 or args.crop % 32:
-            raise ValueError("--crop must be a multiple of 32")
-        if args.batch_size < 1 or args.epochs < 1 or args.steps_per_epoch < 1:
-            raise ValueError("--batch-size, --epochs and --steps-per-epoch must be >= 1")
-        if not 0 <= args.scale_jitter <= 1:
-            raise ValueError(f"--scale-jitter must be in [0, 1], got {args.scale_jitter}")
-        if not 0 < args.encoder_lr_scale <= 1:
-            raise ValueError(f"--encoder-lr-scale must be in (0, 1], got {args.encoder_lr_scale}")
-        if not 0 <= args.ema < 1:
-            raise ValueError(f"--ema must be 0 (off) or a decay in (0, 1), got {args.ema}")
-        if any(v is not None and v <= 0 for v in (args.source_mpp, args.mpp)):
-            raise ValueError("--source-mpp and --mpp must be positive")
-        card = resolve_card(args.init_model, args.models) if args.init_model else None
-        for option, value, own in (("--architecture", args.architecture, "architecture"),
-                                   ("--encoder", args.encoder, "encoder"),
-                                   ("--extra", args.extra, "extra")):
+    def from_options(cls, options: TrainOptions) -> _Config:
+        _check_recipe(options)
+        card = resolve_card(options.init_model, options.models) if options.init_model else None
+        extra = dict(options.extra) if options.extra is not None else None
+        for option, value, own in (("--architecture", options.architecture, "architecture"),
+                                   ("--encoder", options.encoder, "encoder"),
+                                   ("--extra", extra, "extra")):
             if card is not None and value is not None and value != getattr(card, own):
-                raise ValueError(f"{option} {value} differs from the {own} of --init-model "
-                                 f"{card.id} ({getattr(card, own)}); its weights would not fit")
+                raise InvalidInput(f"{option} {value} differs from the {own} of --init-model "
+                                   f"{card.id} ({getattr(card, own)}); its weights would not "
+                                   "fit")
 
-        annotated: list[tuple[Path, Path]] = []
         mapping = None
         unannotated = None
-        if args.masks is not None:
-            if args.classes or args.unannotated:
-                raise ValueError("--classes and --unannotated go with --annotations; with "
-                                 "--masks the classes come from --mask-values")
-            if args.source_mpp is None:
-                raise ValueError("--masks needs --source-mpp (µm per pixel of the images)")
-            mapping = parse_mask_values(args.mask_values)
+        if options.masks is not None and options.annotations is None:
+            if options.classes is not None or options.unannotated is not None:
+                raise InvalidInput("--classes and --unannotated go with --annotations; with "
+                                   "--masks the classes come from --mask-values")
+            if options.source_mpp is None:
+                raise InvalidInput("--masks needs --source-mpp (µm per pixel of the images)")
+            mapping = options.mask_values or parse_mask_values(None)
             names = list(mapping.names)
+            pairs = find_pairs(options.images, options.masks)
+        elif options.annotations is not None and options.masks is None:
+            if options.mask_values is not None:
+                raise InvalidInput("--mask-values goes with --masks")
+            pairs = find_annotated(options.images, options.annotations)
+            names = _annotation_classes(options, card, pairs)
+            if options.unannotated is not None:
+                if options.unannotated not in names:
+                    raise InvalidInput(f"--unannotated {options.unannotated!r} is not one of "
+                                       f"the classes {', '.join(names)}")
+                unannotated = names.index(options.unannotated)
         else:
-            if args.mask_values:
-                raise ValueError("--mask-values goes with --masks")
-            annotated = find_annotated(args.images, args.annotations)
-            names = _annotation_classes(args, card, annotated)
-            if args.unannotated is not None:
-                if args.unannotated not in names:
-                    raise ValueError(f"--unannotated {args.unannotated!r} is not one of the "
-                                     f"classes {', '.join(names)}")
-                unannotated = names.index(args.unannotated)
+            raise InvalidInput("--images goes with either --masks or --annotations")
         if len(names) < 2:
-            raise ValueError(f"a segmentation model needs at least two classes, got {names}")
+            raise InvalidInput(f"a segmentation model needs at least two classes, got {names}")
         if len(names) >= IGNORE_INDEX:
-            raise ValueError(f"at most {IGNORE_INDEX - 1} classes")
+            raise InvalidInput(f"at most {IGNORE_INDEX - 1} classes")
 
         colors: dict[str, Sequence[int]] = {c.name: c.color for c in card.classes} if card \
             else {}
-        given: dict[str, list[int]] = {}
-        for item in args.colors:
-            name, _, rgb = item.rpartition("=")
-            try:
-                given[name.strip().strip("\"'")] = [int(v) for v in rgb.split(",")]
-            except ValueError:
-                raise ValueError(f"--colors {item!r}: expected NAME=R,G,B") from None
-        unknown = set(given) - set(names)
-        if unknown:
-            raise ValueError(f"--colors names unknown classes: {', '.join(sorted(unknown))}")
-        colors.update(given)
+        _check_named("--colors", options.colors, names)
+        colors.update(options.colors)
+        if options.keep_on_glass is not None:
+            _check_named("--keep-on-glass", options.keep_on_glass, names)
+            keep_on_glass: Sequence[str] = options.keep_on_glass
+        else:
+            keep_on_glass = [c.name for c in card.classes if c.keep_on_glass] if card else []
 
-        keep_on_glass = [n.strip().strip("\"'") for n in args.keep_on_glass]
-        if not args.keep_on_glass and card is not None:
-            keep_on_glass = [c.name for c in card.classes if c.keep_on_glass]
-        unknown = set(keep_on_glass) - set(names) if args.keep_on_glass else set()
-        if unknown:
-            raise ValueError(f"--keep-on-glass names unknown classes: "
-                             f"{', '.join(sorted(unknown))}")
-
-        if args.device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("--device cuda: no CUDA device available")
-        use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+        if options.device == "cuda" and not torch.cuda.is_available():
+            raise InvalidInput("--device cuda: no CUDA device available")
+        use_cuda = options.device == "cuda" or (options.device == "auto"
+                                                and torch.cuda.is_available())
 
         def pick(value: Any, own: str, default: Any) -> Any:
             return value if value is not None else getattr(card, own) if card else default
 
-        encoder = pick(args.encoder, "encoder", "mobilenet_v2")
-        mean, std = ((tuple(card.mean), tuple(card.std)) if card
+        encoder = pick(options.encoder, "encoder", "mobilenet_v2")
+        mean, std = ((card.mean, card.std) if card
                      else imagenet_normalization(encoder) if encoder in SUPPORTED_ENCODERS
                      else (IMAGENET_MEAN, IMAGENET_STD))
-        mpp = pick(args.mpp, "mpp", _DEFAULT_MPP)
-        partners = tuple(resolve_card(spec, args.models, "--ensemble-with")
-                         for spec in args.ensemble_with)
+        mpp = pick(options.mpp, "mpp", _DEFAULT_MPP)
+        partners = tuple(resolve_card(spec, options.models, "--ensemble-with")
+                         for spec in options.ensemble_with)
         for partner in partners:
-            _check_partner(partner, names, mpp, (tuple(mean), tuple(std)))
-        return cls(args=args, classes=class_specs(names, colors, keep_on_glass),
-                   mapping=mapping,
-                   annotated=annotated, unannotated=unannotated, init_card=card,
-                   partners=partners,
-                   architecture=pick(args.architecture, "architecture", "Unet"),
-                   encoder=encoder,
-                   extra=pick(args.extra, "extra", None) or None,
-                   mpp=mpp,
-                   tile_size=pick(args.tile_size, "tile_size", _DEFAULT_TILE),
-                   overlap=pick(args.overlap, "overlap", _DEFAULT_OVERLAP),
-                   inference_batch_size=pick(args.inference_batch_size, "batch_size",
-                                             _DEFAULT_INFERENCE_BATCH),
-                   mean=mean, std=std,
-                   state_path=args.state or Path(args.out) / "train_state.pt",
+            _check_partner(partner, names, mpp, (mean, std))
+        trained = in_memory_card(
+            class_specs(names, colors, keep_on_glass),
+            architecture=pick(options.architecture, "architecture", "Unet"), encoder=encoder,
+            mpp=mpp, tile_size=pick(options.tile_size, "tile_size", _DEFAULT_TILE),
+            overlap=pick(options.overlap, "overlap", _DEFAULT_OVERLAP),
+            batch_size=pick(options.inference_batch_size, "batch_size",
+                            _DEFAULT_INFERENCE_BATCH),
+            mean=mean, std=std, extra=pick(extra, "extra", None))
+        return cls(options=options, card=trained, mapping=mapping, pairs=pairs,
+                   unannotated=unannotated, init_card=card, partners=partners,
                    device=torch.device("cuda" if use_cuda else "cpu"),
-                   amp=use_cuda and not args.no_amp, threads=args.threads,
-                   command=getattr(args, "command_line", ""))
+                   amp=use_cuda and options.amp)
+
+
+def _check_recipe(options: TrainOptions) -> None:
+    """The training settings are each usable on their own."""
+    if options.crop < 32 or options.crop % 32:
+        raise InvalidInput("--crop must be a multiple of 32")
+    if options.batch_size < 1 or options.epochs < 1 or options.steps_per_epoch < 1:
+        raise InvalidInput("--batch-size, --epochs and --steps-per-epoch must be >= 1")
+    if not 0 <= options.scale_jitter <= 1:
+        raise InvalidInput(f"--scale-jitter must be in [0, 1], got {options.scale_jitter}")
+    if not 0 < options.encoder_lr_scale <= 1:
+        raise InvalidInput(f"--encoder-lr-scale must be in (0, 1], got "
+                           f"{options.encoder_lr_scale}")
+    if not 0 <= options.ema < 1:
+        raise InvalidInput(f"--ema must be 0 (off) or a decay in (0, 1), got {options.ema}")
+    if any(v is not None and v <= 0 for v in (options.source_mpp, options.mpp)):
+        raise InvalidInput("--source-mpp and --mpp must be positive")
+
+
+def _check_named(option: str, named: Iterable[str], names: Sequence[str]) -> None:
+    """``option`` names only classes among ``names``."""
+    unknown = set(named) - set(names)
+    if unknown:
+        raise InvalidInput(f"{option} names unknown classes: {', '.join(sorted(unknown))}")
 
 
 def _check_partner(card: ModelCard, names: Sequence[str], mpp: float,
@@ -510,29 +550,28 @@ def _check_partner(card: ModelCard, names: Sequence[str], mpp: float,
         problems.append(f"its normalisation (mean {list(card.mean)}, std {list(card.std)}) "
                         f"differs from {[list(v) for v in normalization]}")
     if problems:
-        raise ValueError(f"--ensemble-with {card.id}: " + "; ".join(problems))
+        raise InvalidInput(f"--ensemble-with {card.id}: " + "; ".join(problems))
 
 
-def _annotation_classes(args: argparse.Namespace, card: ModelCard | None,
+def _annotation_classes(options: TrainOptions, card: ModelCard | None,
                         annotated: Sequence[tuple[Path, Path]]) -> list[str]:
     """--classes, else the fine-tuned model's classes, else the annotated names sorted (with
     --unannotated's class)."""
-    if args.classes:
-        names = [n.strip().strip("\"'") for n in args.classes.split(",") if n.strip()]
-        if len(set(names)) != len(names):
-            raise ValueError(f"--classes names a class twice: {args.classes}")
-        return names
+    if options.classes is not None:
+        if len(set(options.classes)) != len(options.classes):
+            raise InvalidInput(f"--classes names a class twice: {','.join(options.classes)}")
+        return list(options.classes)
     found = annotation_class_names(p for _, p in annotated)
     if card is not None:
         own = [c.name for c in card.classes]
         other = sorted(set(found) - set(own))
         if other:
-            raise ValueError(f"the annotations use classes that {card.id} does not have "
-                             f"({', '.join(other)}); pass --classes to train a new "
-                             "segmentation head for the classes you want")
+            raise InvalidInput(f"the annotations use classes that {card.id} does not have "
+                               f"({', '.join(other)}); pass --classes to train a new "
+                               "segmentation head for the classes you want")
         return own
-    if args.unannotated and args.unannotated not in found:
-        found = sorted([*found, args.unannotated])
+    if options.unannotated and options.unannotated not in found:
+        found = sorted([*found, options.unannotated])
     return found
 
 
@@ -551,7 +590,7 @@ class _Progress:
 def _parameter_groups(model: torch.nn.Module, lr: float,
                       encoder_scale: float) -> list[dict[str, Any]]:
     """The encoder's parameters at ``lr x encoder_scale``, the others at ``lr``."""
-    encoder = {id(p) for p in model.encoder.parameters()}
+    encoder = {id(p) for p in model.get_submodule("encoder").parameters()}
     return [{"params": [p for p in model.parameters() if id(p) in encoder],
              "base_lr": lr * encoder_scale},
             {"params": [p for p in model.parameters() if id(p) not in encoder],
@@ -569,11 +608,16 @@ def _kept(name: str | None, names: Sequence[str]) -> str | None:
     return name if name in names else None
 
 
+def _report(message: str) -> None:
+    """One line of progress for the user, on stderr."""
+    print(f"roiseg train: {message}", file=sys.stderr)
+
+
 class _Trainer:
     def __init__(self, config: _Config) -> None:
         self.config = config
-        self.args = config.args
-        self.num_classes = len(config.classes)
+        self.options = config.options
+        self.num_classes = len(config.card.classes)
         # --ensemble-with, one entry per model (an ensemble's members one by one).
         self.partners: list[tuple[torch.nn.Module, EnsembleMember]] = []
 
@@ -582,8 +626,7 @@ class _Trainer:
             module = load_model(card, self.config.device).module
             modules = list(module.members) if isinstance(module, Ensemble) else [module]
             self.partners += zip(modules, card.members)
-            print(f"roiseg train: ensemble with {card.id}@{card.version} ({card.sha256})",
-                  file=sys.stderr)
+            _report(f"ensemble with {card.id}@{card.version} ({card.sha256})")
 
     def _export_partners(self, out_dir: Path) -> list[dict[str, Any]]:
         """Write the --ensemble-with weights next to the trained model; the card's entries."""
@@ -598,27 +641,28 @@ class _Trainer:
 
     # -- setup
     def _load_data(self) -> tuple[list[Sample], list[Sample]]:
-        args, config = self.args, self.config
+        options, config = self.options, self.config
         if config.mapping is not None:
-            scale = args.source_mpp / config.mpp
-            samples = [load_sample(i, m, config.mapping, scale)
-                       for i, m in find_pairs(args.images, args.masks)]
+            assert options.source_mpp is not None  # required with --masks (_Config)
+            scale = options.source_mpp / config.card.mpp
+            samples = [load_sample(i, m, config.mapping, scale) for i, m in config.pairs]
         else:
-            names = [c.name for c in config.classes]
-            samples = [load_annotated_sample(i, g, names, config.mpp, args.source_mpp,
-                                             config.unannotated, args.margin)
-                       for i, g in config.annotated]
-        train_idx, val_idx = split_by_image([s.name for s in samples], args.val_fraction,
-                                            args.seed)
+            names = [c.name for c in config.card.classes]
+            samples = [load_annotated_sample(i, g, names, config.card.mpp, options.source_mpp,
+                                             config.unannotated, options.margin)
+                       for i, g in config.pairs]
+        train_idx, val_idx = split_by_image([s.name for s in samples], options.val_fraction,
+                                            options.seed)
         return [samples[i] for i in train_idx], [samples[i] for i in val_idx]
 
     def _fingerprint(self, train: Sequence[Sample], val: Sequence[Sample]) -> dict[str, Any]:
-        a, c = self.args, self.config
-        return {"architecture": c.architecture, "encoder": c.encoder, "extra": c.extra,
-                "classes": [s.name for s in c.classes], "mpp": c.mpp,
-                "source_mpp": a.source_mpp, "crop": a.crop, "batch_size": a.batch_size,
-                "steps_per_epoch": a.steps_per_epoch, "seed": a.seed, "ema": a.ema,
-                "scale_jitter": a.scale_jitter,
+        o, c = self.options, self.config
+        return {"architecture": c.card.architecture, "encoder": c.card.encoder,
+                "extra": c.card.extra or None, "classes": [s.name for s in c.card.classes],
+                "mpp": c.card.mpp,
+                "source_mpp": o.source_mpp, "crop": o.crop, "batch_size": o.batch_size,
+                "steps_per_epoch": o.steps_per_epoch, "seed": o.seed, "ema": o.ema,
+                "scale_jitter": o.scale_jitter,
                 "init": c.init_card.sha256 if c.init_card else None,
                 "ensemble_with": [p.sha256 for p in c.partners],
                 "unannotated": c.unannotated,
@@ -626,24 +670,23 @@ class _Trainer:
 
     def _model(self) -> torch.nn.Module:
         """The model to train: the fine-tuned model's weights, else an ImageNet encoder."""
-        args, config = self.args, self.config
+        options, config = self.options, self.config
         card = config.init_card
-        model = build_model(config.architecture, config.encoder, self.num_classes,
-                            pretrained=card is None and not args.no_pretrained,
-                            extra=config.extra)
+        model = build_model(config.card.architecture, config.card.encoder, self.num_classes,
+                            pretrained=card is None and options.pretrained,
+                            extra=config.card.extra)
         if card is not None:
-            names = [c.name for c in config.classes]
+            names = [c.name for c in config.card.classes]
             if init_from_card(model, card, names):
-                print(f"roiseg train: the classes differ from {card.id}'s "
-                      f"({', '.join(c.name for c in card.classes)} -> {', '.join(names)}): "
-                      f"its segmentation head is re-initialised for {len(names)} classes, "
-                      "the encoder and decoder weights are kept", file=sys.stderr)
-            print(f"roiseg train: fine-tuning {self.fine_tuned_from}", file=sys.stderr)
+                _report(f"the classes differ from {card.id}'s "
+                        f"({', '.join(c.name for c in card.classes)} -> {', '.join(names)}): "
+                        f"its segmentation head is re-initialised for {len(names)} classes, "
+                        "the encoder and decoder weights are kept")
+            _report(f"fine-tuning {self.fine_tuned_from}")
             if card.ensemble:
-                print(f"roiseg train: {card.id} is an ensemble of {len(card.ensemble) + 1} "
-                      f"models; its own {card.architecture}/{card.encoder} is fine-tuned and "
-                      "the other members are left out (--ensemble-with adds models back)",
-                      file=sys.stderr)
+                _report(f"{card.id} is an ensemble of {len(card.ensemble) + 1} models; its "
+                        f"own {card.architecture}/{card.encoder} is fine-tuned and the other "
+                        "members are left out (--ensemble-with adds models back)")
         return model
 
     @property
@@ -654,18 +697,14 @@ class _Trainer:
     def _loaded(self, module: torch.nn.Module) -> LoadedModel:
         """``module`` (with the --ensemble-with models) as the server would run it, with the
         card being trained."""
-        c = self.config
         if self.partners:
             module = Ensemble([module, *(m for m, _ in self.partners)]).train(module.training)
-        return LoadedModel(in_memory_card(
-            c.classes, architecture=c.architecture, encoder=c.encoder, mpp=c.mpp,
-            tile_size=c.tile_size, overlap=c.overlap, batch_size=c.inference_batch_size,
-            mean=c.mean, std=c.std, extra=c.extra), module, c.device)
+        return LoadedModel(self.config.card, module, self.config.device)
 
     def _lr_factor(self, progress: _Progress, total_steps: int, budget_s: float | None) -> float:
         """Linear warm-up, then cosine to 1 % over the budget (steps or time, whichever ends
         first)."""
-        warmup = self.args.warmup_steps
+        warmup = self.options.warmup_steps
         if progress.step < warmup:
             return (progress.step + 1) / warmup
         fraction = (progress.step - warmup) / max(1, total_steps - warmup)
@@ -675,39 +714,39 @@ class _Trainer:
         return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * fraction))
 
     # -- main loop
-    def train(self) -> int:
+    def run(self) -> ModelCard:
+        """Train, then export the best epoch; the card as written."""
         from tqdm import tqdm
 
-        args, config = self.args, self.config
-        if args.resume and not config.state_path.is_file():
-            print(f"roiseg train: --resume: no state at {config.state_path}", file=sys.stderr)
-            return 2
-        torch.manual_seed(args.seed)
+        options, config = self.options, self.config
+        if options.resume and not options.state_path.is_file():
+            raise NotFound(f"--resume: no state at {options.state_path}")
+        torch.manual_seed(options.seed)
         t_load = time.monotonic()
         train_set, val_set = self._load_data()
-        print(f"roiseg train: {len(train_set)} training and {len(val_set)} validation images "
-              f"at {config.mpp:g} µm/px ({time.monotonic() - t_load:.1f} s to load); "
-              f"device {config.device}{' + AMP' if config.amp else ''}", file=sys.stderr)
+        _report(f"{len(train_set)} training and {len(val_set)} validation images "
+                f"at {config.card.mpp:g} µm/px ({time.monotonic() - t_load:.1f} s to load); "
+                f"device {config.device}{' + AMP' if config.amp else ''}")
         fingerprint = self._fingerprint(train_set, val_set)
 
         model = self._model()
         model = model.to(config.device).to(memory_format=torch.channels_last)
         self._load_partners()
-        optimizer = torch.optim.AdamW(_parameter_groups(model, args.lr, args.encoder_lr_scale),
-                                      lr=args.lr, weight_decay=args.weight_decay)
-        averaged = _averaged(model, args.ema)
+        optimizer = torch.optim.AdamW(
+            _parameter_groups(model, options.lr, options.encoder_lr_scale), lr=options.lr,
+            weight_decay=options.weight_decay)
+        averaged = _averaged(model, options.ema)
         scaler = torch.amp.GradScaler("cuda", enabled=config.amp)
-        rng = np.random.default_rng(args.seed)
+        rng = np.random.default_rng(options.seed)
         progress = _Progress()
         best_state: dict[str, torch.Tensor] | None = None
 
-        if args.resume:
-            state = torch.load(config.state_path, map_location="cpu", weights_only=True)
+        if options.resume:
+            state = torch.load(options.state_path, map_location="cpu", weights_only=True)
             if state.get("version") != _STATE_VERSION or state["fingerprint"] != fingerprint:
-                print("roiseg train: --resume: the saved state was made with other data or "
-                      "settings (model, classes, resolution, crop, batch, seed or split)",
-                      file=sys.stderr)
-                return 2
+                raise InvalidInput("--resume: the saved state was made with other data or "
+                                   "settings (model, classes, resolution, crop, batch, seed or "
+                                   "split)")
             model.load_state_dict(state["model"])
             if averaged is not None:
                 averaged.load_state_dict(state["averaged"])
@@ -717,26 +756,27 @@ class _Trainer:
             torch.set_rng_state(state["torch_rng"])
             progress = _Progress(**state["progress"])
             best_state = state["best"]
-            print(f"roiseg train: resumed at epoch {progress.epoch}, step {progress.step}, "
-                  f"{progress.elapsed_s / 60:.1f} min spent", file=sys.stderr)
+            _report(f"resumed at epoch {progress.epoch}, step {progress.step}, "
+                    f"{progress.elapsed_s / 60:.1f} min spent")
 
-        sampler = CropSampler(train_set, args.crop, self.num_classes, rng,
-                              scale_jitter=args.scale_jitter)
-        total_steps = args.epochs * args.steps_per_epoch
-        budget_s = args.max_minutes * 60 if args.max_minutes else None
+        sampler = CropSampler(train_set, options.crop, self.num_classes, rng,
+                              scale_jitter=options.scale_jitter)
+        total_steps = options.epochs * options.steps_per_epoch
+        budget_s = options.max_minutes * 60 if options.max_minutes else None
         stop_reason = "epochs done"
         bar = tqdm(total=total_steps, initial=progress.step, unit="step", dynamic_ncols=True,
-                   disable=args.no_progress, mininterval=1 if sys.stderr.isatty() else 15)
+                   disable=not options.progress_bar,
+                   mininterval=1 if sys.stderr.isatty() else 15)
         clock = time.monotonic() - progress.elapsed_s
-        while progress.epoch < args.epochs:
-            if val_set and progress.bad_epochs >= args.patience:
+        while progress.epoch < options.epochs:
+            if val_set and progress.bad_epochs >= options.patience:
                 stop_reason = "early stopping"
                 break
             model.train()
             out_of_time = False
             losses: list[float] = []
             step_s = 0.0
-            for _ in range(args.steps_per_epoch):
+            for _ in range(options.steps_per_epoch):
                 progress.elapsed_s = time.monotonic() - clock
                 # Stop early enough for one more step and the final validation to fit.
                 if budget_s and progress.elapsed_s + step_s + 1.5 * progress.last_val_s \
@@ -746,8 +786,8 @@ class _Trainer:
                 factor = self._lr_factor(progress, total_steps, budget_s)
                 for group in optimizer.param_groups:
                     group["lr"] = group["base_lr"] * factor
-                images, labels = sampler.batch(args.batch_size)
-                inputs = to_input(images, config.mean, config.std, config.device)
+                images, labels = sampler.batch(options.batch_size)
+                inputs = to_input(images, config.card.mean, config.card.std, config.device)
                 target = torch.from_numpy(labels).to(config.device).long()
                 with torch.autocast("cuda", dtype=torch.float16, enabled=config.amp):
                     logits = model(inputs)
@@ -763,7 +803,7 @@ class _Trainer:
                 step_s = time.monotonic() - clock - progress.elapsed_s
                 bar.update(1)
                 bar.set_postfix(epoch=progress.epoch + 1, loss=f"{losses[-1]:.3f}",
-                                lr=f"{args.lr * factor:.1e}",
+                                lr=f"{options.lr * factor:.1e}",
                                 best=f"{max(progress.best_score, 0):.3f}", refresh=False)
             if not losses:
                 stop_reason = "time budget"
@@ -800,12 +840,11 @@ class _Trainer:
                 stop_reason = "time budget"
                 break
         else:
-            if val_set and progress.bad_epochs >= args.patience:
+            if val_set and progress.bad_epochs >= options.patience:
                 stop_reason = "early stopping"
         bar.close()
         if best_state is None:
-            print("roiseg train: no training step was run (budget too small?)", file=sys.stderr)
-            return 1
+            raise InvalidInput("no training step was run (budget too small?)")
         return self._finish(best_state, train_set, val_set, progress, stop_reason)
 
     def _save_state(self, model: torch.nn.Module, averaged: AveragedModel | None,
@@ -813,7 +852,7 @@ class _Trainer:
                     scaler: torch.amp.GradScaler, rng: np.random.Generator, progress: _Progress,
                     best_state: dict[str, torch.Tensor] | None,
                     fingerprint: dict[str, Any]) -> None:
-        path = self.config.state_path
+        path = self.options.state_path
         path.parent.mkdir(parents=True, exist_ok=True)
         state = {"version": _STATE_VERSION, "fingerprint": fingerprint,
                  "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -825,12 +864,13 @@ class _Trainer:
             torch.save(state, partial)
 
     def _finish(self, best_state: dict[str, torch.Tensor], train_set: Sequence[Sample],
-                val_set: Sequence[Sample], progress: _Progress, stop_reason: str) -> int:
-        args, config = self.args, self.config
-        model = build_model(config.architecture, config.encoder, self.num_classes,
-                            extra=config.extra)
+                val_set: Sequence[Sample], progress: _Progress, stop_reason: str) -> ModelCard:
+        """Export ``best_state`` with its card, measured as the server will run it."""
+        options, config = self.options, self.config
+        model = build_model(config.card.architecture, config.card.encoder, self.num_classes,
+                            extra=config.card.extra)
         model.load_state_dict(best_state)
-        out_dir = Path(args.out)
+        out_dir = options.out
         out_dir.mkdir(parents=True, exist_ok=True)
         ensemble = self._export_partners(out_dir)
         written = export_model(model, out_dir, self._card(train_set, val_set, progress,
@@ -840,62 +880,65 @@ class _Trainer:
         # the model's resolution through the server's tiled inference.
         metrics: dict[str, str] = {}
         if val_set:
-            exported = load_model(ModelCard.from_file(out_dir / "model.json"), config.device)
+            exported = load_model(ModelCard.from_file(out_dir / CARD_FILE), config.device)
             result = evaluate(exported, val_set)
-            keys = _metric_keys(config.classes)
-            for key, spec in zip(keys, config.classes):
+            keys = _metric_keys(config.card.classes)
+            for key, spec in zip(keys, config.card.classes):
                 metrics[key] = f"{result['dice'][spec.index]:.3f}"
-            for key, spec in zip(keys, config.classes):
+            for key, spec in zip(keys, config.card.classes):
                 metrics[f"{key}_image_mean"] = f"{result['dice_image_mean'][spec.index]:.3f}"
             metrics["val_images"] = str(len(val_set))
         card = self._card(train_set, val_set, progress, stop_reason, metrics, ensemble)
         write_card(out_dir, {**card, "checkpoint": written["checkpoint"],
                              "sha256": written["sha256"]})
         size_mb = (out_dir / written["checkpoint"]).stat().st_size / 1e6
-        print(f"roiseg train: {stop_reason} after {progress.epoch} epochs, "
-              f"{progress.step} steps, {progress.elapsed_s / 60:.1f} min; best epoch "
-              f"{progress.best_epoch}; wrote {out_dir / 'model.json'} and "
-              f"{written['checkpoint']} ({size_mb:.1f} MB); metrics {metrics}", file=sys.stderr)
-        if config.state_path.exists() and not args.keep_state:
-            config.state_path.unlink()
-        return 0
+        _report(f"{stop_reason} after {progress.epoch} epochs, "
+                f"{progress.step} steps, {progress.elapsed_s / 60:.1f} min; best epoch "
+                f"{progress.best_epoch}; wrote {out_dir / CARD_FILE} and "
+                f"{written['checkpoint']} ({size_mb:.1f} MB); metrics {metrics}")
+        if options.state_path.exists() and not options.keep_state:
+            options.state_path.unlink()
+        return ModelCard.from_file(out_dir / CARD_FILE)
 
     def _card(self, train_set: Sequence[Sample], val_set: Sequence[Sample],
               progress: _Progress, stop_reason: str, metrics: dict[str, str],
               ensemble: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        args, config = self.args, self.config
-        model_id = args.model_id or re.sub(r"[^a-z0-9._-]+", "-",
-                                           Path(args.out).resolve().name.lower())
-        names = [c.name for c in config.classes]
+        options, config, trained = self.options, self.config, self.config.card
+        model_id = options.model_id or re.sub(r"[^a-z0-9._-]+", "-",
+                                              options.out.resolve().name.lower())
+        names = [c.name for c in trained.classes]
         n_images = len(train_set) + len(val_set)
         if config.mapping is not None:
-            data = args.data_description or f"image/mask pairs from {args.images}"
-            images = (f"{n_images} images resampled from {args.source_mpp:g} to "
-                      f"{config.mpp:g} µm/px")
+            data = options.data_description or f"image/mask pairs from {options.images}"
+            images = (f"{n_images} images resampled from {options.source_mpp:g} to "
+                      f"{trained.mpp:g} µm/px")
         else:
-            data = args.data_description or (f"images from {args.images} with QuPath "
-                                             f"GeoJSON annotations from {args.annotations}")
-            unlabelled = (f"unannotated pixels = {args.unannotated}"
+            data = options.data_description or (
+                f"images from {options.images} with QuPath GeoJSON annotations from "
+                f"{options.annotations}")
+            unlabelled = (f"unannotated pixels = {options.unannotated}"
                           if config.unannotated is not None else "unannotated pixels ignored")
             images = (f"{n_images} annotated images (their annotations' bounding box) at "
-                      f"{config.mpp:g} µm/px, {unlabelled}")
+                      f"{trained.mpp:g} µm/px, {unlabelled}")
         if config.init_card is not None:
             init = f"weights fine-tuned from {config.init_card.id}"
-        elif args.no_pretrained:
+        elif not options.pretrained:
             init = "a randomly initialised encoder"
         else:
             init = "an ImageNet-initialised encoder (pretrained.py)"
         trained_on = (
             f"{data}: {images}; {len(train_set)} for training, "
-            f"{len(val_set)} held out for validation (split by image, seed {args.seed}). "
-            f"{config.architecture}/{config.encoder} with {init}, trained on "
-            f"{args.crop}x{args.crop} px class-balanced random crops (batch {args.batch_size}; "
-            + (f"scale jitter ±{args.scale_jitter:g}, " if args.scale_jitter else "")
+            f"{len(val_set)} held out for validation (split by image, seed {options.seed}). "
+            f"{trained.architecture}/{trained.encoder} with {init}, trained on "
+            f"{options.crop}x{options.crop} px class-balanced random crops "
+            f"(batch {options.batch_size}; "
+            + (f"scale jitter ±{options.scale_jitter:g}, " if options.scale_jitter else "")
             + "flips, 90° rotations, HSV/brightness/contrast jitter), cross-entropy + Dice "
-            f"loss, AdamW lr {args.lr:g}"
-            + (f" (encoder x {args.encoder_lr_scale:g})" if args.encoder_lr_scale != 1 else "")
+            f"loss, AdamW lr {options.lr:g}"
+            + (f" (encoder x {options.encoder_lr_scale:g})"
+               if options.encoder_lr_scale != 1 else "")
             + " with a cosine schedule"
-            + (f", weights averaged (EMA, decay {args.ema:g})" if args.ema else "")
+            + (f", weights averaged (EMA, decay {options.ema:g})" if options.ema else "")
             + f"; {progress.step} steps / "
             f"{progress.epoch} epochs in {progress.elapsed_s / 60:.1f} min on "
             f"{self._device_name()} ({stop_reason}); best validation epoch "
@@ -903,34 +946,35 @@ class _Trainer:
             + (f"fine_tuned_from: {self.fine_tuned_from}. " if config.init_card else "")
             + "".join(f"Class probabilities averaged with {p.id}@{p.version} ({p.sha256}), "
                       "chosen and measured as an ensemble. " for p in config.partners)
-            + (f"Command: {config.command}" if config.command else "")).strip()
+            + (f"Command: {options.command_line}" if options.command_line else "")).strip()
         init_card = config.init_card
         card: dict[str, Any] = {
             "id": model_id,
-            "name": args.model_name or f"{model_id} ({config.architecture} / {config.encoder})",
-            "description": args.description or (
-                f"{config.architecture}/{config.encoder} segmentation of {', '.join(names)} "
-                f"at {config.mpp:g} µm/px."),
-            "version": args.model_version,
+            "name": options.model_name or f"{model_id} ({trained.architecture} / "
+                                          f"{trained.encoder})",
+            "description": options.description or (
+                f"{trained.architecture}/{trained.encoder} segmentation of {', '.join(names)} "
+                f"at {trained.mpp:g} µm/px."),
+            "version": options.model_version,
             "format": "state_dict",
-            "architecture": config.architecture,
-            "encoder": config.encoder,
-            "mpp": config.mpp,
-            "tile_size": config.tile_size,
-            "overlap": config.overlap,
-            "batch_size": config.inference_batch_size,
-            "normalization": {"mean": list(config.mean), "std": list(config.std)},
+            "architecture": trained.architecture,
+            "encoder": trained.encoder,
+            "mpp": trained.mpp,
+            "tile_size": trained.tile_size,
+            "overlap": trained.overlap,
+            "batch_size": trained.batch_size,
+            "normalization": {"mean": list(trained.mean), "std": list(trained.std)},
             "classes": [{"index": c.index, "name": c.name, "color": list(c.color),
                          **({"keep_on_glass": True} if c.keep_on_glass else {})}
-                        for c in config.classes],
+                        for c in trained.classes],
             # The fine-tuned model's background/tumour roles carry over to same-named classes.
             "background_class": _kept(init_card.background_class if init_card else None, names),
             "tumor_class": _kept(init_card.tumor_class if init_card else None, names),
             "trained_on": trained_on,
             "metrics": metrics,
         }
-        if config.extra:
-            card["extra"] = config.extra
+        if trained.extra:
+            card["extra"] = trained.extra
         if ensemble:
             card["ensemble"] = list(ensemble)
         return card
