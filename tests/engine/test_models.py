@@ -17,6 +17,7 @@ from roiseg.engine.models import (
     select_device,
     sha256_file,
 )
+from roiseg.engine.training_split import TrainingSplit
 from roiseg.errors import InvalidInput, NotFound
 
 CPU = torch.device("cpu")
@@ -100,6 +101,7 @@ def test_card_fields(tmp_path, smp_model):
     assert card.kept_on_glass == ()
     assert card.description == "" and card.metrics == {"val_dice": "0.5", "epochs": "3"}
     assert card.extra == EXTRA
+    assert card.training_split is None  # optional
     assert card.class_named("Tumor").index == 1
     with pytest.raises(InvalidInput, match="'Stroma', 'Tumor', 'Glass'"):
         card.class_named("Necrosis")
@@ -138,6 +140,13 @@ def test_card_fields(tmp_path, smp_model):
     ({"metrics": {"dice": [1]}}, "metrics.dice", "string or number"),
     ({"extra": [1]}, "extra", "JSON object"),
     ({"extra": {"classes": 4}}, "extra", "must not set classes"),
+    ({"training_split": ["a"]}, "training_split", '{"training": [names], "held_out"'),
+    ({"training_split": {"training": ["a"], "held_out": "b"}}, "training_split",
+     "'held_out' must be a list of image names"),
+    ({"training_split": {"training": ["a", ""], "held_out": []}}, "training_split",
+     "'training' must be a list of image names"),
+    ({"training_split": {"training": ["a", "b"], "held_out": ["a"]}}, "training_split",
+     "listed twice: a"),
 ])
 def test_card_errors_name_the_file_and_field(tmp_path, fields, field, message):
     path = _write_model(tmp_path / "m", {"w": torch.zeros(1)}, **fields)
@@ -156,6 +165,14 @@ def test_card_missing_and_unknown_fields(tmp_path, fields, message):
     with pytest.raises(ValueError, match=r"model\.json: " + message.replace("(", r"\(")
                        .replace(")", r"\)")):
         ModelCard.from_file(path)
+
+
+def test_training_split(tmp_path):
+    split = {"training": ["b", "a.ome", "c"], "held_out": ["d"]}
+    card = ModelCard.from_file(_write_model(tmp_path / "m", {"w": torch.zeros(1)},
+                                            training_split=split))
+    assert card.training_split == TrainingSplit(("a.ome", "b", "c"), ("d",))
+    assert card.training_split.to_json() == {"training": ["a.ome", "b", "c"], "held_out": ["d"]}
 
 
 def test_keep_on_glass(tmp_path, smp_model):

@@ -379,10 +379,12 @@ def test_glas_geojson_against_its_mask(tmp_path):
     assert "--truth-values '0=Stroma,255=" in result.stderr \
         and "--truth-values '0=background,255=" in result.stderr, result.stderr
     # Asked for explicitly, 0 as background leaves only gland pixels: no negatives, TNR is
-    # 0/0, and the report says loudly that precision cannot fall below 1.
+    # 0/0, and the report says loudly that precision cannot fall below 1. (Run from another
+    # directory: the default model's card records that it was trained on train_3.)
     result = subprocess.run([sys.executable, "-m", "roiseg.cli", "evaluate", str(pred), str(mask),
                              "--truth-values", f"0=background,255={GLAND}", "--positive", GLAND,
-                             "--out", str(out)], capture_output=True, text=True, timeout=300)
+                             "--out", str(out)], capture_output=True, text=True, timeout=300,
+                            cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     (row,) = _rows(out / "metrics.csv")
     assert int(row["fp"]) == 0 and int(row["tn"]) == 0
@@ -391,3 +393,5 @@ def test_glas_geojson_against_its_mask(tmp_path):
     assert "| TNR (specificity) | n/a |" in summary
     assert "WARNING: the reference holds only the class" in summary
     assert "WARNING: the reference holds only the class" in result.stderr
+    assert "WARNING: 1 of the 1 evaluated image(s) were used to train " \
+        "glas-unet-mobilenetv2@0.4.0: train_3." in result.stderr

@@ -1,5 +1,5 @@
-"""Evaluations on a model's own training images are flagged: the split its card records is
-rebuilt from the card's training command and the predictions' model metadata."""
+"""Evaluations on a model's own training images are flagged: the models come from the
+predictions' metadata, their training images from the split their cards record."""
 
 from __future__ import annotations
 
@@ -8,17 +8,15 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import GLAS, REPO
+from conftest import GLAS
 from roiseg.cli import main as roiseg_main
 from roiseg.engine.models import DEFAULT_MODELS_DIR
 from roiseg.evaluation.training_data import (
     EMBEDDED_MODELS_DIR,
     TrainedOn,
     card_trained_on,
-    trained_on,
     training_data_warnings,
 )
-from roiseg.train.data import split_by_image
 
 CARD = json.loads((DEFAULT_MODELS_DIR / "model.json").read_text())
 MODEL = f"{CARD['id']}@{CARD['version']}"
@@ -29,9 +27,9 @@ FLAGGED = f"were used to train {MODEL}"
 
 
 @pytest.fixture(autouse=True)
-def in_the_repository(monkeypatch):
-    """The card's training command names its data relative to the repository."""
-    monkeypatch.chdir(REPO)
+def elsewhere(tmp_path, monkeypatch):
+    """Nothing depends on the current directory: run from an empty one."""
+    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture(scope="module")
@@ -49,15 +47,13 @@ def _evaluate(pred: Path, truth: Path, out: Path) -> int:
                         f"0=Stroma,255={GLAND}", "--positive", GLAND, "--out", str(out)])
 
 
-def test_the_default_cards_split_is_rebuilt_from_its_training_command():
-    names = sorted(p.stem for p in (GLAS / "images").glob("*.png"))
-    training, held_out = split_by_image(names, 0.18, 0)  # the card's --val-fraction and seed
-    split = trained_on(CARD["id"], CARD["version"], CARD["trained_on"])
-    assert split == TrainedOn(MODEL, frozenset(names[i] for i in training),
-                              frozenset(names[i] for i in held_out))
+def test_the_default_cards_split_is_read_from_its_card():
+    split = card_trained_on(CARD["id"], CARD["version"], [EMBEDDED_MODELS_DIR])
+    recorded = CARD["training_split"]
+    assert split == TrainedOn(MODEL, frozenset(recorded["training"]),
+                              frozenset(recorded["held_out"]))
     assert len(split.training) == 70 and len(split.held_out) == 15
     assert TRAINING in split.training and HELD_OUT in split.held_out
-    assert card_trained_on(CARD["id"], CARD["version"], [EMBEDDED_MODELS_DIR]) == split
     assert EMBEDDED_MODELS_DIR == DEFAULT_MODELS_DIR
 
 
@@ -91,20 +87,37 @@ def test_a_held_out_image_gets_no_warning(predictions, tmp_path, capsys):
 
 
 def test_models_whose_training_images_are_unknown_are_noted(tmp_path):
-    card = {**CARD, "id": "hand-made", "trained_on": "GlaS, some of it"}
-    (tmp_path / "model.json").write_text(json.dumps(card))
+    _write_card(tmp_path / "hand-made", {key: value for key, value in CARD.items()
+                                         if key != "training_split"}, id="hand-made")
     hand_made = card_trained_on("hand-made", CARD["version"], [tmp_path])
-    assert hand_made.unknown == "its card records no `roiseg train` split"
+    assert hand_made.unknown == "its card records no training split (training_split)"
+    _write_card(tmp_path / "broken", CARD, id="broken",
+                training_split={"training": ["a", "b"], "held_out": ["b"]})
+    broken = card_trained_on("broken", CARD["version"], [tmp_path])
+    assert broken.unknown == ("its card's training_split is invalid (image name(s) listed "
+                              "twice: b)")
     other_version = card_trained_on(CARD["id"], "0.1.0", [EMBEDDED_MODELS_DIR])
-    assert "is of version 0.4.0" in other_version.unknown
+    assert other_version.unknown == f"its card in {EMBEDDED_MODELS_DIR} is of version 0.4.0"
     missing = card_trained_on("elsewhere", "1", [tmp_path])
     assert "no card of it" in missing.unknown and "--models" in missing.unknown
-    moved = trained_on(CARD["id"], CARD["version"], CARD["trained_on"].replace(
-        "../shared/data/glas-train", str(tmp_path)))
-    assert "not readable here" in moved.unknown
     notes = training_data_warnings({TRAINING: [hand_made, missing]})
     assert notes == [
         "NOTE: whether the evaluated images were among the training images of "
         f"hand-made@{CARD['version']} could not be checked: {hand_made.unknown}.",
         "NOTE: whether the evaluated images were among the training images of elsewhere@1 "
         f"could not be checked: {missing.unknown}."]
+
+
+def test_the_card_of_the_evaluated_version_is_found_in_any_directory(tmp_path):
+    _write_card(tmp_path / "older", CARD, version="0.3.0",
+                training_split={"training": [HELD_OUT], "held_out": []})
+    found = card_trained_on(CARD["id"], CARD["version"], [tmp_path, EMBEDDED_MODELS_DIR])
+    assert found.training == frozenset(CARD["training_split"]["training"])
+    older = card_trained_on(CARD["id"], "0.3.0", [tmp_path, EMBEDDED_MODELS_DIR])
+    assert older.training == {HELD_OUT} and not older.held_out
+
+
+def _write_card(directory: Path, card: dict, **fields) -> None:
+    """``directory/model.json``: `card` with `fields` replaced."""
+    directory.mkdir()
+    (directory / "model.json").write_text(json.dumps({**card, **fields}))

@@ -18,6 +18,7 @@ from conftest import GLAS, REPO
 from roiseg.cli import train as train_cli
 from roiseg.engine.models import DEFAULT_MODELS_DIR, ModelCard, load_model
 from roiseg.engine.pretrained import encoder_state, imagenet_normalization, load_imagenet_encoder
+from roiseg.engine.training_split import TrainingSplit
 from roiseg.errors import InvalidInput, NotFound
 from roiseg.train import training as train
 
@@ -280,6 +281,14 @@ def test_roiseg_train_end_to_end(tmp_path):
     assert card["metrics"]["val_images"] == "1"
     assert 0.0 <= float(card["metrics"]["val_gland_dice"]) <= 1.0
     assert "2 for training, 1 held out" in card["trained_on"]
+    names = [f"train_{i}" for i in (1, 2, 3)]
+    training, held_out = train.split_by_image(names, 0.34, 0)
+    assert card["training_split"] == {"training": [names[i] for i in training],
+                                      "held_out": [names[i] for i in held_out]}
+    recorded = ModelCard.from_file(out / "model.json").training_split
+    assert recorded is not None and len(recorded.held_out) == 1
+    assert not set(recorded.training) & set(recorded.held_out)
+    assert sorted(recorded.training + recorded.held_out) == names
     # Called in-process (not from a shell), the card holds an equivalent `roiseg train`.
     command = card["trained_on"].split("Command: ", 1)[1]
     assert command.startswith("roiseg train ") and "--crop 64" in command
@@ -356,8 +365,9 @@ def test_resume_requires_matching_state(tmp_path):
 
 
 def test_default_model_card_and_checkpoint(monkeypatch):
-    """The shipped card is complete, and its validation figures are what the shipped
-    checkpoint scores on the held-out images its own recorded command selects."""
+    """The shipped card is complete, its training split is the one its own recorded command
+    selects, and its validation figures are what the shipped checkpoint scores on the
+    held-out images."""
     directory = DEFAULT_MODELS_DIR
     card = json.loads((directory / "model.json").read_text())
     assert list(card) == list(_card_fields_from_docs())
@@ -379,8 +389,10 @@ def test_default_model_card_and_checkpoint(monkeypatch):
     del command[partner:partner + 2]
     monkeypatch.chdir(REPO)  # the command's paths are relative to the repository
     config = train._Config.from_options(_options(*command[3:]))
-    _, held_out = train._Trainer(config)._load_data()
+    training, held_out = train._Trainer(config)._load_data()
     assert len(held_out) == int(card["metrics"]["val_images"])
+    assert card["training_split"] == {"training": sorted(s.name for s in training),
+                                      "held_out": sorted(s.name for s in held_out)}
     result = train.evaluate(load_model(ModelCard.from_file(directory / "model.json"),
                                        torch.device("cpu")), held_out)
     assert result["dice"][1] == pytest.approx(float(card["metrics"]["val_gland_dice"]),
@@ -574,8 +586,11 @@ def test_ensemble_with_a_registered_model(tmp_path):
     # ensemble segments the held-out image as well as the default model does.
     samples = [train.load_sample(image, mask, train.parse_mask_values(None), GLAS_MPP)
                for image, mask in train.find_pairs(data / "images", data / "masks")]
-    _, val_idx = train.split_by_image([s.name for s in samples], 0.34, 0)
+    train_idx, val_idx = train.split_by_image([s.name for s in samples], 0.34, 0)
     held_out = [samples[i] for i in val_idx]
+    # The card records the split of this run.
+    assert card.training_split == TrainingSplit.of(
+        (samples[i].name for i in train_idx), (s.name for s in held_out))
     cpu = torch.device("cpu")
     alone = train.evaluate(load_model(dataclasses.replace(card, ensemble=()), cpu), held_out)
     together = train.evaluate(load_model(card, cpu), held_out)

@@ -20,6 +20,7 @@ import numpy as np
 import segmentation_models_pytorch as smp
 import torch
 
+from roiseg.engine.training_split import TrainingSplit
 from roiseg.errors import InvalidInput, NotFound
 from roiseg.io.classes import confusable_builtin_class
 from roiseg.io.files import write_atomic
@@ -34,14 +35,14 @@ _SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
 _REQUIRED_FIELDS = ("id", "name", "version", "format", "architecture", "encoder", "checkpoint",
                     "sha256", "mpp", "tile_size", "overlap", "batch_size", "normalization",
                     "classes")
-_OPTIONAL_FIELDS = ("description", "background_class", "tumor_class", "trained_on", "metrics",
-                    "extra", "ensemble")
+_OPTIONAL_FIELDS = ("description", "background_class", "tumor_class", "trained_on",
+                    "training_split", "metrics", "extra", "ensemble")
 _MEMBER_FIELDS = ("architecture", "encoder", "checkpoint", "sha256")
 #: The order `write_card` writes the fields in (docs/model-cards.md's); others follow.
 _FIELD_ORDER = ("id", "name", "description", "version", "format", "architecture", "encoder",
                 "checkpoint", "sha256", "mpp", "tile_size", "overlap", "batch_size",
                 "normalization", "classes", "background_class", "tumor_class", "trained_on",
-                "metrics", "extra", "ensemble")
+                "training_split", "metrics", "extra", "ensemble")
 #: Keys under which training scripts nest the state dict, outermost first.
 _STATE_DICT_WRAPPERS = ("state_dict", "model_state_dict", "model")
 #: Prefixes that DataParallel / Lightning-style wrappers put before every key.
@@ -111,6 +112,8 @@ class ModelCard:
     card_path: Path
     ensemble: tuple[EnsembleMember, ...] = ()
     """Further models whose class probabilities are averaged with this card's own model."""
+    training_split: TrainingSplit | None = None
+    """The images the model was trained on and held out, when the card records them."""
 
     @classmethod
     def from_file(cls, path: Path) -> ModelCard:
@@ -235,7 +238,15 @@ class _CardReader:
             trained_on=self.text("trained_on", data.get("trained_on", ""), allow_empty=True),
             metrics=self.metrics(data.get("metrics", {})),
             extra=self.extra("extra", data.get("extra", {})), card_path=self.path,
-            ensemble=ensemble)
+            ensemble=ensemble, training_split=self.training_split(data.get("training_split")))
+
+    def training_split(self, value: Any) -> TrainingSplit | None:
+        if value is None:
+            return None
+        try:
+            return TrainingSplit.from_json(value)
+        except ValueError as exc:
+            raise self.error("training_split", str(exc)) from None
 
     def text(self, field: str, value: Any, *, allow_empty: bool = False) -> str:
         if not isinstance(value, str):

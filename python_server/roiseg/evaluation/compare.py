@@ -28,7 +28,11 @@ from roiseg.client.connection import ModelSource, ServerAddress, connect
 from roiseg.client.requests import ProgressBar, overlay_view, pixel_size, roi_request
 from roiseg.errors import InvalidInput, NotFound
 from roiseg.evaluation import metrics as ev
-from roiseg.evaluation.training_data import trained_on, training_data_warnings
+from roiseg.evaluation.training_data import (
+    EMBEDDED_MODELS_DIR,
+    card_trained_on,
+    training_data_warnings,
+)
 from roiseg.io import overlay
 from roiseg.io import roi as roi_module
 from roiseg.io.classes import class_colors
@@ -71,6 +75,7 @@ class CompareOptions:
     segment: pb.SegmentOptions = field(default_factory=pb.SegmentOptions)
     #: None: in-process, over `models`.
     server: ServerAddress | None = None
+    #: Also where the models' cards (their training split) are looked up, with a server too.
     models: ModelSource = ModelSource(beside_default=True)
 
 
@@ -145,7 +150,10 @@ def _compare(options: CompareOptions) -> Comparison:
                               options.downsample or max(1.0, target_mpp / mpp), mpp)
     if not rows:
         return Comparison(None, tuple(cautions), tuple(written))
-    trained = {m.id: trained_on(m.id, m.version, m.trained_on) for m in models.values()}
+    # The contract's ModelInfo has the card's trained_on text only: the split is read from
+    # the cards in the model directories known here.
+    card_dirs = (*options.models.directories, EMBEDDED_MODELS_DIR)
+    trained = {m.id: card_trained_on(m.id, m.version, card_dirs) for m in models.values()}
     cautions += training_data_warnings({scored.name: list(trained.values())
                                         for _, scored in rows})
     report = _report(options.out, rows, classes, positive, cautions)

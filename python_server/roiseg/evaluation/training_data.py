@@ -1,26 +1,20 @@
 """Which images a model was trained on, as its card records them, so that an evaluation on
 them is flagged.
 
-`roiseg train` writes into the card's ``trained_on`` how many images it trained on and held
-out ("70 for training, 15 held out for validation (split by image, seed 0)") and the command
-that reproduces the run, with its ``--images`` and ``--masks`` or ``--annotations``
-directories. The split is rebuilt from them with `roiseg.train.data.split_by_image`; the
-command's relative paths are read from the current directory (the one it ran in, normally
-the repository). A card that records no such split, or whose images are not found here, is
-reported as unchecked rather than passed over in silence.
+`roiseg train` writes the names of the images it trained on and held out for validation into
+the card's ``training_split`` (`roiseg.engine.training_split`). A card that records none, or
+a model whose card is not found, is reported as unchecked rather than passed over in silence.
 """
 
 from __future__ import annotations
 
 import json
-import re
-import shlex
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from roiseg.errors import RoisegError
-from roiseg.train.data import find_annotated, find_pairs, image_stem, split_by_image
+from roiseg.engine.training_split import FIELD, TrainingSplit
 
 #: The embedded default model's directory (`roiseg.engine.models.DEFAULT_MODELS_DIR`, named
 #: here without importing torch).
@@ -28,8 +22,6 @@ EMBEDDED_MODELS_DIR = Path(__file__).parents[1] / "default_model"
 CARD_FILE = "model.json"
 #: Names listed in a warning at the most.
 _LISTED = 20
-_SPLIT = re.compile(r"(\d+) for training, (\d+) held out for validation "
-                    r"\(split by image, seed (-?\d+)\)")
 
 
 @dataclass(frozen=True)
@@ -43,42 +35,23 @@ class TrainedOn:
     unknown: str = ""
 
 
-def trained_on(model_id: str, version: str, text: str) -> TrainedOn:
-    """The training split a card's ``trained_on`` `text` records, rebuilt from its data."""
-    model = f"{model_id}@{version}"
-    split = _SPLIT.search(text)
-    command = text.partition("Command: ")[2]
-    if split is None or not command:
-        return TrainedOn(model, unknown="its card records no `roiseg train` split")
-    n_training, n_held_out, seed = (int(v) for v in split.groups())
-    try:
-        names = _training_names(shlex.split(command))
-    except (OSError, ValueError, RoisegError) as error:
-        return TrainedOn(model, unknown=f"its training images are not readable here ({error})")
-    if len(names) != n_training + n_held_out:
-        return TrainedOn(model, unknown=f"its training directory holds {len(names)} images "
-                                        f"here, the card counts {n_training + n_held_out}")
-    training, held_out = split_by_image(names, n_held_out / len(names), seed)
-    return TrainedOn(model, frozenset(names[i] for i in training),
-                     frozenset(names[i] for i in held_out))
-
-
 def card_trained_on(model_id: str, version: str, directories: Sequence[Path]) -> TrainedOn:
-    """`trained_on` of the card of `model_id` in `directories` (``DIR/model.json`` and
-    ``DIR/*/model.json``, as the server finds them)."""
-    for directory in directories:
-        for path in [directory / CARD_FILE, *sorted(directory.glob(f"*/{CARD_FILE}"))]:
-            card = _read_card(path)
-            if card.get("id") != model_id:
-                continue
-            if str(card.get("version")) != version:
-                return TrainedOn(f"{model_id}@{version}",
-                                 unknown=f"its card in {path.parent} is of version "
-                                         f"{card.get('version')}")
-            return trained_on(model_id, version, str(card.get("trained_on") or ""))
-    return TrainedOn(f"{model_id}@{version}",
-                     unknown="no card of it in " + ", ".join(map(str, directories))
-                             + " (pass --models DIR)")
+    """The training split recorded by the card of `model_id` at `version`: the first such
+    card in `directories` (``DIR/model.json``, then ``DIR/*/model.json``, as the server
+    finds them)."""
+    model = f"{model_id}@{version}"
+    other_versions = []
+    for path in _card_paths(directories):
+        card = _read_card(path)
+        if card.get("id") != model_id:
+            continue
+        if str(card.get("version")) == version:
+            return _recorded(model, card)
+        other_versions.append(f"its card in {path.parent} is of version {card.get('version')}")
+    if other_versions:
+        return TrainedOn(model, unknown="; ".join(other_versions))
+    return TrainedOn(model, unknown="no card of it in " + ", ".join(map(str, directories))
+                                    + " (pass --models DIR)")
 
 
 def training_data_warnings(evaluated: Mapping[str, Collection[TrainedOn]]) -> list[str]:
@@ -109,25 +82,22 @@ def training_data_warnings(evaluated: Mapping[str, Collection[TrainedOn]]) -> li
     return warnings + notes
 
 
-def _training_names(argv: Sequence[str]) -> list[str]:
-    """The sample names `roiseg train` gave the images of the command `argv`, in its order."""
-    images, masks = _option(argv, "--images"), _option(argv, "--masks")
-    annotations = _option(argv, "--annotations")
-    if images is not None and masks is not None:
-        return [image.stem for image, _ in find_pairs(Path(images), Path(masks))]
-    if images is not None and annotations is not None:
-        return [image_stem(image) for image, _ in find_annotated(Path(images), Path(annotations))]
-    raise ValueError("its command names no --images with --masks or --annotations")
+def _recorded(model: str, card: Mapping[str, Any]) -> TrainedOn:
+    """The training split of `model` that `card` (a card's fields) records."""
+    if card.get(FIELD) is None:
+        return TrainedOn(model, unknown=f"its card records no training split ({FIELD})")
+    try:
+        split = TrainingSplit.from_json(card[FIELD])
+    except ValueError as error:
+        return TrainedOn(model, unknown=f"its card's {FIELD} is invalid ({error})")
+    return TrainedOn(model, frozenset(split.training), frozenset(split.held_out))
 
 
-def _option(argv: Sequence[str], name: str) -> str | None:
-    """The value of option `name` in `argv` (``NAME VALUE`` or ``NAME=VALUE``)."""
-    for index, arg in enumerate(argv):
-        if arg == name and index + 1 < len(argv):
-            return argv[index + 1]
-        if arg.startswith(f"{name}="):
-            return arg.split("=", 1)[1]
-    return None
+def _card_paths(directories: Sequence[Path]) -> Iterator[Path]:
+    """``DIR/model.json`` and ``DIR/*/model.json`` of each directory, in order."""
+    for directory in directories:
+        yield directory / CARD_FILE
+        yield from sorted(directory.glob(f"*/{CARD_FILE}"))
 
 
 def _read_card(path: Path) -> dict:

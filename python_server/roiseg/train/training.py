@@ -8,7 +8,8 @@ docs/model-cards.md and docs/training.md).
 Input (`roiseg.train.data`): images with label masks (``--masks``), or images and slides
 with QuPath GeoJSON annotations (``--annotations``; unannotated pixels are ignored unless
 ``--unannotated`` names their class), all at the model's resolution. The images are split
-into training and validation sets by image (seeded); the model is trained on class-balanced
+into training and validation sets by image (seeded; the card's ``training_split`` names
+them); the model is trained on class-balanced
 random crops with flips, 90° rotations and colour jitter, with cross-entropy + Dice loss,
 AdamW and a cosine schedule that ends with the budget (``--epochs`` or ``--max-minutes``,
 whichever comes first). ``--init-model`` starts from a registered model's weights and
@@ -62,6 +63,7 @@ from roiseg.engine.pretrained import (
     imagenet_normalization,
     load_imagenet_encoder,
 )
+from roiseg.engine.training_split import TrainingSplit
 from roiseg.errors import InvalidInput, NotFound
 from roiseg.evaluation.metrics import class_dice
 from roiseg.io.classes import class_colors
@@ -971,6 +973,8 @@ class _Trainer:
             "background_class": _kept(init_card.background_class if init_card else None, names),
             "tumor_class": _kept(init_card.tumor_class if init_card else None, names),
             "trained_on": trained_on,
+            "training_split": TrainingSplit.of((s.name for s in train_set),
+                                               (s.name for s in val_set)).to_json(),
             "metrics": metrics,
         }
         if trained.extra:
