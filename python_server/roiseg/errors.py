@@ -30,3 +30,16 @@ class VersionMismatch(RoisegError):
 
 class Cancelled(RoisegError):
     """The caller cancelled the work or its deadline passed."""
+
+
+class Busy(RoisegError):
+    """The server has as much work admitted as it takes on; try again later."""
+
+
+def echo(text: object, limit: int = 80) -> str:
+    """`text` quoted for an error message, cut to `limit` characters: a message never grows
+    with what a request sent."""
+    value = str(text)
+    if len(value) > limit:
+        value = f"{value[:limit - 16]}…({len(value)} characters)"
+    return repr(value)

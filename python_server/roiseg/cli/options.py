@@ -71,10 +71,18 @@ def add_evaluation_arguments(parser: argparse.ArgumentParser, reference: str = "
 
 
 def token(args: argparse.Namespace) -> str | None:
-    """The bearer token from --token-file or ROISEG_TOKEN."""
+    """The bearer token from --token-file or ROISEG_TOKEN; ValueError when either is given but
+    holds only blanks (a server would otherwise run with no authentication)."""
     if getattr(args, "token_file", None):
-        return args.token_file.read_text().strip()
-    return os.environ.get("ROISEG_TOKEN") or None
+        text, where = args.token_file.read_text(), f"--token-file {args.token_file}"
+    elif "ROISEG_TOKEN" in os.environ:
+        text, where = os.environ["ROISEG_TOKEN"], "ROISEG_TOKEN"
+    else:
+        return None
+    if not text.strip():
+        raise ValueError(f"{where} holds no token (only blanks): write the token into it, or "
+                         "leave it out to run without one")
+    return text.strip()
 
 
 def server_address(args: argparse.Namespace, target: str | None = None) -> ServerAddress | None:
@@ -110,3 +118,19 @@ def segment_options(args: argparse.Namespace) -> pb.SegmentOptions:
         if value is not None:
             setattr(segment, field, value)
     return segment
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number above 0."""
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number above 0, got {text}")
+    return value

@@ -18,10 +18,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--slide-root", action="append", type=Path, default=[],
                         help="directory whose slide files clients may ask the server to read "
                              "(repeatable; default: none)")
-    parser.add_argument("--max-roi-megapixels", type=float, default=400,
+    limits = parser.add_argument_group(
+        "limits", "what one request may ask and how much work the server takes on at once; "
+        "requests beyond them are refused with a status that says which limit")
+    limits.add_argument("--max-roi-megapixels", type=options.positive_float, default=400,
                         help="largest ROI bounding box at model resolution (default 400)")
-    parser.add_argument("--max-upload-mb", type=float, default=1024,
-                        help="largest uploaded image (default 1024)")
+    limits.add_argument("--max-upload-mb", type=options.positive_float, default=1024,
+                        help="largest uploaded image (default 1024); uploads held and being "
+                             "received may take twice this in all")
+    limits.add_argument("--concurrent-jobs", type=options.positive_int, default=1,
+                        help="segmentations run at once (default 1; each holds a model's "
+                             "activations and one ROI's rasters)")
+    limits.add_argument("--queued-jobs", type=options.positive_int, default=8,
+                        help="segmentations that may wait for a free slot (default 8); more are "
+                             "refused as busy (RESOURCE_EXHAUSTED)")
+    limits.add_argument("--concurrent-uploads", type=options.positive_int, default=4,
+                        help="uploads received at once (default 4); more are refused")
+    limits.add_argument("--upload-idle-seconds", type=options.positive_float, default=30,
+                        help="end an upload that sends nothing for this long (default 30)")
+    limits.add_argument("--upload-total-seconds", type=options.positive_float, default=600,
+                        help="end an upload not done after this long (default 600)")
     parser.add_argument("--tls-cert", type=Path, help="PEM certificate chain: serve over TLS")
     parser.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
     parser.add_argument("--token-file", type=Path,
@@ -42,7 +58,11 @@ def run(args: argparse.Namespace) -> int:
 
     limits = Limits(max_upload_bytes=int(args.max_upload_mb * 2**20),
                     upload_capacity_bytes=int(2 * args.max_upload_mb * 2**20),
-                    max_roi_pixels=int(args.max_roi_megapixels * 1e6))
+                    max_roi_pixels=int(args.max_roi_megapixels * 1e6),
+                    concurrent_jobs=args.concurrent_jobs, queued_jobs=args.queued_jobs,
+                    concurrent_uploads=args.concurrent_uploads,
+                    upload_idle_s=args.upload_idle_seconds,
+                    upload_total_s=args.upload_total_seconds)
     service = in_process_service(options.model_source(args), args.slide_root, limits)
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ValueError("--tls-cert and --tls-key go together")

@@ -3,7 +3,9 @@ which gives one or the other."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
@@ -27,6 +29,8 @@ if TYPE_CHECKING:
 DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
 UPLOAD_CHUNK_BYTES = 1 << 20
 
+log = logging.getLogger(__name__)
+
 ProgressCallback = Callable[[pb.Progress], None]
 
 
@@ -49,6 +53,19 @@ class ModelSource:
     beside_default: bool = False
     default_model: str | None = None
     device: str = "auto"
+
+
+def is_loopback(target: str) -> bool:
+    """Whether a gRPC target ("host:port", "dns:///host:port", "unix:...") is this machine."""
+    if target.startswith("unix"):
+        return True
+    host = target.rpartition("/")[2].rpartition(":")[0].strip("[]") or target
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class SegmentationError(Exception):
@@ -147,6 +164,10 @@ class Client:
             self._channel = grpc.secure_channel(
                 target, grpc.ssl_channel_credentials(root_certificates), options)
         else:
+            if token and not is_loopback(target):
+                log.warning("the access token is sent unencrypted to %s: anyone on the network "
+                            "can read it; serve with --tls-cert/--tls-key and connect with --tls",
+                            target)
             self._channel = grpc.insecure_channel(target, options)
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._stub = pb_grpc.SegmentationStub(self._channel)

@@ -28,6 +28,8 @@ from roiseg.io.slides import RegionRead, Slide, pixels_region, read_slide_region
 #: Paper 003's hysteresis thresholds for the tumour probability.
 DEFAULT_HYSTERESIS_LOW = 85 / 255
 DEFAULT_HYSTERESIS_HIGH = 229 / 255
+#: The pixel sizes, in µm/px, a whole-slide or microscope image can have.
+MIN_MPP, MAX_MPP = 0.01, 100.0
 #: Default simplification tolerance, in pixels at model resolution.
 DEFAULT_SIMPLIFY_PX = 0.5
 
@@ -276,19 +278,18 @@ def _raster(job: Job, image: Slide | PixelSource, roi: BaseGeometry, source_mpp:
 
 
 def _source_mpp(source: PixelSource | SlideSource, image: Slide | PixelSource) -> float:
-    if isinstance(source, PixelSource):
-        mpp = source.mpp
-        if not (mpp > 0 and math.isfinite(mpp)):
-            raise InvalidInput("the pixel size is missing: send the full-resolution pixel size in "
-                               "µm/px (pixel_size_um; --mpp on the command line)")
-        return mpp
-    given = source.mpp or (image.mpp if isinstance(image, Slide) else None)
-    if not given:
-        raise InvalidInput(f"{source.path.name} has no pixel size in its metadata: supply it "
-                           "in µm/px (pixel_size_um; --mpp on the command line)")
-    if not (given > 0 and math.isfinite(given)):
-        raise InvalidInput(f"the pixel size must be a positive number of µm/px, got {given}")
-    return given
+    """The full-resolution µm/px: stated by the client, else the slide file's; InvalidInput
+    when missing or outside what a microscope image can have (wrong units)."""
+    mpp = source.mpp or (image.mpp if isinstance(image, Slide) else None)
+    if not mpp:
+        what = "the image" if isinstance(source, PixelSource) else source.path.name
+        raise InvalidInput(f"the pixel size is missing: {what} has none; send the "
+                           "full-resolution pixel size in µm/px (pixel_size_um; --mpp on the "
+                           "command line)")
+    if not MIN_MPP <= mpp <= MAX_MPP:
+        raise InvalidInput(f"a pixel size of {mpp:g} µm/px is not a microscope image's "
+                           f"(expected {MIN_MPP:g} to {MAX_MPP:g} µm/px): is it in other units?")
+    return mpp
 
 
 def _clip_to_image(roi: BaseGeometry, image: Slide | PixelSource) -> BaseGeometry:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import shapely
 from shapely.geometry import MultiPolygon, Polygon, box, shape
 from shapely.geometry.base import BaseGeometry
 
-from roiseg.errors import InvalidInput
+from roiseg.errors import Cancelled, InvalidInput, TooLarge
 from roiseg.io import qupath_geojson
 from roiseg.v1 import segmentation_pb2 as pb
 
@@ -25,19 +30,54 @@ def to_proto(geometry: BaseGeometry) -> pb.Roi:
     return roi
 
 
-def from_proto(roi: pb.Roi) -> BaseGeometry:
-    """A valid (Multi)Polygon from a Roi message; InvalidInput if empty or degenerate."""
-    polygons = []
-    for index, message in enumerate(roi.polygons):
-        shell = _ring(message.shell.xy, f"polygon {index} shell")
-        holes = [_ring(h.xy, f"polygon {index} hole {j}") for j, h in enumerate(message.holes)]
-        polygons.append(Polygon(shell, holes))
-    if not polygons:
+#: The most polygons and vertices a ROI may have; QuPath's largest brush and wand annotations
+#: stay far below.
+MAX_POLYGONS = 10_000
+MAX_VERTICES = 1_000_000
+#: Coordinates beyond this many pixels from the origin are no image's.
+MAX_COORDINATE = 2.0**31
+#: Invalid outlines up to this many vertices are repaired here; larger ones in a child process
+#: that a deadline or cancel ends (repair time grows with the square of the crossings).
+_REPAIR_HERE_VERTICES = 256
+#: Longest a repair in a child process may take.
+REPAIR_TIMEOUT_S = 20.0
+
+
+def check_proto(roi: pb.Roi) -> None:
+    """The cheap checks of a Roi message (counts, coordinates), in time linear in its size;
+    InvalidInput or TooLarge says what to fix."""
+    if not roi.polygons:
         raise InvalidInput("the ROI is empty: send at least one polygon (a rectangle is a polygon)")
-    geometry = shapely.make_valid(MultiPolygon(polygons) if len(polygons) > 1 else polygons[0])
-    geometry = _polygonal(geometry)
+    if len(roi.polygons) > MAX_POLYGONS:
+        raise TooLarge(f"the ROI has {len(roi.polygons)} polygons; at most {MAX_POLYGONS} are "
+                       "accepted: merge them or segment them in parts")
+    vertices = 0
+    for index, message in enumerate(roi.polygons):
+        holes = ((f"polygon {index} hole {j}", h) for j, h in enumerate(message.holes))
+        for what, ring in ((f"polygon {index} shell", message.shell), *holes):
+            vertices += _check_ring(ring.xy, what)
+            if vertices > MAX_VERTICES:
+                raise TooLarge(f"the ROI has more than {MAX_VERTICES} vertices: simplify it "
+                               "(QuPath: Objects > Annotations > Simplify shape)")
+
+
+def from_proto(roi: pb.Roi, should_stop: Callable[[], bool] = lambda: False,
+               timeout_s: float = REPAIR_TIMEOUT_S) -> BaseGeometry:
+    """A valid (Multi)Polygon from a Roi message that passed `check_proto`. Self-crossing
+    outlines are repaired without ever covering more than the shells cover (shells united, holes
+    subtracted); InvalidInput if nothing is left, Cancelled when `should_stop` says so."""
+    check_proto(roi)
+    polygons = [Polygon(_points(m.shell.xy), [_points(h.xy) for h in m.holes])
+                for m in roi.polygons]
+    geometry = MultiPolygon(polygons) if len(polygons) > 1 else polygons[0]
+    if not geometry.is_valid:
+        if shapely.get_num_coordinates(geometry) <= _REPAIR_HERE_VERTICES:
+            geometry = _repair(geometry)
+        else:
+            geometry = _repair_in_child(geometry, should_stop, timeout_s)
     if geometry.is_empty or geometry.area <= 0:
-        raise InvalidInput("the ROI is degenerate: its polygons enclose no area")
+        raise InvalidInput("the ROI is degenerate: it encloses no area (its holes cover it, or its "
+                           "points are in a line): nothing is left to segment")
     return geometry
 
 
@@ -84,20 +124,61 @@ def _flat(coords: Any) -> list[float]:
     return [float(v) for xy in coords for v in xy[:2]]
 
 
-def _ring(xy: Any, what: str) -> list[tuple[float, float]]:
-    values = list(xy)
-    if len(values) % 2:
-        raise InvalidInput(f"ROI {what}: an odd number of coordinates ({len(values)}); "
+def _check_ring(xy: Any, what: str) -> int:
+    """The ring's number of vertices; InvalidInput unless it is x, y pairs of finite
+    coordinates within an image with 3 distinct points."""
+    values = np.asarray(xy, dtype=np.float64)
+    if values.size % 2:
+        raise InvalidInput(f"ROI {what}: an odd number of coordinates ({values.size}); "
                            "send x, y pairs")
-    points = list(zip(values[0::2], values[1::2]))
-    if len(points) > 1 and points[0] == points[-1]:
-        points = points[:-1]
-    if len(set(points)) < 3:
-        raise InvalidInput(f"ROI {what}: needs at least 3 distinct points, got {len(set(points))}")
-    if not all(map(_finite, values)):
+    if not np.isfinite(values).all():
         raise InvalidInput(f"ROI {what}: coordinates must be finite numbers")
-    return points
+    if (np.abs(values) > MAX_COORDINATE).any():
+        raise InvalidInput(f"ROI {what}: coordinates must lie within ±{MAX_COORDINATE:.0f} "
+                           "pixels")
+    points = values.reshape(-1, 2)
+    if len(np.unique(points, axis=0)) < 3:
+        raise InvalidInput(f"ROI {what}: needs at least 3 distinct points")
+    return len(points)
 
 
-def _finite(value: float) -> bool:
-    return value == value and abs(value) != float("inf")
+def _points(xy: Any) -> np.ndarray:
+    return np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+
+
+def _repair(geometry: BaseGeometry) -> BaseGeometry:
+    """The area inside the shells and outside the holes, as a valid polygonal geometry."""
+    return _polygonal(shapely.make_valid(geometry, method="structure", keep_collapsed=False))
+
+
+def _repair_wkb(wkb: bytes, connection: Connection) -> None:
+    connection.send_bytes(shapely.to_wkb(_repair(shapely.from_wkb(wkb))))
+
+
+def _repair_in_child(geometry: BaseGeometry, should_stop: Callable[[], bool],
+                     timeout_s: float) -> BaseGeometry:
+    """`_repair` in a child process, ended when `should_stop` says so or after `timeout_s`."""
+    context = multiprocessing.get_context("spawn")
+    receiver, sender = context.Pipe(duplex=False)
+    child = context.Process(target=_repair_wkb, args=(shapely.to_wkb(geometry), sender),
+                            daemon=True)
+    child.start()
+    sender.close()
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not receiver.poll(0.1):
+            if should_stop():
+                raise Cancelled("segmentation cancelled while repairing the ROI's outline")
+            if time.monotonic() > deadline:
+                raise InvalidInput(
+                    f"the ROI's outline crosses itself too often to repair within {timeout_s:g} s "
+                    f"({shapely.get_num_coordinates(geometry)} vertices): fix or simplify it "
+                    "in QuPath and try again")
+        return shapely.from_wkb(receiver.recv_bytes())
+    except EOFError:
+        raise InvalidInput("the ROI's outline crosses itself and could not be repaired: fix or "
+                           "simplify it in QuPath and try again") from None
+    finally:
+        child.kill()
+        child.join()
+        receiver.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,8 @@ _HIGH_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 _SUPPORTED_AXES = ("YX", "YXS", "SYX")
 
 _DECODE_ERRORS = (ValueError, RuntimeError, NotImplementedError, OSError)
+#: Python object reprs ("<_io.BytesIO object at 0x...>") that decoders put in their messages.
+_OBJECT_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
 
 
 @dataclass(frozen=True)
@@ -143,7 +146,8 @@ class Slide:
         try:
             tiff = tifffile.TiffFile(path)
         except _DECODE_ERRORS as exc:
-            raise InvalidInput(f"Slide file {path} could not be read as TIFF: {exc}.") from exc
+            raise InvalidInput(f"Slide file {path} could not be read as TIFF: "
+                               f"{_reason(exc)}.") from exc
         try:
             if not tiff.series:
                 raise InvalidInput(f"Slide file {path} could not be read as TIFF: "
@@ -209,11 +213,29 @@ def decode_image(data: bytes, max_pixels: int | None = None) -> np.ndarray:
                 if series.axes == "SYX":
                     pixels = np.moveaxis(pixels, 0, -1)
         except _DECODE_ERRORS as exc:
-            raise InvalidInput(f"The image could not be decoded as PNG, JPEG or TIFF: {exc}."
-                               ) from exc
+            raise InvalidInput(f"The image could not be decoded as PNG, JPEG or TIFF: "
+                               f"{_reason(exc)}.") from exc
         return _to_rgb(pixels)
     if data.startswith((_PNG_MAGIC, _JPEG_MAGIC)):
         return _decode_pillow(data, "The image", max_pixels)
+    raise InvalidInput("The image could not be decoded as PNG, JPEG or TIFF; send the pixels "
+                       "in one of these formats.")
+
+
+def image_size(data: bytes) -> tuple[int, int]:
+    """The (width, height) encoded PNG, JPEG or TIFF bytes declare, read from their header
+    without decoding; InvalidInput if they are none of these."""
+    try:
+        if data.startswith(_TIFF_MAGIC):
+            with tifffile.TiffFile(io.BytesIO(data)) as tiff:
+                if tiff.series:
+                    page = tiff.series[0].keyframe
+                    return int(page.imagewidth), int(page.imagelength)
+        elif data.startswith((_PNG_MAGIC, _JPEG_MAGIC)):
+            with Image.open(io.BytesIO(data), formats=("PNG", "JPEG")) as image:
+                return image.width, image.height
+    except _DECODE_ERRORS:
+        pass
     raise InvalidInput("The image could not be decoded as PNG, JPEG or TIFF; send the pixels "
                        "in one of these formats.")
 
@@ -472,7 +494,7 @@ def _read_tiff_window(page: tifffile.TiffPage, x: int, y: int, w: int, h: int,
                 segment[sy0 - top:sy1 - top, sx0 - left:sx1 - left]
     except _DECODE_ERRORS as exc:
         raise InvalidInput(f"Slide file {path} has tiles that could not be decoded "
-                           f"(corrupt file or unsupported compression): {exc}.") from exc
+                           f"(corrupt file or unsupported compression): {_reason(exc)}.") from exc
     return out
 
 
@@ -502,7 +524,8 @@ def _decode_pillow(data: bytes, what: str, max_pixels: int | None = None) -> np.
                                    "8-bit RGB or grey images are supported.")
             return np.array(image.convert("RGB"))
     except _DECODE_ERRORS as exc:
-        raise InvalidInput(f"{what} could not be decoded as PNG, JPEG or TIFF: {exc}.") from exc
+        raise InvalidInput(f"{what} could not be decoded as PNG, JPEG or TIFF: "
+                           f"{_reason(exc)}.") from exc
 
 
 def _tiff_mpp(tiff: tifffile.TiffFile, page: tifffile.TiffPage) -> float | None:
@@ -552,3 +575,8 @@ def _positive_or_none(value: object) -> float | None:
     if isinstance(value, (int, float)) and math.isfinite(value) and value > 0:
         return float(value)
     return None
+
+
+def _reason(error: Exception) -> str:
+    """A decoder's error message without Python object reprs, cut to a readable length."""
+    return _OBJECT_REPR.sub("", str(error))[:200] or type(error).__name__

@@ -8,21 +8,35 @@ import logging
 import math
 import queue
 import threading
+import time
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, NoReturn, Sequence, cast
+from typing import Any, Callable, Iterator, NoReturn, Sequence, cast
 
 import grpc
+from google.protobuf.message import DecodeError
+from google.protobuf.message_factory import GetMessageClass
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from shapely.geometry.base import BaseGeometry
 
 from roiseg import CONTRACT_MAJOR, CONTRACT_MINOR, __version__
 from roiseg.engine import pipeline
 from roiseg.engine.models import ModelCard, ModelRegistry
-from roiseg.errors import Cancelled, Forbidden, InvalidInput, NotFound, RoisegError, VersionMismatch
+from roiseg.errors import (
+    Busy,
+    Cancelled,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    RoisegError,
+    TooLarge,
+    VersionMismatch,
+    echo,
+)
 from roiseg.io import roi
-from roiseg.io.slides import decode_image
+from roiseg.io.slides import decode_image, image_size
 from roiseg.server.status import status_of
 from roiseg.server.uploads import UploadStore
 from roiseg.v1 import segmentation_pb2 as pb
@@ -35,13 +49,43 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Segmentation"].full_name
 GEOJSON_CHUNK_BYTES = 1 << 20
 
 
+#: Longest model id, class name or file path a request may name.
+MAX_NAME_CHARS = 4096
+#: Most models and classes one request may name.
+MAX_NAMES = 256
+#: Longest error message sent back (gRPC metadata has a size limit).
+MAX_MESSAGE_CHARS = 1000
+#: The client's downsample and the image size it states must stay below these.
+MAX_DOWNSAMPLE = 10_000.0
+MAX_IMAGE_SIDE = 2**31
+#: Pixels of a sent image that lie outside the ROI's bounding box and are still decoded: the
+#: image may have up to four times the box's pixels plus this many.
+SPARE_DECODE_PIXELS = 16_000_000
+
+
 @dataclass(frozen=True)
 class Limits:
+    """What the server accepts and how much work it takes on at once."""
+
     max_message_bytes: int = 64 << 20
     max_upload_bytes: int = 1 << 30
     upload_capacity_bytes: int = 2 << 30
     max_roi_pixels: int = 20_000 * 20_000
     concurrent_jobs: int = 1
+    #: Segment calls that may wait for a job slot; more are refused as busy.
+    queued_jobs: int = 8
+    concurrent_uploads: int = 4
+    #: An upload that sends nothing for this long, or is not done after the total, is ended.
+    upload_idle_s: float = 30.0
+    upload_total_s: float = 600.0
+    #: Longest a self-crossing ROI outline may take to repair.
+    roi_repair_s: float = roi.REPAIR_TIMEOUT_S
+
+    @property
+    def rpc_threads(self) -> int:
+        """Threads for every admitted Segment call and upload, and four for the quick calls
+        (server info, models, health), so those always answer."""
+        return self.concurrent_jobs + self.queued_jobs + self.concurrent_uploads + 4
 
 
 class SegmentationService(pb_grpc.SegmentationServicer):
@@ -52,8 +96,10 @@ class SegmentationService(pb_grpc.SegmentationServicer):
         self.registry = registry
         self.slide_roots = [Path(r).resolve() for r in slide_roots]
         self.limits = limits
-        self.uploads = UploadStore(limits.max_upload_bytes, limits.upload_capacity_bytes)
+        self.uploads = UploadStore(limits.max_upload_bytes, limits.upload_capacity_bytes,
+                                   max_active=limits.concurrent_uploads)
         self._jobs = threading.BoundedSemaphore(limits.concurrent_jobs)
+        self._admitted = threading.BoundedSemaphore(limits.concurrent_jobs + limits.queued_jobs)
 
     # ------------------------------------------------------------------ gRPC methods
 
@@ -72,24 +118,32 @@ class SegmentationService(pb_grpc.SegmentationServicer):
                                      default_model_id=self.registry.default_id)
 
     def UploadImage(self, request_iterator, context) -> pb.UploadImageResponse:
+        watchdog = _Watchdog(context, self.limits.upload_idle_s, self.limits.upload_total_s)
         try:
             first = next(request_iterator, None)
             if first is None or first.WhichOneof("part") != "header":
                 raise InvalidInput("an upload starts with a header message")
             expected = first.header.total_bytes
-            self.uploads.check_size(expected)
-            data = bytearray()
-            for message in request_iterator:
-                if message.WhichOneof("part") != "chunk":
-                    raise InvalidInput("an upload has one header, then only chunks")
-                data += message.chunk
-                if len(data) > expected:
-                    raise InvalidInput(f"the upload is longer than the {expected} bytes announced")
-            upload_id = self.uploads.put(bytes(data), expected)
+            with self.uploads.receiving(expected), watchdog:
+                data = bytearray()
+                for message in request_iterator:
+                    watchdog.touch()
+                    if message.WhichOneof("part") != "chunk":
+                        raise InvalidInput("an upload has one header, then only chunks")
+                    data += message.chunk
+                    if len(data) > expected:
+                        raise InvalidInput(f"the upload is longer than the {expected} bytes "
+                                           "announced")
+                upload_id = self.uploads.put(bytes(data), expected)
             return pb.UploadImageResponse(upload_id=upload_id, received_bytes=len(data),
                                           expires_in_seconds=self.uploads.ttl_s)
         except RoisegError as error:
             _abort(context, error)
+        except grpc.RpcError:
+            if watchdog.ended is None:
+                raise
+            log.info("UploadImage ended: %s", watchdog.ended)
+            _abort(context, Cancelled(watchdog.ended))
 
     def Segment(self, request: pb.SegmentRequest, context) -> Iterator[pb.SegmentEvent]:
         stopped = threading.Event()
@@ -108,8 +162,20 @@ class SegmentationService(pb_grpc.SegmentationServicer):
 
     def segment_events(self, request: pb.SegmentRequest,
                        should_stop: Callable[[], bool]) -> Iterator[pb.SegmentEvent]:
-        """The events of one Segment call; the in-process CLI consumes the same stream."""
-        job = self.job_from_request(request)
+        """The events of one Segment call; the in-process CLI consumes the same stream.
+        Cheap checks run here; the ROI's repair and the pixels' decoding wait for the job slot."""
+        if not self._admitted.acquire(blocking=False):
+            admitted = self.limits.concurrent_jobs + self.limits.queued_jobs
+            raise Busy(f"the server is busy: {admitted} segmentations are running or waiting; "
+                       "try again in a minute")
+        try:
+            yield from self._segment_events(request, should_stop)
+        finally:
+            self._admitted.release()
+
+    def _segment_events(self, request: pb.SegmentRequest,
+                        should_stop: Callable[[], bool]) -> Iterator[pb.SegmentEvent]:
+        model_ids = self.check_request(request)
         events: queue.Queue = queue.Queue()
         closed = threading.Event()
         stop = lambda: closed.is_set() or should_stop()  # noqa: E731
@@ -124,6 +190,7 @@ class SegmentationService(pb_grpc.SegmentationServicer):
                         if stop():
                             raise Cancelled("segmentation cancelled")
                 try:
+                    job = self.job_from_request(request, model_ids, stop)
                     for output in pipeline.run(job, self.registry,
                                                max_roi_pixels=self.limits.max_roi_pixels,
                                                progress=events.put, should_stop=stop):
@@ -150,8 +217,9 @@ class SegmentationService(pb_grpc.SegmentationServicer):
         finally:
             closed.set()
 
-    def job_from_request(self, request: pb.SegmentRequest) -> pipeline.Job:
-        """The validated job of a request; InvalidInput and friends say what to fix."""
+    def check_request(self, request: pb.SegmentRequest) -> tuple[str, ...]:
+        """The request's model ids after the checks that take no more than reading it
+        (contract, models, options, ROI counts and coordinates, image source)."""
         major = request.client_contract_major
         if major and major != CONTRACT_MAJOR:
             newer = "server" if major > CONTRACT_MAJOR else "client"
@@ -159,23 +227,35 @@ class SegmentationService(pb_grpc.SegmentationServicer):
                 f"the client speaks roiseg contract {major}.{request.client_contract_minor}, this "
                 f"server {CONTRACT_MAJOR}.{CONTRACT_MINOR} (roiseg {__version__}): update the "
                 f"{newer}")
+        _check_names("model ids", request.model_ids)
+        _check_names("class names", request.options.classes)
         model_ids = tuple(dict.fromkeys(request.model_ids)) or (self.registry.default_id,)
         for model_id in model_ids:
             self.registry.card(model_id)
-        return pipeline.Job(model_ids=model_ids, source=self._source(request.image),
-                            roi=roi.from_proto(request.roi), options=_options(request.options))
-
-    def _source(self, image: pb.ImageSource) -> pipeline.PixelSource | pipeline.SlideSource:
-        kind = image.WhichOneof("source")
+        roi.check_proto(request.roi)
+        kind = request.image.WhichOneof("source")
         if kind == "slide":
-            return pipeline.SlideSource(self._slide_path(image.slide.path),
-                                        image.slide.pixel_size_um or None)
-        if kind != "pixels":
+            self._slide_path(request.image.slide.path)
+        elif kind == "pixels":
+            _check_pixels(request.image.pixels)
+        else:
             raise InvalidInput("the request has no image: send the region's pixels or a slide "
                                "path")
+        return model_ids
+
+    def job_from_request(self, request: pb.SegmentRequest, model_ids: tuple[str, ...],
+                         should_stop: Callable[[], bool] = lambda: False) -> pipeline.Job:
+        """The job of a checked request: its ROI repaired, its pixels decoded."""
+        geometry = roi.from_proto(request.roi, should_stop, self.limits.roi_repair_s)
+        return pipeline.Job(model_ids=model_ids, source=self._source(request.image, geometry),
+                            roi=geometry, options=_options(request.options))
+
+    def _source(self, image: pb.ImageSource,
+                geometry: BaseGeometry) -> pipeline.PixelSource | pipeline.SlideSource:
+        if image.WhichOneof("source") == "slide":
+            return pipeline.SlideSource(self._slide_path(image.slide.path),
+                                        image.slide.pixel_size_um or None)
         pixels = image.pixels
-        if not (pixels.downsample > 0 and math.isfinite(pixels.downsample)):
-            raise InvalidInput(f"the downsample must be a positive number, got {pixels.downsample}")
         which = pixels.WhichOneof("data")
         if which == "upload_id":
             data = self.uploads.get(pixels.upload_id)
@@ -184,6 +264,7 @@ class SegmentationService(pb_grpc.SegmentationServicer):
         else:
             raise InvalidInput("the region has no pixels: send encoded image bytes or an "
                                "upload id")
+        _check_declared_size(data, geometry, pixels.downsample)
         return pipeline.PixelSource(decode_image(data, self.limits.max_roi_pixels),
                                     pixels.origin_x, pixels.origin_y,
                                     pixels.downsample, pixels.pixel_size_um,
@@ -193,16 +274,56 @@ class SegmentationService(pb_grpc.SegmentationServicer):
         if not self.slide_roots:
             raise Forbidden("this server reads no slide files (it was started without "
                             "--slide-root): send the region's pixels instead")
+        if len(path_text) > MAX_NAME_CHARS or "\0" in path_text:
+            raise InvalidInput(f"the slide path {echo(path_text)} is not a file path")
         path = Path(path_text)
         if not path.is_absolute():
-            raise InvalidInput(f"the slide path must be absolute, got {path_text!r}")
-        resolved = path.resolve()
-        if not any(resolved.is_relative_to(root) for root in self.slide_roots):
-            raise Forbidden(f"{path_text} is outside the directories this server may read "
-                            f"({', '.join(map(str, self.slide_roots))})")
-        if not resolved.is_file():
-            raise NotFound(f"slide file {path_text} does not exist on the server")
+            raise InvalidInput(f"the slide path must be absolute, got {echo(path_text)}")
+        try:
+            resolved = path.resolve()
+            inside = any(resolved.is_relative_to(root) for root in self.slide_roots)
+            is_file = inside and resolved.is_file()
+        except (OSError, RuntimeError) as error:  # a name too long, a symlink loop
+            raise NotFound(f"slide file {echo(path_text)} cannot be opened on the server: "
+                           f"{error.strerror if isinstance(error, OSError) else error}") from None
+        if not inside:
+            raise Forbidden(f"{echo(path_text)} is outside the directories this server may read")
+        if not is_file:
+            raise NotFound(f"slide file {echo(path_text)} does not exist on the server")
         return resolved
+
+
+def _check_names(what: str, names: Sequence[str]) -> None:
+    if len(names) > MAX_NAMES:
+        raise InvalidInput(f"the request names {len(names)} {what}; at most {MAX_NAMES}")
+    for name in names:
+        if len(name) > MAX_NAME_CHARS // 16:
+            raise InvalidInput(f"{what}: {echo(name)} is too long to be one")
+
+
+def _check_pixels(pixels: pb.RegionPixels) -> None:
+    """Checks the numbers a client states about the pixels it sends."""
+    if not (0 < pixels.downsample <= MAX_DOWNSAMPLE):
+        raise InvalidInput(f"the downsample must be a number above 0 and at most "
+                           f"{MAX_DOWNSAMPLE:g}, got {pixels.downsample}")
+    if not all(abs(v) <= roi.MAX_COORDINATE for v in (pixels.origin_x, pixels.origin_y)):
+        raise InvalidInput("the region's origin must be finite image coordinates, got "
+                           f"{pixels.origin_x}, {pixels.origin_y}")
+    if max(pixels.image_width, pixels.image_height) > MAX_IMAGE_SIDE:
+        raise InvalidInput(f"the image size {pixels.image_width} x {pixels.image_height} is not "
+                           "an image's")
+
+
+def _check_declared_size(data: bytes, geometry: BaseGeometry, downsample: float) -> None:
+    """TooLarge, before decoding, when the sent image declares far more pixels than the ROI's
+    bounding box needs at its downsample (a small image can declare a huge size)."""
+    width, height = image_size(data)
+    x0, y0, x1, y1 = geometry.bounds
+    needed = (math.ceil((x1 - x0) / downsample) + 2) * (math.ceil((y1 - y0) / downsample) + 2)
+    if width * height > 4 * needed + SPARE_DECODE_PIXELS:
+        raise TooLarge(f"the image sent is {width} x {height} px, but the ROI needs only about "
+                       f"{needed / 1e6:.1f} megapixels of it: send the pixels of the ROI's "
+                       "bounding box only")
 
 
 def model_info(card: ModelCard) -> pb.ModelInfo:
@@ -259,6 +380,88 @@ def _output_events(output: pipeline.ModelOutput, device: str) -> Iterator[pb.Seg
                                vectorize_s=t.vectorize_s, total_s=t.total_s))))
 
 
+class _Malformed:
+    """A request message that did not parse."""
+
+
+def _parser(message_type: Any) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        try:
+            return message_type.FromString(data)
+        except DecodeError:
+            return _Malformed()
+    return parse
+
+
+def _refuse_malformed(request: Any, context: grpc.ServicerContext) -> Any:
+    if isinstance(request, _Malformed):
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                      "the request is not a roiseg.v1 message: use a roiseg client or the stubs "
+                      "generated from protos/roiseg/v1/segmentation.proto")
+    return request
+
+
+def _checked(behaviour: Callable, request_streaming: bool) -> Callable:
+    """`behaviour` receiving only requests that parsed; the others end the call with
+    INVALID_ARGUMENT (gRPC's own parsing would answer INTERNAL)."""
+    if request_streaming:
+        return lambda requests, context: behaviour(
+            (_refuse_malformed(r, context) for r in requests), context)
+    return lambda request, context: behaviour(_refuse_malformed(request, context), context)
+
+
+def _segmentation_handlers(service: SegmentationService) -> grpc.GenericRpcHandler:
+    """The contract's methods, from its service descriptor, served by `service`."""
+    kinds = {(False, False): grpc.unary_unary_rpc_method_handler,
+             (True, False): grpc.stream_unary_rpc_method_handler,
+             (False, True): grpc.unary_stream_rpc_method_handler,
+             (True, True): grpc.stream_stream_rpc_method_handler}
+    handlers = {}
+    for method in pb.DESCRIPTOR.services_by_name["Segmentation"].methods:
+        request_type = GetMessageClass(method.input_type)
+        response_type = GetMessageClass(method.output_type)
+        make = kinds[(method.client_streaming, method.server_streaming)]
+        handlers[method.name] = make(
+            _checked(getattr(service, method.name), method.client_streaming),
+            request_deserializer=_parser(request_type),
+            response_serializer=response_type.SerializeToString)
+    return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
+
+
+class _Watchdog:
+    """Cancels a call that receives nothing for `idle_s` or lasts longer than `total_s`,
+    so a stalled client cannot hold a server thread; `ended` says why it did."""
+
+    def __init__(self, context: grpc.ServicerContext, idle_s: float, total_s: float) -> None:
+        self._context = context
+        self._idle_s, self._total_s = idle_s, total_s
+        self._touched = self._started = time.monotonic()
+        self._done = threading.Event()
+        self.ended: str | None = None
+
+    def __enter__(self) -> _Watchdog:
+        threading.Thread(target=self._watch, name="roiseg-upload-watchdog", daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+
+    def touch(self) -> None:
+        self._touched = time.monotonic()
+
+    def _watch(self) -> None:
+        while not self._done.wait(min(1.0, self._idle_s / 4)):
+            now = time.monotonic()
+            if now - self._touched > self._idle_s:
+                self.ended = f"the upload sent nothing for {self._idle_s:g} s"
+            elif now - self._started > self._total_s:
+                self.ended = f"the upload took longer than {self._total_s:g} s"
+            else:
+                continue
+            self._context.cancel()
+            return
+
+
 class _BearerToken(grpc.ServerInterceptor):
     """Refuses the Segmentation calls that lack `authorization: Bearer <token>`; health
     checks and reflection stay open."""
@@ -293,18 +496,18 @@ def _refusal(handler: grpc.RpcMethodHandler, code: grpc.StatusCode,
 
 
 def create_server(service: SegmentationService, address: str = "127.0.0.1:0",
-                  max_workers: int = 8, tls: tuple[bytes, bytes] | None = None,
+                  tls: tuple[bytes, bytes] | None = None,
                   token: str | None = None) -> tuple[grpc.Server, int]:
     """A server with the service, health checking and reflection, not yet started; returns
     it with the bound port. `tls` is (PEM certificate chain, PEM private key); `token`
     makes the Segmentation calls require `authorization: Bearer <token>`."""
     size = service.limits.max_message_bytes
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers,
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=service.limits.rpc_threads,
                                                     thread_name_prefix="roiseg-rpc"),
                          interceptors=[_BearerToken(token)] if token else [],
                          options=[("grpc.max_receive_message_length", size),
                                   ("grpc.max_send_message_length", size)])
-    pb_grpc.add_SegmentationServicer_to_server(service, server)
+    server.add_generic_rpc_handlers((_segmentation_handlers(service),))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", SERVICE_NAME):
@@ -324,6 +527,10 @@ def create_server(service: SegmentationService, address: str = "127.0.0.1:0",
 
 
 def _abort(context: grpc.ServicerContext, error: RoisegError) -> NoReturn:
-    """Ends the call with `error`'s status and message (`abort` raises)."""
-    context.abort(status_of(error), str(error))
+    """Ends the call with `error`'s status and message, cut to `MAX_MESSAGE_CHARS` (`abort`
+    raises)."""
+    message = str(error)
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[:MAX_MESSAGE_CHARS - 1] + "…"
+    context.abort(status_of(error), message)
     raise AssertionError("grpc's abort returned")

@@ -566,9 +566,29 @@ public final class RoisegClient implements AutoCloseable {
                 channel.usePlaintext();
             }
             if (bearerToken != null) {
+                if (!tls && !isLoopback(host)) {
+                    System.getLogger(RoisegClient.class.getName()).log(System.Logger.Level.WARNING,
+                            "the roiseg access token is sent unencrypted to " + target() + ": anyone on the "
+                                    + "network can read it; run the server with TLS and turn TLS on");
+                }
                 channel.intercept(new BearerTokenInterceptor(bearerToken));
             }
             return new RoisegClient(this, channel.build());
+        }
+
+        /** Whether a host name or IP literal is this machine (names are not looked up). */
+        static boolean isLoopback(String host) {
+            if (host.equalsIgnoreCase("localhost")) {
+                return true;
+            }
+            if (!host.contains(":") && !host.matches("[0-9.]+")) {
+                return false;
+            }
+            try {
+                return java.net.InetAddress.getByName(host).isLoopbackAddress();
+            } catch (java.net.UnknownHostException e) {
+                return false;
+            }
         }
 
         String target() {

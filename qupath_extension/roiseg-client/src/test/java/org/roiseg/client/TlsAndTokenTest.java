@@ -136,4 +136,14 @@ class TlsAndTokenTest {
                 () -> client().trustCertificate(dir.resolve("nope.pem").toFile()).build());
         assertTrue(e.getMessage().contains("does not exist"));
     }
+
+    @Test
+    void onlyLoopbackHostsCountAsThisMachineForAPlaintextToken() {
+        for (String host : List.of("localhost", "127.0.0.1", "127.1.2.3", "::1")) {
+            assertTrue(RoisegClient.Builder.isLoopback(host), host);
+        }
+        for (String host : List.of("10.0.0.5", "gpu-server.lab", "192.168.1.1", "example.org")) {
+            assertTrue(!RoisegClient.Builder.isLoopback(host), host);
+        }
+    }
 }
