@@ -552,3 +552,29 @@ def test_no_case_leaves_child_processes_or_threads_behind():
         time.sleep(0.1)
     assert not multiprocessing.active_children()
     assert threading.active_count() < 64, os.getpid()
+
+
+def test_damaged_images_are_refused_as_invalid_whatever_the_decoder_raises(region):
+    """Randomly damaged PNG, JPEG and TIFF bytes: the decoders raise ZeroDivisionError,
+    TypeError, MemoryError and more on some; each must end as roiseg's InvalidInput."""
+    import random
+
+    import cv2
+    from roiseg.errors import RoisegError
+    from roiseg.io import slides
+    seeds = [encode_png(region), cv2.imencode(".jpg", region)[1].tobytes()]
+    for options in ({"tile": (32, 32), "compression": "zlib"}, {"compression": "jpeg"}, {}):
+        out = io.BytesIO()
+        tifffile.imwrite(out, region[:64, :64], **options)
+        seeds.append(out.getvalue())
+    rng = random.Random(0)
+    for _ in range(1500):
+        data = bytearray(rng.choice(seeds))
+        for _ in range(rng.randint(1, 8)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        damaged = bytes(data[:rng.randrange(8, len(data))] if rng.random() < 0.2 else data)
+        for read in (slides.image_size, lambda d: slides.decode_image(d, 10_000_000)):
+            try:
+                read(damaged)
+            except RoisegError:
+                pass

@@ -7,9 +7,12 @@ coarser resolution comes with the `RasterTransform` that maps its pixels back to
 from __future__ import annotations
 
 import io
+import logging
 import math
 import re
 import xml.etree.ElementTree as ElementTree
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -21,7 +24,7 @@ import tifffile
 from PIL import Image
 from tifffile.tifffile import svs_description_metadata
 
-from roiseg.errors import InvalidInput, NotFound, TooLarge
+from roiseg.errors import InvalidInput, NotFound, RoisegError, TooLarge
 from roiseg.io.raster import RasterTransform
 
 # Callers bound image sizes themselves (decode_image's max_pixels); Pillow's own guard would
@@ -61,7 +64,8 @@ _HIGH_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 #: tifffile axes of single 2D images: grey, interleaved samples, separate sample planes.
 _SUPPORTED_AXES = ("YX", "YXS", "SYX")
 
-_DECODE_ERRORS = (ValueError, RuntimeError, NotImplementedError, OSError)
+#: tifffile logs each oddity of a damaged file as a warning; the refusal says what went wrong.
+logging.getLogger("tifffile").setLevel(logging.ERROR)
 #: Python object reprs ("<_io.BytesIO object at 0x...>") that decoders put in their messages.
 _OBJECT_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
 
@@ -143,23 +147,21 @@ class Slide:
 
     @classmethod
     def _open_tiff(cls, path: Path) -> Slide:
-        try:
+        with _decoding(f"Slide file {path} could not be read as TIFF"):
             tiff = tifffile.TiffFile(path)
-        except _DECODE_ERRORS as exc:
-            raise InvalidInput(f"Slide file {path} could not be read as TIFF: "
-                               f"{_reason(exc)}.") from exc
         try:
-            if not tiff.series:
-                raise InvalidInput(f"Slide file {path} could not be read as TIFF: "
-                                   "it holds no image.")
-            series = tiff.series[0]
-            pages = sorted((_level_page(level, path) for level in series.levels),
-                           key=lambda page: page.imagewidth * page.imagelength, reverse=True)
-            width, height = pages[0].imagewidth, pages[0].imagelength
-            levels = [PyramidLevel(i, page.imagewidth, page.imagelength,
-                                   width / page.imagewidth, height / page.imagelength)
-                      for i, page in enumerate(pages)]
-            mpp = _tiff_mpp(tiff, pages[0])
+            with _decoding(f"Slide file {path} could not be read as TIFF"):
+                if not tiff.series:
+                    raise InvalidInput(f"Slide file {path} could not be read as TIFF: "
+                                       "it holds no image.")
+                series = tiff.series[0]
+                pages = sorted((_level_page(level, path) for level in series.levels),
+                               key=lambda page: page.imagewidth * page.imagelength, reverse=True)
+                width, height = pages[0].imagewidth, pages[0].imagelength
+                levels = [PyramidLevel(i, page.imagewidth, page.imagelength,
+                                       width / page.imagewidth, height / page.imagelength)
+                          for i, page in enumerate(pages)]
+                mpp = _tiff_mpp(tiff, pages[0])
         except BaseException:
             tiff.close()
             raise
@@ -200,22 +202,19 @@ def decode_image(data: bytes, max_pixels: int | None = None) -> np.ndarray:
     """Encoded PNG, JPEG or TIFF bytes as an (H, W, 3) uint8 RGB array; TooLarge if the
     image has more than `max_pixels` pixels (checked before decoding)."""
     if data.startswith(_TIFF_MAGIC):
-        try:
-            with tifffile.TiffFile(io.BytesIO(data)) as tiff:
-                if not tiff.series:
-                    raise InvalidInput("The image could not be decoded as PNG, JPEG or TIFF: "
-                                       "the TIFF holds no image.")
-                series = tiff.series[0]
-                _check_tiff_pixels(series.keyframe, series.axes, "The image")
-                _check_pixel_count(series.keyframe.imagewidth, series.keyframe.imagelength,
-                                   max_pixels)
-                pixels = series.asarray()
-                if series.axes == "SYX":
-                    pixels = np.moveaxis(pixels, 0, -1)
-        except _DECODE_ERRORS as exc:
-            raise InvalidInput(f"The image could not be decoded as PNG, JPEG or TIFF: "
-                               f"{_reason(exc)}.") from exc
-        return _to_rgb(pixels)
+        with _decoding("The image could not be decoded as PNG, JPEG or TIFF"), \
+                tifffile.TiffFile(io.BytesIO(data)) as tiff:
+            if not tiff.series:
+                raise InvalidInput("The image could not be decoded as PNG, JPEG or TIFF: "
+                                   "the TIFF holds no image.")
+            series = tiff.series[0]
+            _check_tiff_pixels(series.keyframe, series.axes, "The image")
+            _check_pixel_count(series.keyframe.imagewidth, series.keyframe.imagelength,
+                               max_pixels)
+            pixels = series.asarray()
+            if series.axes == "SYX":
+                pixels = np.moveaxis(pixels, 0, -1)
+            return _to_rgb(pixels)
     if data.startswith((_PNG_MAGIC, _JPEG_MAGIC)):
         return _decode_pillow(data, "The image", max_pixels)
     raise InvalidInput("The image could not be decoded as PNG, JPEG or TIFF; send the pixels "
@@ -225,7 +224,7 @@ def decode_image(data: bytes, max_pixels: int | None = None) -> np.ndarray:
 def image_size(data: bytes) -> tuple[int, int]:
     """The (width, height) encoded PNG, JPEG or TIFF bytes declare, read from their header
     without decoding; InvalidInput if they are none of these."""
-    try:
+    with _decoding("The image could not be decoded as PNG, JPEG or TIFF"):
         if data.startswith(_TIFF_MAGIC):
             with tifffile.TiffFile(io.BytesIO(data)) as tiff:
                 if tiff.series:
@@ -234,8 +233,6 @@ def image_size(data: bytes) -> tuple[int, int]:
         elif data.startswith((_PNG_MAGIC, _JPEG_MAGIC)):
             with Image.open(io.BytesIO(data), formats=("PNG", "JPEG")) as image:
                 return image.width, image.height
-    except _DECODE_ERRORS:
-        pass
     raise InvalidInput("The image could not be decoded as PNG, JPEG or TIFF; send the pixels "
                        "in one of these formats.")
 
@@ -479,7 +476,8 @@ def _read_tiff_window(page: tifffile.TiffPage, x: int, y: int, w: int, h: int,
     fh = page.parent.filehandle
     decode_args = ({"jpegtables": page.jpegtables, "jpegheader": page.jpegheader}
                    if page.compression in _JPEG_COMPRESSIONS else {})
-    try:
+    with _decoding(f"Slide file {path} has tiles that could not be decoded (corrupt file or "
+                   "unsupported compression)"):
         for data, index in fh.read_segments([page.dataoffsets[i] for i in indices],
                                             [page.databytecounts[i] for i in indices],
                                             indices=indices):
@@ -492,9 +490,6 @@ def _read_tiff_window(page: tifffile.TiffPage, x: int, y: int, w: int, h: int,
             sx1 = min(x + w, left + segment.shape[1])
             out[sy0 - y:sy1 - y, sx0 - x:sx1 - x, plane:plane + segment.shape[2]] = \
                 segment[sy0 - top:sy1 - top, sx0 - left:sx1 - left]
-    except _DECODE_ERRORS as exc:
-        raise InvalidInput(f"Slide file {path} has tiles that could not be decoded "
-                           f"(corrupt file or unsupported compression): {_reason(exc)}.") from exc
     return out
 
 
@@ -516,16 +511,13 @@ def _check_pixel_count(width: int, height: int, max_pixels: int | None) -> None:
 
 def _decode_pillow(data: bytes, what: str, max_pixels: int | None = None) -> np.ndarray:
     """PNG or JPEG bytes as (H, W, 3) uint8 RGB."""
-    try:
-        with Image.open(io.BytesIO(data), formats=("PNG", "JPEG")) as image:
-            _check_pixel_count(image.width, image.height, max_pixels)
-            if image.mode in _HIGH_BIT_MODES:
-                raise InvalidInput(f"{what} has {image.mode} pixels of more than 8 bits; only "
-                                   "8-bit RGB or grey images are supported.")
-            return np.array(image.convert("RGB"))
-    except _DECODE_ERRORS as exc:
-        raise InvalidInput(f"{what} could not be decoded as PNG, JPEG or TIFF: "
-                           f"{_reason(exc)}.") from exc
+    with _decoding(f"{what} could not be decoded as PNG, JPEG or TIFF"), \
+            Image.open(io.BytesIO(data), formats=("PNG", "JPEG")) as image:
+        _check_pixel_count(image.width, image.height, max_pixels)
+        if image.mode in _HIGH_BIT_MODES:
+            raise InvalidInput(f"{what} has {image.mode} pixels of more than 8 bits; only "
+                               "8-bit RGB or grey images are supported.")
+        return np.array(image.convert("RGB"))
 
 
 def _tiff_mpp(tiff: tifffile.TiffFile, page: tifffile.TiffPage) -> float | None:
@@ -575,6 +567,17 @@ def _positive_or_none(value: object) -> float | None:
     if isinstance(value, (int, float)) and math.isfinite(value) and value > 0:
         return float(value)
     return None
+
+
+@contextmanager
+def _decoding(failure: str) -> Iterator[None]:
+    """Turns whatever a decoder raises on bad bytes into InvalidInput("`failure`: reason")."""
+    try:
+        yield
+    except RoisegError:
+        raise
+    except Exception as error:  # noqa: BLE001 - decoders of hostile bytes raise anything
+        raise InvalidInput(f"{failure}: {_reason(error)}.") from error
 
 
 def _reason(error: Exception) -> str:
