@@ -23,6 +23,19 @@ GLAS = SHARED / "glas-train"
 CMU = SLIDES / "cmu_small_region.svs"
 CMU_MPP = 0.499
 
+def same_segmentation(collection: dict) -> dict:
+    """A FeatureCollection without what differs between two runs of the same segmentation
+    (each object's id and the run id), for comparing runs."""
+    features = []
+    for feature in collection["features"]:
+        feature = {k: v for k, v in feature.items() if k != "id"}
+        properties = dict(feature["properties"])
+        properties["metadata"] = {k: v for k, v in properties["metadata"].items()
+                                  if k != "roiseg.run_id"}
+        features.append({**feature, "properties": properties})
+    return {**collection, "features": features}
+
+
 # tests/qupath runs the extension inside real QuPath; make test-qupath runs it after building the
 # extension (qupath_extension/build-qupath-module.sh sets ROISEG_QUPATH_HOMES and ROISEG_QUPATH_JAR)
 collect_ignore = [] if os.environ.get("ROISEG_QUPATH_HOMES") else ["qupath"]

@@ -28,6 +28,11 @@ class VersionMismatch(RoisegError):
     """A client speaking another major version of the contract."""
 
 
+class FailedPrecondition(RoisegError):
+    """The server's set-up or state does not allow the call (a feature it was started without,
+    the default version of a model asked to retire)."""
+
+
 class Cancelled(RoisegError):
     """The caller cancelled the work or its deadline passed."""
 

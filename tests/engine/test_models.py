@@ -18,7 +18,7 @@ from roiseg.engine.models import (
     sha256_file,
 )
 from roiseg.engine.training_split import TrainingSplit
-from roiseg.errors import InvalidInput, NotFound
+from roiseg.errors import FailedPrecondition, InvalidInput, NotFound
 
 CPU = torch.device("cpu")
 #: A small SMP model: the `extra` kwargs shrink it to a few hundred thousand weights.
@@ -404,3 +404,73 @@ def test_registry_errors(tmp_path, script_model):
     _write_model(tmp_path / "c" / "broken", script_model, format="torchscript", tile_size=100)
     with pytest.raises(ValueError, match="tile_size"):
         ModelRegistry([tmp_path / "c"], CPU)
+
+
+def test_registry_versions(tmp_path, script_model):
+    """Versions registered at run time: `id` selects the default, `id@version` any served one."""
+    _write_model(tmp_path / "models" / "alpha", script_model, format="torchscript", version="1")
+    registry = ModelRegistry([tmp_path / "models"], CPU)
+    newer = ModelCard.from_file(_write_model(tmp_path / "v2" / "alpha", script_model,
+                                             format="torchscript", version="2",
+                                             fine_tuned_from={"model": "alpha@1",
+                                                              "sha256": "ab" * 32,
+                                                              "examples": 3}))
+    assert newer.fine_tuned_from == f"alpha@1 ({'ab' * 32})"
+    assert registry.register(newer).id == "alpha@2"
+    assert [c.version for c in registry.cards()] == ["1"] and registry.card("alpha").id == "alpha"
+    assert [(c.id, default) for c, default in registry.versions("alpha")] == [
+        ("alpha@1", True), ("alpha@2", False)]
+    assert registry.card("alpha@2").version == "2" and registry.get("alpha@2").card.version == "2"
+    with pytest.raises(InvalidInput, match="already has a version '2'"):
+        registry.register(newer)
+    with pytest.raises(NotFound, match="has no version '3'; its versions: 1, 2 "
+                                       r"\(current: 'alpha@1'\)"):
+        registry.card("alpha@3")
+    with pytest.raises(InvalidInput, match="name a version"):
+        registry.set_default("alpha")
+
+    assert registry.set_default("alpha@2").id == "alpha@2"
+    assert registry.card("alpha").version == "2" and registry.default_id == "alpha"
+    with pytest.raises(FailedPrecondition, match="default version"):
+        registry.retire("alpha@2")
+    assert registry.retire("alpha@1").id == "alpha@1"
+    assert registry.retired("alpha") == {"1"}
+    with pytest.raises(NotFound, match="'alpha@1' was retired; the current version is 'alpha@2'"):
+        registry.get("alpha@1")
+    with pytest.raises(NotFound):
+        registry.set_default("alpha@1")
+    assert [c.id for c, _ in registry.versions("alpha")] == ["alpha@2"]
+
+
+def test_registry_versions_under_concurrent_use(tmp_path, script_model):
+    """Jobs resolving and loading models while versions are registered, switched and retired
+    always get the model of the card they resolved."""
+    import threading
+
+    _write_model(tmp_path / "models" / "alpha", script_model, format="torchscript", version="0")
+    registry = ModelRegistry([tmp_path / "models"], CPU)
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def segment() -> None:
+        try:
+            while not done.is_set():
+                card = registry.card("alpha")
+                assert registry.load(card).card.version == card.version
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    workers = [threading.Thread(target=segment) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    for version in range(1, 13):
+        path = _write_model(tmp_path / f"v{version}" / "alpha", script_model,
+                            format="torchscript", version=str(version))
+        registry.register(ModelCard.from_file(path), make_default=version % 2 == 0)
+        registry.set_default(f"alpha@{version}")
+        registry.retire(f"alpha@{version - 1}")
+    done.set()
+    for worker in workers:
+        worker.join()
+    assert not errors, errors
+    assert [c.id for c, _ in registry.versions("alpha")] == ["alpha@12"]

@@ -20,6 +20,7 @@ def test_names_match_the_vectors():
     assert qupath_geojson.ROISEG_SOURCE_VALUE == keys["source_value"]
     assert qupath_geojson.MODEL_ID_KEY == keys["model_id"]
     assert qupath_geojson.MODEL_VERSION_KEY == keys["model_version"]
+    assert qupath_geojson.RUN_ID_KEY == keys["run_id"]
     assert qupath_geojson.AREA_MEASUREMENT == VECTORS["measurements"]["area"]
     assert qupath_geojson.PROBABILITY_MEASUREMENT == VECTORS["measurements"]["probability"]
     assert classes.BACKGROUND_CLASS == VECTORS["background"]["name"]
@@ -38,7 +39,8 @@ def test_features(case):
     given = case["input"]
     feature = qupath_geojson.annotation_feature(
         shape(given["geometry"]), given["class_name"], given["color"], given["measurements"],
-        qupath_geojson.model_metadata(given["model_id"], given["model_version"]))
+        qupath_geojson.model_metadata(given["model_id"], given["model_version"], given["run_id"]),
+        given["id"])
     assert json.loads(json.dumps(feature)) == case["feature"]
 
 

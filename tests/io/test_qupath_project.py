@@ -232,11 +232,22 @@ def _journal(project_dir) -> list[dict]:
 
 
 @needs_qupath
-def test_project_mode_on_an_imagej_tiff(address, tmp_path):
+def test_project_mode_on_an_imagej_tiff(address, tmp_path, monkeypatch):
     """A calibrated ImageJ TIFF, which QuPath opens with its own readers (no OpenSlide):
-    results land under the ROI and the model's classes in the project's class list."""
+    results land under the ROI and the model's classes in the project's class list, each
+    object with the id the server gave its feature."""
     import tifffile
     from PIL import Image
+    from roiseg.io import qupath_geojson
+
+    server_ids = []
+    write_feature = qupath_geojson.annotation_feature
+
+    def recorded(*args, **kwargs):
+        feature = write_feature(*args, **kwargs)
+        server_ids.append(feature["id"])
+        return feature
+    monkeypatch.setattr(qupath_geojson, "annotation_feature", recorded)
 
     pixels = np.asarray(Image.open(GLAS / "images" / "train_1.png").convert("RGB"))
     image = tmp_path / "images" / "train_1.tif"
@@ -250,6 +261,7 @@ def test_project_mode_on_an_imagej_tiff(address, tmp_path):
     _, children = rois["R1"]
     assert children and {c for c, _, _ in children} <= {"Stroma", "Gland epithelium"}
     assert "Gland epithelium" in classes
+    assert {object_id for _, _, object_id in children} <= set(server_ids)
     assert [(r["roi_name"], r["status"]) for r in _journal(project_dir)] == [("R1", "ok")]
 
 

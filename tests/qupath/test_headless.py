@@ -39,6 +39,7 @@ def described = getCurrentHierarchy().getFlattenedObjectList(null).findAll { !it
     [name: it.getName(), parent: it.getParent()?.isRootObject() ? null : it.getParent()?.getName(),
      class: it.getPathClass()?.toString(), colour: it.getPathClass()?.getColor(),
      roiseg: it.getMetadata()?.get('roiseg.source'), model: it.getMetadata()?.get('roiseg.model_id'),
+     run: it.getMetadata()?.get('roiseg.run_id'), id: it.getID().toString(),
      precision: it.getROI().getGeometry().getPrecisionModel() == qupath.lib.roi.GeometryTools.getDefaultFactory().getPrecisionModel()]
 }
 println 'ROISEG_RESULT ' + qupath.lib.io.GsonTools.getInstance().toJson(described)
@@ -110,5 +111,8 @@ getCurrentHierarchy().addObjectBelowParent(firstResult, inside, true)
     (first, second) = [tuple(map(int, m)) for m in re.findall(r"ROISEG_SUMMARY (\d+) (\d+)", output)]
     assert first[0] > 0 and first[1] == 0
     assert second == (len(results), first[0]), "the re-run replaces exactly the first run's objects"
+    # the objects of the re-run carry its one run id and their own ids (UUIDs from the server)
+    assert len({o.get("run") for o in results}) == 1 and None not in {o.get("run") for o in results}
+    assert len({o["id"] for o in results}) == len(results)
     inside = [o for o in objects if o.get("name") == "my object inside a result"]
     assert inside and inside[0].get("parent") == "my ROI", inside

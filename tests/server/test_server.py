@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import threading
+import uuid
 
 import cv2
 import grpc
@@ -133,6 +134,24 @@ def test_features_are_qupath_annotations_in_full_resolution(client, cmu_level0, 
     assert model_result.execution.mpp_used == pytest.approx(1.0, rel=0.01)
     areas = {a.name: a.area_um2 for a in model_result.class_areas}
     assert sum(areas.values()) == pytest.approx(geometry.area * CMU_MPP ** 2, rel=0.01)
+
+
+def test_every_object_has_its_own_id_and_the_run_it_came_from(client, cmu_level0, registry):
+    """Feature-level UUIDs (as QuPath writes them) and one run id per Segment call, so a
+    corrected object can be matched to its prediction and re-imports do not duplicate."""
+    geometry = box(X0, Y0, X0 + 256, Y0 + 256)
+    runs, ids = [], []
+    for _ in range(2):
+        features = _only(_segment(client, _pixels(cmu_level0), geometry,
+                                  include_background=True))["features"]
+        assert features
+        assert all(str(uuid.UUID(f["id"])) == f["id"] for f in features)
+        ids.append({f["id"] for f in features})
+        run_ids = {f["properties"]["metadata"][qupath_geojson.RUN_ID_KEY] for f in features}
+        assert len(run_ids) == 1
+        runs.append(run_ids.pop())
+        assert len(ids[-1]) == len(features)
+    assert runs[0] != runs[1] and not ids[0] & ids[1]
 
 
 def test_origin_and_downsample_map_to_the_same_place(client, cmu_level0):

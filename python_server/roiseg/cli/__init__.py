@@ -1,4 +1,4 @@
-"""The `roiseg` command: serve, models, segment, train, evaluate, compare, batch.
+"""The `roiseg` command: serve, models, segment, train, evaluate, compare, effort, batch, submit.
 
 One module per command, each with `HELP`, `add_arguments(parser)` (argument parsing only) and
 `run(args)`, which imports its engine when it runs: `roiseg --help`, a command's `--help` and
@@ -15,12 +15,12 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from roiseg import __version__
-from roiseg.cli import batch, compare, evaluate, models, segment, serve, train
+from roiseg.cli import batch, compare, effort, evaluate, models, segment, serve, submit, train
 
 #: The subcommands in the order `roiseg --help` lists them.
 COMMANDS: dict[str, ModuleType] = {"serve": serve, "models": models, "segment": segment,
                                    "train": train, "evaluate": evaluate, "compare": compare,
-                                   "batch": batch}
+                                   "effort": effort, "batch": batch, "submit": submit}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,7 +4,6 @@ engine: `roiseg.evaluation.metrics.evaluate`)."""
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from roiseg.cli import options
@@ -35,14 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--downsample", type=float, default=1.0,
                         help="full-resolution pixels per grid pixel when both sides are "
                              "GeoJSON (default 1)")
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument("--roi", type=Path, help="evaluate only inside this GeoJSON's polygons")
-    where.add_argument("--region", help="evaluate only inside x,y,w,h (full-resolution pixels)")
-    parser.add_argument("--models", action="append", type=Path, default=[], metavar="DIR",
-                        help="directory of model cards (repeatable) in which to look up the "
-                             "model a prediction GeoJSON names, to warn when it was trained on "
-                             "the evaluated images (the embedded default model is always "
-                             "looked up)")
+    options.add_area_arguments(parser, "evaluate")
+    options.add_card_arguments(parser, "a prediction GeoJSON")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -65,8 +58,5 @@ def run(args: argparse.Namespace) -> int:
         mpp=args.mpp or None, roi=args.roi,
         region=parse_rectangle(args.region) if args.region else None,
         model_dirs=(EMBEDDED_MODELS_DIR, *args.models)))
-    for warning in evaluation.warnings:
-        print(f"roiseg: {warning}", file=sys.stderr)
-    print(evaluation.summary)
-    print("wrote " + ", ".join(map(str, evaluation.written)))
+    options.print_report(evaluation.warnings, evaluation.summary, evaluation.written)
     return 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -68,6 +70,23 @@ def add_evaluation_arguments(parser: argparse.ArgumentParser, reference: str = "
                              "non-background class is negative)")
     parser.add_argument("--mask-downsample", type=float, default=1.0,
                         help="full-resolution pixels per mask pixel (default 1)")
+
+
+def add_area_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
+    """--roi FILE or --region x,y,w,h: where `verb` ("evaluate", "measure") looks."""
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--roi", type=Path, help=f"{verb} only inside this GeoJSON's polygons")
+    where.add_argument("--region", help=f"{verb} only inside x,y,w,h (full-resolution pixels)")
+
+
+def add_card_arguments(parser: argparse.ArgumentParser, named_by: str) -> None:
+    """--models DIR: where the cards of the models `named_by` names are looked up, to warn
+    about images a model was trained on (the embedded default model's card always is)."""
+    parser.add_argument("--models", action="append", type=Path, default=[], metavar="DIR",
+                        help="directory of model cards (repeatable) in which to look up the "
+                             f"model {named_by} names, to warn when it was trained on the "
+                             "evaluated images (the embedded default model is always looked "
+                             "up)")
 
 
 def token(args: argparse.Namespace) -> str | None:
@@ -134,3 +153,11 @@ def positive_float(text: str) -> float:
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a number above 0, got {text}")
     return value
+
+
+def print_report(warnings: Iterable[str], report: str, written: Iterable[Path]) -> None:
+    """A command's warnings (stderr), then its report and the files it wrote (stdout)."""
+    for warning in warnings:
+        print(f"roiseg: {warning}", file=sys.stderr)
+    print(report)
+    print("wrote " + ", ".join(map(str, written)))

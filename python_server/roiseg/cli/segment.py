@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from roiseg.io.slides import Slide
 
     with Slide.open(args.image) as slide:  # a wrong path is told before torch is imported
-        geometry = _roi(args, slide)
+        geometry = roi_of(args, slide)
         from roiseg.client import requests
         from roiseg.client.connection import connect
         from roiseg.io import overlay
@@ -73,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _roi(args: argparse.Namespace, slide):
+def roi_of(args: argparse.Namespace, slide):
+    """The ROI that --roi or --region names; the whole image without either."""
     from shapely.geometry import box
 
     from roiseg.io import roi

@@ -18,6 +18,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--slide-root", action="append", type=Path, default=[],
                         help="directory whose slide files clients may ask the server to read "
                              "(repeatable; default: none)")
+    parser.add_argument("--dataset-dir", type=Path,
+                        help="directory where submitted corrections are kept as training "
+                             "examples and fine-tuned versions are written (the fast track, "
+                             "docs/fast-track.md; default: none, those calls are refused)")
     limits = parser.add_argument_group(
         "limits", "what one request may ask and how much work the server takes on at once; "
         "requests beyond them are refused with a status that says which limit")
@@ -63,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
                     concurrent_uploads=args.concurrent_uploads,
                     upload_idle_s=args.upload_idle_seconds,
                     upload_total_s=args.upload_total_seconds)
-    service = in_process_service(options.model_source(args), args.slide_root, limits)
+    service = in_process_service(options.model_source(args), args.slide_root, limits,
+                                 args.dataset_dir)
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ValueError("--tls-cert and --tls-key go together")
     tls = (args.tls_cert.read_bytes(), args.tls_key.read_bytes()) if args.tls_cert else None
@@ -75,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
         args.ready_file.write_text(address)
     print(f"roiseg {__version__} serving {len(service.registry.cards())} model(s) on {address} "
           f"({service.registry.device_name}{', TLS' if tls else ''}"
-          f"{', token required' if token else ''})", flush=True)
+          f"{', token required' if token else ''}"
+          f"{f', examples in {args.dataset_dir}' if args.dataset_dir else ''})", flush=True)
     done = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: done.set())

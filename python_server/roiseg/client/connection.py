@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
@@ -32,6 +33,7 @@ UPLOAD_CHUNK_BYTES = 1 << 20
 log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[pb.Progress], None]
+FineTuneCallback = Callable[[pb.FineTuneProgress], None]
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,34 @@ def segment_request(geometry: BaseGeometry, image: pb.ImageSource,
                              options=options or pb.SegmentOptions(),
                              client_contract_major=CONTRACT_MAJOR,
                              client_contract_minor=CONTRACT_MINOR)
+
+
+def corrections_request(geometry: BaseGeometry, image: pb.ImageSource, geojson: str, *,
+                        model_id: str = "", image_id: str = "", roi_key: str = "",
+                        predicted_by: str = "",
+                        allow_upsample: bool = False) -> pb.SubmitCorrectionsRequest:
+    """A SubmitCorrections request: the corrected annotations (QuPath GeoJSON text) of an ROI
+    in full-resolution pixels."""
+    return pb.SubmitCorrectionsRequest(
+        model_id=model_id, image=image, roi=roi.to_proto(geometry), geojson=geojson,
+        image_id=image_id, roi_key=roi_key, predicted_by=predicted_by,
+        allow_upsample=allow_upsample, client_contract_major=CONTRACT_MAJOR,
+        client_contract_minor=CONTRACT_MINOR)
+
+
+def fine_tune_result(events: Iterable[pb.FineTuneEvent],
+                     on_progress: FineTuneCallback | None = None) -> pb.FineTuneResult:
+    """The result at the end of a FineTune stream, its progress given to `on_progress`."""
+    result = None
+    for event in events:
+        if event.WhichOneof("event") == "progress":
+            if on_progress:
+                on_progress(event.progress)
+        else:
+            result = event.result
+    if result is None:
+        raise SegmentationError(grpc.StatusCode.INTERNAL, "the fine-tuning ended without a result")
+    return result
 
 
 def pixels_source(*, downsample: float, origin_x: float, origin_y: float, pixel_size_um: float,
@@ -209,6 +239,43 @@ class Client:
         except grpc.RpcError as error:
             raise _error(error) from None
 
+    def submit_corrections(
+            self, request: pb.SubmitCorrectionsRequest) -> pb.SubmitCorrectionsResponse:
+        """Stores the corrections as a training example (see `corrections_request`)."""
+        return self._call(self._stub.SubmitCorrections, request)
+
+    def list_examples(self, model_id: str = "") -> list[pb.Example]:
+        return list(self._call(self._stub.ListExamples,
+                               pb.ListExamplesRequest(model_id=model_id)).examples)
+
+    def remove_example(self, example_id: str, model_id: str = "") -> pb.Example:
+        return self._call(self._stub.RemoveExample, pb.RemoveExampleRequest(
+            model_id=model_id, example_id=example_id)).removed
+
+    def set_default_version(self, model_id: str) -> pb.ModelInfo:
+        """Makes `id@version` the version the model's plain id selects."""
+        return self._call(self._stub.SetDefaultVersion,
+                          pb.SetDefaultVersionRequest(model_id=model_id))
+
+    def retire_version(self, model_id: str) -> pb.ModelInfo:
+        """Stops serving `id@version`."""
+        return self._call(self._stub.RetireVersion, pb.RetireVersionRequest(model_id=model_id))
+
+    def fine_tune_events(self, request: pb.FineTuneRequest) -> Any:
+        """The FineTune stream, an iterator of events with `cancel()` (which stops the
+        training; nothing is registered)."""
+        request.client_contract_major = CONTRACT_MAJOR
+        request.client_contract_minor = CONTRACT_MINOR
+        return self._stub.FineTune(request, timeout=self.timeout_s, metadata=self._metadata)
+
+    def fine_tune(self, request: pb.FineTuneRequest,
+                  on_progress: FineTuneCallback | None = None) -> pb.FineTuneResult:
+        """Fine-tunes a model on its stored examples; the new version, already served."""
+        try:
+            return fine_tune_result(self.fine_tune_events(request), on_progress)
+        except grpc.RpcError as error:
+            raise _error(error) from None
+
     def _call(self, method, request):
         try:
             return method(request, timeout=self.timeout_s, metadata=self._metadata)
@@ -239,10 +306,38 @@ class InProcessClient:
 
     def segment(self, request: pb.SegmentRequest,
                 on_progress: ProgressCallback | None = None) -> SegmentResult:
-        try:
+        with _statuses():
             return collect(self.service.segment_events(request, lambda: False), on_progress)
-        except RoisegError as error:
-            raise SegmentationError(status_of(error), str(error)) from None
+
+    def submit_corrections(
+            self, request: pb.SubmitCorrectionsRequest) -> pb.SubmitCorrectionsResponse:
+        with _statuses():
+            return self.service.fast_track.submit(request, lambda: False)
+
+    def list_examples(self, model_id: str = "") -> list[pb.Example]:
+        with _statuses():
+            return list(self.service.fast_track.examples(
+                pb.ListExamplesRequest(model_id=model_id)).examples)
+
+    def remove_example(self, example_id: str, model_id: str = "") -> pb.Example:
+        with _statuses():
+            return self.service.fast_track.remove(pb.RemoveExampleRequest(
+                model_id=model_id, example_id=example_id)).removed
+
+    def fine_tune(self, request: pb.FineTuneRequest,
+                  on_progress: FineTuneCallback | None = None) -> pb.FineTuneResult:
+        with _statuses():
+            return fine_tune_result(self.service.fast_track.fine_tune_events(
+                request, lambda: False), on_progress)
+
+
+@contextmanager
+def _statuses() -> Iterator[None]:
+    """roiseg's errors as the SegmentationError a server's status would give."""
+    try:
+        yield
+    except RoisegError as error:
+        raise SegmentationError(status_of(error), str(error)) from None
 
 
 def _error(error: grpc.RpcError) -> SegmentationError:
@@ -254,20 +349,24 @@ def _error(error: grpc.RpcError) -> SegmentationError:
 
 
 def in_process_service(models: ModelSource, slide_roots: Sequence[Path] = (),
-                       limits: Limits | None = None) -> SegmentationService:
-    """A service over `models`, run in this process (imports torch)."""
+                       limits: Limits | None = None,
+                       dataset_dir: Path | None = None) -> SegmentationService:
+    """A service over `models`, run in this process (imports torch); `dataset_dir` keeps the
+    fast track's examples and fine-tuned versions."""
     from roiseg.engine.models import DEFAULT_MODELS_DIR, ModelRegistry, select_device
     from roiseg.server.service import Limits, SegmentationService
 
     beside = [DEFAULT_MODELS_DIR] if models.directories and models.beside_default else []
     registry = ModelRegistry(list(models.directories) or [DEFAULT_MODELS_DIR],
                              select_device(models.device), models.default_model, beside)
-    return SegmentationService(registry, slide_roots, limits or Limits())
+    return SegmentationService(registry, slide_roots, limits or Limits(), dataset_dir)
 
 
-def connect(server: ServerAddress | None, models: ModelSource) -> Client | InProcessClient:
-    """A client of `server`, or of an in-process service over `models` without one."""
+def connect(server: ServerAddress | None, models: ModelSource,
+            dataset_dir: Path | None = None) -> Client | InProcessClient:
+    """A client of `server`, or of an in-process service over `models` (and `dataset_dir`)
+    without one."""
     if server is None:
-        return InProcessClient(in_process_service(models))
+        return InProcessClient(in_process_service(models, dataset_dir=dataset_dir))
     return Client(server.target, tls=server.tls, root_certificates=server.root_certificates,
                   token=server.token)

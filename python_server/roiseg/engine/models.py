@@ -12,7 +12,7 @@ import math
 import re
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ import segmentation_models_pytorch as smp
 import torch
 
 from roiseg.engine.training_split import TrainingSplit
-from roiseg.errors import InvalidInput, NotFound
+from roiseg.errors import FailedPrecondition, InvalidInput, NotFound, echo
 from roiseg.io.classes import confusable_builtin_class
 from roiseg.io.files import write_atomic
 
@@ -36,13 +36,13 @@ _REQUIRED_FIELDS = ("id", "name", "version", "format", "architecture", "encoder"
                     "sha256", "mpp", "tile_size", "overlap", "batch_size", "normalization",
                     "classes")
 _OPTIONAL_FIELDS = ("description", "background_class", "tumor_class", "trained_on",
-                    "training_split", "metrics", "extra", "ensemble")
+                    "training_split", "metrics", "extra", "ensemble", "fine_tuned_from")
 _MEMBER_FIELDS = ("architecture", "encoder", "checkpoint", "sha256")
 #: The order `write_card` writes the fields in (docs/model-cards.md's); others follow.
 _FIELD_ORDER = ("id", "name", "description", "version", "format", "architecture", "encoder",
                 "checkpoint", "sha256", "mpp", "tile_size", "overlap", "batch_size",
                 "normalization", "classes", "background_class", "tumor_class", "trained_on",
-                "training_split", "metrics", "extra", "ensemble")
+                "training_split", "metrics", "extra", "ensemble", "fine_tuned_from")
 #: Keys under which training scripts nest the state dict, outermost first.
 _STATE_DICT_WRAPPERS = ("state_dict", "model_state_dict", "model")
 #: Prefixes that DataParallel / Lightning-style wrappers put before every key.
@@ -114,6 +114,9 @@ class ModelCard:
     """Further models whose class probabilities are averaged with this card's own model."""
     training_split: TrainingSplit | None = None
     """The images the model was trained on and held out, when the card records them."""
+    fine_tuned_from: str = ""
+    """`id@version (sha256)` of the model this one was fine-tuned from (the fast track); the
+    card's `fine_tuned_from` object also records the examples."""
 
     @classmethod
     def from_file(cls, path: Path) -> ModelCard:
@@ -238,7 +241,17 @@ class _CardReader:
             trained_on=self.text("trained_on", data.get("trained_on", ""), allow_empty=True),
             metrics=self.metrics(data.get("metrics", {})),
             extra=self.extra("extra", data.get("extra", {})), card_path=self.path,
-            ensemble=ensemble, training_split=self.training_split(data.get("training_split")))
+            ensemble=ensemble, training_split=self.training_split(data.get("training_split")),
+            fine_tuned_from=self.fine_tuned_from(data.get("fine_tuned_from")))
+
+    def fine_tuned_from(self, value: Any) -> str:
+        if value is None:
+            return ""
+        if not isinstance(value, dict) or not isinstance(value.get("model"), str) \
+                or not isinstance(value.get("sha256"), str):
+            raise self.error("fine_tuned_from", 'must be {"model": "id@version", "sha256": ...} '
+                                                "with optional details of the data")
+        return f"{value['model']} ({value['sha256']})"
 
     def training_split(self, value: Any) -> TrainingSplit | None:
         if value is None:
@@ -612,8 +625,37 @@ def _some(keys: Sequence[str], limit: int = 8) -> str:
     return f"[{shown}{', ...' if len(keys) > limit else ''}]"
 
 
+#: Separates a model's id from a version in a model id that selects one: `id@version`.
+VERSION_SEPARATOR = "@"
+
+
+def split_model_id(model_id: str) -> tuple[str, str | None]:
+    """(`id`, `version`) of `id@version`; (`id`, None) of a plain id."""
+    family, separator, version = model_id.partition(VERSION_SEPARATOR)
+    return family, version if separator else None
+
+
+@dataclass
+class _Family:
+    """The versions of one model id: the cards in registration order, the one a plain id
+    selects, and those no longer served."""
+
+    versions: dict[str, ModelCard]
+    default: str
+    retired: set[str]
+
+    def current(self) -> list[str]:
+        return [v for v in self.versions if v not in self.retired]
+
+
 class ModelRegistry:
-    """The models found in model directories, loaded lazily on first use and cached."""
+    """The models found in model directories, loaded lazily on first use and cached.
+
+    A model may have several versions (cards of the same id with other versions, registered at
+    run time by `register`): the plain id selects the default version, `id@version` any
+    version that is not retired. Every method is safe to call from several threads; a job
+    that resolved a card keeps it (`load`) even if its version is retired meanwhile.
+    """
 
     def __init__(self, model_dirs: Sequence[Path], device: torch.device,
                  default_id: str | None = None, beside: Sequence[Path] = ()):
@@ -626,7 +668,8 @@ class ModelRegistry:
                 all, or an unknown `default_id`.
         """
         self.device = device
-        self._cards: dict[str, ModelCard] = {}
+        self._lock = threading.RLock()
+        self._families: dict[str, _Family] = {}
         given = [(Path(d), False) for d in model_dirs] + [(Path(d), True) for d in beside]
         for directory, optional in given:
             if not directory.is_dir():
@@ -634,21 +677,22 @@ class ModelRegistry:
             paths = [directory / CARD_FILE] if (directory / CARD_FILE).is_file() else []
             for path in paths + sorted(directory.glob(f"*/{CARD_FILE}")):
                 card = ModelCard.from_file(path)
-                if card.id in self._cards:
+                if card.id in self._families:
                     if optional:
                         continue
                     raise ValueError(f"duplicate model id {card.id!r} in "
-                                     f"{self._cards[card.id].card_path} and {card.card_path}")
-                self._cards[card.id] = card
-        if not self._cards:
+                                     f"{self._default_card(card.id).card_path} and "
+                                     f"{card.card_path}")
+                self._families[card.id] = _Family({card.version: card}, card.version, set())
+        if not self._families:
             raise ValueError("no models found: no model.json in "
                              + ", ".join(str(d) for d in model_dirs) + " or their subdirectories")
-        if default_id is not None and default_id not in self._cards:
+        if default_id is not None and default_id not in self._families:
             raise ValueError(f"default model {default_id!r} is not registered; available: "
-                             + ", ".join(self._cards))
-        self._default_id = default_id or next(iter(self._cards))
-        self._locks = {model_id: threading.Lock() for model_id in self._cards}
-        self._loaded: dict[str, LoadedModel] = {}
+                             + ", ".join(self._families))
+        self._default_id = default_id or next(iter(self._families))
+        self._load_locks: dict[tuple[str, str], threading.Lock] = {}
+        self._loaded: dict[tuple[str, str], LoadedModel] = {}
 
     @property
     def default_id(self) -> str:
@@ -664,20 +708,44 @@ class ModelRegistry:
         return str(self.device)
 
     def cards(self) -> list[ModelCard]:
-        """The registered cards, in registration order."""
-        return list(self._cards.values())
+        """The default version's card of each model, in registration order."""
+        with self._lock:
+            return [family.versions[family.default] for family in self._families.values()]
 
-    def card(self, model_id: str) -> ModelCard:
-        """The card of `model_id`.
+    def versions(self, model_id: str) -> list[tuple[ModelCard, bool]]:
+        """(card, whether it is the default) of each version of `model_id`'s model that is
+        served, in registration order; each card's id is `id@version`.
 
         Raises:
-            NotFound: no such model; the message lists the available ids.
+            NotFound: no such model.
         """
-        try:
-            return self._cards[model_id]
-        except KeyError:
-            raise NotFound(f"unknown model {model_id!r}; available: "
-                           + ", ".join(self._cards)) from None
+        with self._lock:
+            family_id = split_model_id(model_id)[0]
+            family = self._family(family_id)
+            return [(_selected(family.versions[v], family_id, v), v == family.default)
+                    for v in family.current()]
+
+    def card(self, model_id: str) -> ModelCard:
+        """The card of `model_id`: a plain id's default version, or the version `id@version`
+        names (its card's id is then `id@version`).
+
+        Raises:
+            NotFound: no such model, or no such version served (the message names the
+                model's current version).
+        """
+        family_id, version = split_model_id(model_id)
+        with self._lock:
+            family = self._family(family_id)
+            if version is None:
+                return family.versions[family.default]
+            current = f"{family_id}{VERSION_SEPARATOR}{family.default}"
+            if version in family.retired:
+                raise NotFound(f"model version {model_id!r} was retired; the current version is "
+                               f"{current!r}")
+            if version not in family.versions:
+                raise NotFound(f"model {family_id!r} has no version {version!r}; its versions: "
+                               + ", ".join(family.current()) + f" (current: {current!r})")
+            return _selected(family.versions[version], family_id, version)
 
     def get(self, model_id: str) -> LoadedModel:
         """The loaded model `model_id`, loading it on first use.
@@ -686,8 +754,115 @@ class ModelRegistry:
             NotFound: no such model.
             ValueError: its checkpoint is refused (see `load_model`).
         """
-        card = self.card(model_id)
-        with self._locks[model_id]:
-            if model_id not in self._loaded:
-                self._loaded[model_id] = load_model(card, self.device)
-            return self._loaded[model_id]
+        return self.load(self.card(model_id))
+
+    def load(self, card: ModelCard) -> LoadedModel:
+        """The loaded model of a card this registry gave (`card`), loading it on first use;
+        the model of a version retired meanwhile is loaded but not kept.
+
+        Raises:
+            ValueError: its checkpoint is refused (see `load_model`).
+        """
+        key = (split_model_id(card.id)[0], card.version)
+        with self._lock:
+            lock = self._load_locks.setdefault(key, threading.Lock())
+        with lock:
+            with self._lock:
+                loaded = self._loaded.get(key)
+            if loaded is None:
+                loaded = load_model(card, self.device)
+                with self._lock:
+                    family = self._families.get(key[0])
+                    if family is not None and key[1] in family.current():
+                        self._loaded[key] = loaded
+            return loaded
+
+    def register(self, card: ModelCard, make_default: bool = False) -> ModelCard:
+        """Serves `card` from now on: a new version of the model of its id (or a new model);
+        with `make_default` its plain id selects it. Returns its card as `id@version`
+        selects it.
+
+        Raises:
+            InvalidInput: the model already has (or had) a version of that name.
+        """
+        with self._lock:
+            family = self._families.get(card.id)
+            if family is None:
+                self._families[card.id] = _Family({card.version: card}, card.version, set())
+            elif card.version in family.versions:
+                raise InvalidInput(f"model {card.id!r} already has a version {card.version!r}"
+                                   + (" (retired)" if card.version in family.retired else ""))
+            else:
+                family.versions[card.version] = card
+                if make_default:
+                    family.default = card.version
+            return _selected(card, card.id, card.version)
+
+    def set_default(self, model_id: str) -> ModelCard:
+        """Makes the version `id@version` names the one its plain id selects; returns its card
+        (as `id@version` selects it).
+
+        Raises:
+            InvalidInput: `model_id` names no version.
+            NotFound: no such model or version served.
+        """
+        family_id, version = self._version_of(model_id)
+        with self._lock:
+            card = self.card(model_id)
+            self._families[family_id].default = version
+            log.info("model %s: the default version is now %s", family_id, version)
+            return card
+
+    def retire(self, model_id: str) -> ModelCard:
+        """Stops serving the version `id@version` names (not the default one): it is no longer
+        listed nor selectable, and its loaded model is released. Returns its card.
+
+        Raises:
+            InvalidInput: `model_id` names no version.
+            NotFound: no such model or version served.
+            FailedPrecondition: it is the model's default version.
+        """
+        family_id, version = self._version_of(model_id)
+        with self._lock:
+            card = self.card(model_id)
+            family = self._families[family_id]
+            if version == family.default:
+                raise FailedPrecondition(
+                    f"{model_id!r} is the default version of {family_id!r}: make another version "
+                    "the default first")
+            family.retired.add(version)
+            self._loaded.pop((family_id, version), None)
+            log.info("model %s: version %s retired", family_id, version)
+            return card
+
+    def retired(self, model_id: str) -> set[str]:
+        """The retired versions of `model_id`'s model.
+
+        Raises:
+            NotFound: no such model.
+        """
+        with self._lock:
+            return set(self._family(split_model_id(model_id)[0]).retired)
+
+    def _version_of(self, model_id: str) -> tuple[str, str]:
+        family_id, version = split_model_id(model_id)
+        if not version:
+            raise InvalidInput(f"name a version as id{VERSION_SEPARATOR}version, got "
+                               f"{echo(model_id)}")
+        return family_id, version
+
+    def _family(self, family_id: str) -> _Family:
+        try:
+            return self._families[family_id]
+        except KeyError:
+            raise NotFound(f"unknown model {echo(family_id, 256)}; available: "
+                           + ", ".join(self._families)) from None
+
+    def _default_card(self, family_id: str) -> ModelCard:
+        family = self._families[family_id]
+        return family.versions[family.default]
+
+
+def _selected(card: ModelCard, family_id: str, version: str) -> ModelCard:
+    """`card` as `id@version` selects it: the same card under that id."""
+    return replace(card, id=f"{family_id}{VERSION_SEPARATOR}{version}")

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import ExitStack
+import uuid
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -88,6 +89,7 @@ class Job:
     source: PixelSource | SlideSource
     roi: BaseGeometry
     options: Options = Options()
+    run_id: str = field(default_factory=lambda: str(uuid.uuid4()))
 
 
 @dataclass(frozen=True)
@@ -144,17 +146,42 @@ class _Raster:
     tissue_s: float
 
 
+@dataclass
+class RoiPixels:
+    """The pixels of a ROI's bounding box at a model's resolution, as `run` reads them for it:
+    `roi` is the ROI clipped to the image, `source_mpp` the full-resolution µm/px."""
+
+    read: RegionRead
+    roi: BaseGeometry
+    source_mpp: float
+
+
+def read_roi(job: Job, card: ModelCard, *, max_roi_pixels: int) -> RoiPixels:
+    """The job's ROI read for `card` exactly as `run` reads it (pixel size, clipping, size
+    limit, pyramid level and resampling), without segmenting it."""
+    with _opened(job) as (image, source_mpp, roi):
+        _check_size(roi, source_mpp, card, max_roi_pixels)
+        return RoiPixels(_read(image, roi.bounds, source_mpp, card, job.options.allow_upsample),
+                         roi, source_mpp)
+
+
+@contextmanager
+def _opened(job: Job) -> Iterator[tuple[Slide | PixelSource, float, BaseGeometry]]:
+    """The job's image (a slide opened for the block), its full-resolution µm/px and the ROI
+    clipped to it."""
+    with ExitStack() as stack:
+        image = stack.enter_context(Slide.open(job.source.path)) \
+            if isinstance(job.source, SlideSource) else job.source
+        yield image, _source_mpp(job.source, image), _clip_to_image(job.roi, image)
+
+
 def run(job: Job, registry: ModelRegistry, *, max_roi_pixels: int,
         progress: Callable[[Progress], None] = lambda p: None,
         should_stop: Callable[[], bool] = lambda: False) -> Iterator[ModelOutput]:
     """Runs the job model by model, yielding each model's output when it is done."""
     cards = [registry.card(model_id) for model_id in job.model_ids]
     _check_options(job.options, cards)
-    with ExitStack() as stack:
-        image = stack.enter_context(Slide.open(job.source.path)) \
-            if isinstance(job.source, SlideSource) else job.source
-        source_mpp = _source_mpp(job.source, image)
-        roi = _clip_to_image(job.roi, image)
+    with _opened(job) as (image, source_mpp, roi):
         rasters: dict[float, _Raster] = {}
         for card in cards:
             _check_size(roi, source_mpp, card, max_roi_pixels)
@@ -177,7 +204,7 @@ def _segment(job: Job, card: ModelCard, registry: ModelRegistry, raster: _Raster
     mpp_x, mpp_y = read.transform.scale_x * source_mpp, read.transform.scale_y * source_mpp
     mpp = (mpp_x + mpp_y) / 2
 
-    model = registry.get(card.id)
+    model = registry.load(card)
     tumor = card.tumor_index if options.hysteresis.enabled else None
     progress(Progress(Stage.INFERENCE, card.id, 0, 0, f"running {card.name}"))
     t0 = time.perf_counter()
@@ -225,7 +252,8 @@ def _segment(job: Job, card: ModelCard, registry: ModelRegistry, raster: _Raster
     simplify_px = DEFAULT_SIMPLIFY_PX if options.simplify_um is None else options.simplify_um / mpp
     regions = vectorize.class_regions(vector_map, prediction.probability, raster.roi_raster,
                                       simplify_px, wanted)
-    metadata = qupath_geojson.model_metadata(card.id, card.version)
+    metadata = {**qupath_geojson.model_metadata(card.id, card.version, job.run_id),
+                qupath_geojson.PIXEL_SIZE_KEY: repr(source_mpp)}
     features: list[dict] = []
     class_areas: dict[str, tuple[float, int]] = {}
     for region in regions:
@@ -236,7 +264,7 @@ def _segment(job: Job, card: ModelCard, registry: ModelRegistry, raster: _Raster
             measurements[qupath_geojson.PROBABILITY_MEASUREMENT] = region.mean_probability
         geometry = shapely.set_precision(read.transform.geometry_to_full(region.geometry), 1e-3)
         features.append(qupath_geojson.annotation_feature(geometry, name, color, measurements,
-                                                       metadata))
+                                                       metadata, str(uuid.uuid4())))
         total, count = class_areas.get(name, (0.0, 0))
         class_areas[name] = (total + area_um2, count + 1)
     timings.vectorize_s = time.perf_counter() - t0
@@ -258,13 +286,7 @@ def _raster(job: Job, image: Slide | PixelSource, roi: BaseGeometry, source_mpp:
     """Reads the ROI's bounding box at the card's resolution and finds its tissue."""
     progress(Progress(Stage.READING, card.id, message=f"reading the region at {card.mpp} µm/px"))
     t0 = time.perf_counter()
-    bbox = roi.bounds
-    allow = job.options.allow_upsample
-    if isinstance(image, Slide):
-        read = read_slide_region(image, bbox, source_mpp, card.mpp, allow)
-    else:
-        read = pixels_region(image.image, image.origin_x, image.origin_y, image.downsample, bbox,
-                             source_mpp, card.mpp, allow)
+    read = _read(image, roi.bounds, source_mpp, card, job.options.allow_upsample)
     read_s = time.perf_counter() - t0
     _stop_if(should_stop)
 
@@ -275,6 +297,14 @@ def _raster(job: Job, image: Slide | PixelSource, roi: BaseGeometry, source_mpp:
     roi_raster = read.transform.geometry_to_raster(roi)
     roi_mask = vectorize.roi_mask(roi_raster, read.image.shape[:2])
     return _Raster(read, tissue, roi_raster, roi_mask, read_s, time.perf_counter() - t0)
+
+
+def _read(image: Slide | PixelSource, bbox: tuple[float, float, float, float],
+          source_mpp: float, card: ModelCard, allow_upsample: bool) -> RegionRead:
+    if isinstance(image, Slide):
+        return read_slide_region(image, bbox, source_mpp, card.mpp, allow_upsample)
+    return pixels_region(image.image, image.origin_x, image.origin_y, image.downsample, bbox,
+                         source_mpp, card.mpp, allow_upsample)
 
 
 def _source_mpp(source: PixelSource | SlideSource, image: Slide | PixelSource) -> float:

@@ -17,6 +17,7 @@ was trained on (`roiseg.evaluation.training_data`).
 from __future__ import annotations
 
 import csv
+import io
 import math
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -42,13 +43,14 @@ from roiseg.evaluation.training_data import (
 from roiseg.io import qupath_geojson
 from roiseg.io import roi as roi_module
 from roiseg.io.classes import BACKGROUND_CLASS
+from roiseg.io.files import write_atomic
 from roiseg.io.raster import RasterTransform
 
 __all__ = [
     "BACKGROUND", "PIXEL_METRICS", "REGION_METRICS", "Annotation", "Counts", "EvalClasses",
     "EvaluateOptions", "Evaluation", "Grid", "ImageResult", "LabelMask", "Rectangle",
     "SummaryRow", "annotation_files", "check_positive", "choose_grid", "class_dice",
-    "confusion", "cut_to_grid", "describe", "evaluate", "evaluate_annotations",
+    "confusion", "csv_text", "cut_to_grid", "describe", "evaluate", "evaluate_annotations",
     "evaluate_labels", "evaluation_area", "fmt", "fmt_ci", "format_summary",
     "geojson_features", "labels_on_grid", "mean_ci", "model_ids", "pair_paths", "parse_map",
     "parse_point", "parse_rectangle", "pixel_metrics", "rasterize_geojson", "read_annotation",
@@ -820,15 +822,21 @@ def format_summary(rows: Sequence[SummaryRow], class_rows: Sequence[SummaryRow],
     return "\n".join(lines) + "\n"
 
 
-def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Rows as CSV (columns in order of first appearance); NaN written as "NaN"."""
+def csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Rows as CSV text (columns in order of first appearance); NaN and missing values
+    written as "NaN"."""
     columns = list(dict.fromkeys(k for row in rows for k in row))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as file:
-        writer = csv.DictWriter(file, columns, restval="NaN")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: _csv_value(v) for k, v in row.items()})
+    text = io.StringIO()
+    writer = csv.DictWriter(text, columns, restval="NaN")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _csv_value(v) for k, v in row.items()})
+    return text.getvalue()
+
+
+def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Rows as a CSV file (`csv_text`), written atomically."""
+    write_atomic(path, csv_text(rows))
 
 
 def _csv_value(value: Any) -> Any:

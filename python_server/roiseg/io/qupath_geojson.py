@@ -90,6 +90,11 @@ ROISEG_SOURCE_KEY = "roiseg.source"
 ROISEG_SOURCE_VALUE = "roiseg"
 MODEL_ID_KEY = "roiseg.model_id"
 MODEL_VERSION_KEY = "roiseg.model_version"
+#: One Segment call: every object it made carries the same run id.
+RUN_ID_KEY = "roiseg.run_id"
+#: The image's full-resolution µm/px, as a decimal string (QuPath's metadata are strings), so
+#: that areas of the objects and of their corrections can be measured from the file alone.
+PIXEL_SIZE_KEY = "roiseg.pixel_size_um"
 
 #: Measurement names, as QuPath shows them.
 AREA_MEASUREMENT = "Area µm^2"
@@ -102,11 +107,14 @@ def classification(name: str, color: Sequence[int]) -> dict[str, Any]:
 
 
 def annotation_feature(geometry: BaseGeometry, class_name: str, color: Sequence[int],
-                       measurements: Mapping[str, float],
-                       metadata: Mapping[str, str]) -> dict[str, Any]:
-    """A GeoJSON Feature QuPath imports as an unlocked, classified annotation."""
+                       measurements: Mapping[str, float], metadata: Mapping[str, str],
+                       feature_id: str) -> dict[str, Any]:
+    """A GeoJSON Feature QuPath imports as an unlocked, classified annotation whose object id
+    is `feature_id` (a UUID, at the Feature's top level as QuPath writes it), so a corrected
+    object can be traced to the prediction it came from."""
     return {
         "type": "Feature",
+        "id": feature_id,
         "geometry": shapely.geometry.mapping(geometry),
         "properties": {
             "objectType": "annotation",
@@ -122,8 +130,9 @@ def feature_collection(features: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return {"type": "FeatureCollection", "features": list(features)}
 
 
-def model_metadata(model_id: str, model_version: str) -> dict[str, str]:
-    return {MODEL_ID_KEY: model_id, MODEL_VERSION_KEY: model_version}
+def model_metadata(model_id: str, model_version: str, run_id: str) -> dict[str, str]:
+    """The provenance roiseg writes on each object: the model, its version and the run."""
+    return {MODEL_ID_KEY: model_id, MODEL_VERSION_KEY: model_version, RUN_ID_KEY: run_id}
 
 
 def is_roiseg_object(properties: Mapping[str, Any]) -> bool:

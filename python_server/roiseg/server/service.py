@@ -10,6 +10,7 @@ import queue
 import threading
 import time
 from concurrent import futures
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, NoReturn, Sequence, cast
@@ -23,7 +24,7 @@ from shapely.geometry.base import BaseGeometry
 
 from roiseg import CONTRACT_MAJOR, CONTRACT_MINOR, __version__
 from roiseg.engine import pipeline
-from roiseg.engine.models import ModelCard, ModelRegistry
+from roiseg.engine.models import ModelCard, ModelRegistry, split_model_id
 from roiseg.errors import (
     Busy,
     Cancelled,
@@ -83,16 +84,21 @@ class Limits:
 
     @property
     def rpc_threads(self) -> int:
-        """Threads for every admitted Segment call and upload, and four for the quick calls
-        (server info, models, health), so those always answer."""
-        return self.concurrent_jobs + self.queued_jobs + self.concurrent_uploads + 4
+        """Threads for every admitted Segment (or SubmitCorrections) call and upload, one for
+        the fine-tuning, and four for the quick calls (server info, models, health), so those
+        always answer."""
+        return self.concurrent_jobs + self.queued_jobs + self.concurrent_uploads + 1 + 4
 
 
 class SegmentationService(pb_grpc.SegmentationServicer):
     """Answers the contract's calls; every failure becomes a status with a message."""
 
     def __init__(self, registry: ModelRegistry, slide_roots: Sequence[Path] = (),
-                 limits: Limits = Limits()) -> None:
+                 limits: Limits = Limits(), dataset_dir: Path | None = None) -> None:
+        """`dataset_dir` enables the fast track (corrections, versions kept, fine-tuning:
+        `roiseg.server.fasttrack`)."""
+        from roiseg.server.fasttrack import FastTrack
+
         self.registry = registry
         self.slide_roots = [Path(r).resolve() for r in slide_roots]
         self.limits = limits
@@ -100,6 +106,7 @@ class SegmentationService(pb_grpc.SegmentationServicer):
                                    max_active=limits.concurrent_uploads)
         self._jobs = threading.BoundedSemaphore(limits.concurrent_jobs)
         self._admitted = threading.BoundedSemaphore(limits.concurrent_jobs + limits.queued_jobs)
+        self.fast_track = FastTrack(self, dataset_dir)
 
     # ------------------------------------------------------------------ gRPC methods
 
@@ -111,11 +118,21 @@ class SegmentationService(pb_grpc.SegmentationServicer):
             max_message_bytes=self.limits.max_message_bytes,
             max_upload_bytes=self.limits.max_upload_bytes,
             max_roi_pixels=self.limits.max_roi_pixels,
-            slide_paths_allowed=bool(self.slide_roots))
+            slide_paths_allowed=bool(self.slide_roots),
+            examples_enabled=self.fast_track.store is not None)
 
     def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
-        return pb.ListModelsResponse(models=[model_info(c) for c in self.registry.cards()],
+        return pb.ListModelsResponse(models=[self.model_listing(c.id)
+                                             for c in self.registry.cards()],
                                      default_model_id=self.registry.default_id)
+
+    def model_listing(self, model_id: str) -> pb.ModelInfo:
+        """ListModels' entry of a model: its default version, with every version served."""
+        versions = self.registry.versions(model_id)
+        default = next(card for card, is_default in versions if is_default)
+        info = model_info(self.registry.card(split_model_id(default.id)[0]), True)
+        info.versions.extend(model_info(card, is_default) for card, is_default in versions)
+        return info
 
     def UploadImage(self, request_iterator, context) -> pb.UploadImageResponse:
         watchdog = _Watchdog(context, self.limits.upload_idle_s, self.limits.upload_total_s)
@@ -146,17 +163,31 @@ class SegmentationService(pb_grpc.SegmentationServicer):
             _abort(context, Cancelled(watchdog.ended))
 
     def Segment(self, request: pb.SegmentRequest, context) -> Iterator[pb.SegmentEvent]:
-        stopped = threading.Event()
-        context.add_callback(stopped.set)
-        try:
-            yield from self.segment_events(request, stopped.is_set)
-        except RoisegError as error:
-            log.info("Segment refused: %s (%s)", error, status_of(error).name)
-            _abort(context, error)
-        except Exception:  # noqa: BLE001 - the server keeps serving and says what happened
-            log.exception("Segment failed")
-            context.abort(grpc.StatusCode.INTERNAL,
-                          "the server failed while segmenting; its log has the details")
+        yield from _streamed(context, "Segment", "segmenting",
+                             lambda stop: self.segment_events(request, stop))
+
+    def SubmitCorrections(self, request: pb.SubmitCorrectionsRequest,
+                          context) -> pb.SubmitCorrectionsResponse:
+        return _answered(context, "SubmitCorrections",
+                         lambda stop: self.fast_track.submit(request, stop))
+
+    def ListExamples(self, request: pb.ListExamplesRequest, context) -> pb.ListExamplesResponse:
+        return _answered(context, "ListExamples", lambda stop: self.fast_track.examples(request))
+
+    def RemoveExample(self, request: pb.RemoveExampleRequest,
+                      context) -> pb.RemoveExampleResponse:
+        return _answered(context, "RemoveExample", lambda stop: self.fast_track.remove(request))
+
+    def SetDefaultVersion(self, request: pb.SetDefaultVersionRequest, context) -> pb.ModelInfo:
+        return _answered(context, "SetDefaultVersion",
+                         lambda stop: self.fast_track.set_default(request))
+
+    def RetireVersion(self, request: pb.RetireVersionRequest, context) -> pb.ModelInfo:
+        return _answered(context, "RetireVersion", lambda stop: self.fast_track.retire(request))
+
+    def FineTune(self, request: pb.FineTuneRequest, context) -> Iterator[pb.FineTuneEvent]:
+        yield from _streamed(context, "FineTune", "fine-tuning",
+                             lambda stop: self.fast_track.fine_tune_events(request, stop))
 
     # ------------------------------------------------------------------ the work
 
@@ -164,69 +195,62 @@ class SegmentationService(pb_grpc.SegmentationServicer):
                        should_stop: Callable[[], bool]) -> Iterator[pb.SegmentEvent]:
         """The events of one Segment call; the in-process CLI consumes the same stream.
         Cheap checks run here; the ROI's repair and the pixels' decoding wait for the job slot."""
+        with self.admitted():
+            yield from self._segment_events(request, should_stop)
+
+    @contextmanager
+    def admitted(self) -> Iterator[None]:
+        """A place among the segmentations running or waiting; Busy when there is none."""
         if not self._admitted.acquire(blocking=False):
             admitted = self.limits.concurrent_jobs + self.limits.queued_jobs
             raise Busy(f"the server is busy: {admitted} segmentations are running or waiting; "
                        "try again in a minute")
         try:
-            yield from self._segment_events(request, should_stop)
+            yield
         finally:
             self._admitted.release()
+
+    @contextmanager
+    def job_slot(self, stop: Callable[[], bool],
+                 waiting: Callable[[], None] = lambda: None) -> Iterator[None]:
+        """A job slot, waited for (`waiting` is called once if it must wait) until `stop`
+        says the caller is gone (Cancelled)."""
+        if not self._jobs.acquire(blocking=False):
+            waiting()
+            while not self._jobs.acquire(timeout=0.2):
+                if stop():
+                    raise Cancelled("segmentation cancelled")
+        try:
+            yield
+        finally:
+            self._jobs.release()
 
     def _segment_events(self, request: pb.SegmentRequest,
                         should_stop: Callable[[], bool]) -> Iterator[pb.SegmentEvent]:
         model_ids = self.check_request(request)
-        events: queue.Queue = queue.Queue()
-        closed = threading.Event()
-        stop = lambda: closed.is_set() or should_stop()  # noqa: E731
-        end = object()
 
-        def work() -> None:
-            try:
-                if not self._jobs.acquire(blocking=False):
-                    events.put(pipeline.Progress(pipeline.Stage.QUEUED,
-                                                 message="waiting for another segmentation"))
-                    while not self._jobs.acquire(timeout=0.2):
-                        if stop():
-                            raise Cancelled("segmentation cancelled")
-                try:
-                    job = self.job_from_request(request, model_ids, stop)
-                    for output in pipeline.run(job, self.registry,
-                                               max_roi_pixels=self.limits.max_roi_pixels,
-                                               progress=events.put, should_stop=stop):
-                        events.put(output)
-                finally:
-                    self._jobs.release()
-            except BaseException as error:  # noqa: BLE001 - handed to the caller's thread
-                events.put(error)
-            finally:
-                events.put(end)
+        def work(emit: Callable[[Any], None], stop: Callable[[], bool]) -> None:
+            with self.job_slot(stop, lambda: emit(pipeline.Progress(
+                    pipeline.Stage.QUEUED, message="waiting for another segmentation"))):
+                job = self.job_from_request(request, model_ids, stop)
+                for output in pipeline.run(job, self.registry,
+                                           max_roi_pixels=self.limits.max_roi_pixels,
+                                           progress=emit, should_stop=stop):
+                    emit(output)
 
-        threading.Thread(target=work, name="roiseg-job", daemon=True).start()
-        try:
-            while (item := events.get()) is not end:
-                if isinstance(item, BaseException):
-                    raise item
-                if isinstance(item, pipeline.Progress):
-                    stage = cast(pb.Stage, item.stage)
-                    yield pb.SegmentEvent(progress=pb.Progress(
-                        stage=stage, model_id=item.model_id, tiles_done=item.done,
-                        tiles_total=item.total, message=item.message))
-                else:
-                    yield from _output_events(item, self.registry.device_name)
-        finally:
-            closed.set()
+        for item in threaded(work, should_stop, "roiseg-job"):
+            if isinstance(item, pipeline.Progress):
+                stage = cast(pb.Stage, item.stage)
+                yield pb.SegmentEvent(progress=pb.Progress(
+                    stage=stage, model_id=item.model_id, tiles_done=item.done,
+                    tiles_total=item.total, message=item.message))
+            else:
+                yield from _output_events(item, self.registry.device_name)
 
     def check_request(self, request: pb.SegmentRequest) -> tuple[str, ...]:
         """The request's model ids after the checks that take no more than reading it
         (contract, models, options, ROI counts and coordinates, image source)."""
-        major = request.client_contract_major
-        if major and major != CONTRACT_MAJOR:
-            newer = "server" if major > CONTRACT_MAJOR else "client"
-            raise VersionMismatch(
-                f"the client speaks roiseg contract {major}.{request.client_contract_minor}, this "
-                f"server {CONTRACT_MAJOR}.{CONTRACT_MINOR} (roiseg {__version__}): update the "
-                f"{newer}")
+        check_contract(request.client_contract_major, request.client_contract_minor)
         _check_names("model ids", request.model_ids)
         _check_names("class names", request.options.classes)
         model_ids = tuple(dict.fromkeys(request.model_ids)) or (self.registry.default_id,)
@@ -293,6 +317,42 @@ class SegmentationService(pb_grpc.SegmentationServicer):
         return resolved
 
 
+def threaded(work: Callable[[Callable[[Any], None], Callable[[], bool]], None],
+             should_stop: Callable[[], bool], name: str) -> Iterator[Any]:
+    """What `work(emit, stop)`, run in a thread of its own, emits, as it emits it; then what
+    it raised, if anything. `stop()` says when `should_stop` does or the caller closed the
+    iterator (a gRPC stream the client cancelled)."""
+    events: queue.Queue = queue.Queue()
+    closed = threading.Event()
+    end = object()
+
+    def run() -> None:
+        try:
+            work(events.put, lambda: closed.is_set() or should_stop())
+        except BaseException as error:  # noqa: BLE001 - handed to the caller's thread
+            events.put(error)
+        finally:
+            events.put(end)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    try:
+        while (item := events.get()) is not end:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        closed.set()
+
+
+def check_contract(major: int, minor: int) -> None:
+    """VersionMismatch when a client states another major version of the contract."""
+    if major and major != CONTRACT_MAJOR:
+        newer = "server" if major > CONTRACT_MAJOR else "client"
+        raise VersionMismatch(
+            f"the client speaks roiseg contract {major}.{minor}, this server "
+            f"{CONTRACT_MAJOR}.{CONTRACT_MINOR} (roiseg {__version__}): update the {newer}")
+
+
 def _check_names(what: str, names: Sequence[str]) -> None:
     if len(names) > MAX_NAMES:
         raise InvalidInput(f"the request names {len(names)} {what}; at most {MAX_NAMES}")
@@ -326,7 +386,8 @@ def _check_declared_size(data: bytes, geometry: BaseGeometry, downsample: float)
                        "bounding box only")
 
 
-def model_info(card: ModelCard) -> pb.ModelInfo:
+def model_info(card: ModelCard, is_default_version: bool = True) -> pb.ModelInfo:
+    """The contract's description of a card (without its `versions`)."""
     return pb.ModelInfo(
         id=card.id, name=card.name, description=card.description, version=card.version,
         checkpoint_sha256=card.sha256, architecture=card.architecture, encoder=card.encoder,
@@ -336,7 +397,8 @@ def model_info(card: ModelCard) -> pb.ModelInfo:
                                                                            b=c.color[2]))
                  for c in card.classes],
         trained_on=card.trained_on, tumor_class=card.tumor_class or "",
-        metrics={k: str(v) for k, v in card.metrics.items()})
+        metrics={k: str(v) for k, v in card.metrics.items()},
+        fine_tuned_from=card.fine_tuned_from, is_default_version=is_default_version)
 
 
 def _options(message: pb.SegmentOptions) -> pipeline.Options:
@@ -524,6 +586,40 @@ def create_server(service: SegmentationService, address: str = "127.0.0.1:0",
     if port == 0:
         raise OSError(f"cannot listen on {address}")
     return server, port
+
+
+def _answered(context: grpc.ServicerContext, name: str,
+              call: Callable[[Callable[[], bool]], Any]) -> Any:
+    """`call(should_stop)`'s answer; its errors end the call with their status."""
+    with _reported(context, name, f"in {name}") as should_stop:
+        return call(should_stop)
+    raise AssertionError("an error ended the call")
+
+
+def _streamed(context: grpc.ServicerContext, name: str, doing: str,
+              events: Callable[[Callable[[], bool]], Iterator[Any]]) -> Iterator[Any]:
+    """`events(should_stop)`, which a client's cancel or deadline stops; its errors end the
+    call with their status."""
+    with _reported(context, name, f"while {doing}") as should_stop:
+        yield from events(should_stop)
+
+
+@contextmanager
+def _reported(context: grpc.ServicerContext, name: str,
+              doing: str) -> Iterator[Callable[[], bool]]:
+    """A should_stop for the call's work, true once the client is gone; the work's errors end
+    the call with their status (INTERNAL for a fault, logged)."""
+    stopped = threading.Event()
+    context.add_callback(stopped.set)
+    try:
+        yield stopped.is_set
+    except RoisegError as error:
+        log.info("%s refused: %s (%s)", name, error, status_of(error).name)
+        _abort(context, error)
+    except Exception:  # noqa: BLE001 - the server keeps serving and says what happened
+        log.exception("%s failed", name)
+        context.abort(grpc.StatusCode.INTERNAL,
+                      f"the server failed {doing}; its log has the details")
 
 
 def _abort(context: grpc.ServicerContext, error: RoisegError) -> NoReturn:

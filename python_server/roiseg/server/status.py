@@ -12,6 +12,7 @@ _STATUS: dict[type[errors.RoisegError], grpc.StatusCode] = {
     errors.TooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.Forbidden: grpc.StatusCode.PERMISSION_DENIED,
     errors.VersionMismatch: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     errors.Cancelled: grpc.StatusCode.CANCELLED,
     errors.Busy: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }

@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -189,7 +190,11 @@ def read_annotations(path: Path) -> tuple[list[Annotation], dict[str, int]]:
         ValueError: the file cannot be read as JSON (`roiseg.io.qupath_geojson.load`).
         InvalidInput: the JSON is not GeoJSON features.
     """
-    data = qupath_geojson.load(path, "annotations")
+    return parse_annotations(qupath_geojson.load(path, "annotations"), str(path))
+
+
+def parse_annotations(data: Any, where: str) -> tuple[list[Annotation], dict[str, int]]:
+    """`read_annotations` of parsed GeoJSON; the errors name `where`."""
     if isinstance(data, Mapping) and data.get("type") == "FeatureCollection":
         features = data.get("features")
     elif isinstance(data, Mapping) and data.get("type") == "Feature":
@@ -197,14 +202,14 @@ def read_annotations(path: Path) -> tuple[list[Annotation], dict[str, int]]:
     else:
         features = data
     if not isinstance(features, list):
-        raise InvalidInput(f"{path}: expected a GeoJSON FeatureCollection, Feature or a list "
+        raise InvalidInput(f"{where}: expected a GeoJSON FeatureCollection, Feature or a list "
                            "of Features")
     annotations: list[Annotation] = []
     skipped: Counter[str] = Counter()
     for number, feature in enumerate(features):
         if not isinstance(feature, Mapping) or not isinstance(feature.get("geometry"),
                                                                Mapping):
-            raise InvalidInput(f"{path}: feature {number} is not a GeoJSON Feature with a "
+            raise InvalidInput(f"{where}: feature {number} is not a GeoJSON Feature with a "
                                "geometry")
         name = qupath_geojson.class_name(feature.get("properties"))
         if name is None:
@@ -213,7 +218,7 @@ def read_annotations(path: Path) -> tuple[list[Annotation], dict[str, int]]:
         try:
             given = shape(feature["geometry"])
         except (ValueError, TypeError, AttributeError, shapely.errors.ShapelyError) as exc:
-            raise InvalidInput(f"{path}: feature {number} has an invalid geometry: "
+            raise InvalidInput(f"{where}: feature {number} has an invalid geometry: "
                                f"{exc}") from exc
         geometry = qupath_geojson.polygonal(given)
         if geometry.is_empty:

@@ -29,7 +29,7 @@ import math
 import re
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -64,7 +64,7 @@ from roiseg.engine.pretrained import (
     load_imagenet_encoder,
 )
 from roiseg.engine.training_split import TrainingSplit
-from roiseg.errors import InvalidInput, NotFound
+from roiseg.errors import Cancelled, InvalidInput, NotFound
 from roiseg.evaluation.metrics import class_dice
 from roiseg.io.classes import class_colors
 from roiseg.io.files import atomic_path
@@ -396,9 +396,27 @@ class TrainOptions:
         return self.state or self.out / "train_state.pt"
 
 
-def train(options: TrainOptions) -> ModelCard:
+@dataclass(frozen=True)
+class TrainProgress:
+    """Where `train` is, for a caller that shows it (the server's FineTune): after each step
+    ("training"), after each epoch ("validated", with the validation score when there is a
+    validation set) and before the export ("exporting")."""
+
+    stage: Literal["training", "validated", "exporting"]
+    epoch: int  #: epochs done
+    epochs: int
+    step: int  #: steps done
+    total_steps: int
+    loss: float  #: the step's, or the epoch's mean
+    val_score: float | None = None  #: mean validation Dice of the classes after the first
+    best_score: float | None = None
+
+
+def train(options: TrainOptions, *, on_progress: Callable[[TrainProgress], None] | None = None,
+          should_stop: Callable[[], bool] | None = None) -> ModelCard:
     """Train as ``options`` say and write the model directory ``options.out``; the card as
-    written. Progress goes to stderr.
+    written. Progress goes to stderr, and to ``on_progress``; ``should_stop`` is asked before
+    every step and before the export (Cancelled when it says so).
 
     An interrupted run (KeyboardInterrupt) leaves the last epoch's state at
     ``options.state_path``, from where ``resume`` continues it.
@@ -411,7 +429,12 @@ def train(options: TrainOptions) -> ModelCard:
     config = _Config.from_options(options)
     if options.threads > 0:
         torch.set_num_threads(options.threads)
-    return _Trainer(config).run()
+    trainer = _Trainer(config)
+    if on_progress is not None:
+        trainer.on_progress = on_progress
+    if should_stop is not None:
+        trainer.should_stop = should_stop
+    return trainer.run()
 
 
 # --------------------------------------------------------------------------- training
@@ -616,8 +639,12 @@ def _report(message: str) -> None:
 
 
 class _Trainer:
-    def __init__(self, config: _Config) -> None:
+    def __init__(self, config: _Config,
+                 on_progress: Callable[[TrainProgress], None] = lambda p: None,
+                 should_stop: Callable[[], bool] = lambda: False) -> None:
         self.config = config
+        self.on_progress = on_progress
+        self.should_stop = should_stop
         self.options = config.options
         self.num_classes = len(config.card.classes)
         # --ensemble-with, one entry per model (an ensemble's members one by one).
@@ -779,6 +806,7 @@ class _Trainer:
             losses: list[float] = []
             step_s = 0.0
             for _ in range(options.steps_per_epoch):
+                self._stop_if_asked()
                 progress.elapsed_s = time.monotonic() - clock
                 # Stop early enough for one more step and the final validation to fit.
                 if budget_s and progress.elapsed_s + step_s + 1.5 * progress.last_val_s \
@@ -807,6 +835,8 @@ class _Trainer:
                 bar.set_postfix(epoch=progress.epoch + 1, loss=f"{losses[-1]:.3f}",
                                 lr=f"{options.lr * factor:.1e}",
                                 best=f"{max(progress.best_score, 0):.3f}", refresh=False)
+                self.on_progress(TrainProgress("training", progress.epoch, options.epochs,
+                                               progress.step, total_steps, losses[-1]))
             if not losses:
                 stop_reason = "time budget"
                 break
@@ -832,6 +862,10 @@ class _Trainer:
             progress.elapsed_s = time.monotonic() - clock
             record["minutes"] = progress.elapsed_s / 60
             progress.history.append(record)
+            self.on_progress(TrainProgress(
+                "validated", progress.epoch, options.epochs, progress.step, total_steps,
+                record["loss"], record.get("val_score"),
+                progress.best_score if val_set else None))
             bar.write(f"epoch {progress.epoch}: loss {record['loss']:.4f}"
                       + (f", val Dice {record['val_score']:.4f} (best {progress.best_score:.4f}"
                          f" @ {progress.best_epoch})" if "val_score" in record else "")
@@ -847,7 +881,17 @@ class _Trainer:
         bar.close()
         if best_state is None:
             raise InvalidInput("no training step was run (budget too small?)")
+        self._stop_if_asked()
+        self.on_progress(TrainProgress("exporting", progress.epoch, options.epochs,
+                                       progress.step, total_steps,
+                                       progress.history[-1]["loss"] if progress.history
+                                       else float("nan"),
+                                       best_score=progress.best_score if val_set else None))
         return self._finish(best_state, train_set, val_set, progress, stop_reason)
+
+    def _stop_if_asked(self) -> None:
+        if self.should_stop():
+            raise Cancelled("training cancelled")
 
     def _save_state(self, model: torch.nn.Module, averaged: AveragedModel | None,
                     optimizer: torch.optim.Optimizer,
