@@ -33,7 +33,7 @@ from roiseg.io import qupath_geojson
 from roiseg.server.service import Limits, SegmentationService, create_server
 from roiseg.train.data import find_annotated, load_annotated_sample
 from roiseg.v1 import segmentation_pb2 as pb
-from shapely.geometry import box, mapping, shape
+from shapely.geometry import Polygon, box, mapping, shape
 
 GLAS_MPP = 0.62
 GLAND, STROMA = "Gland epithelium", "Stroma"
@@ -223,6 +223,13 @@ def test_refusals(fast, client):
          grpc.StatusCode.INVALID_ARGUMENT, "FeatureCollection")
     code(lambda: submit(fast, pixels, ROI_A, "[" * 100_000, image_id="x"),
          grpc.StatusCode.INVALID_ARGUMENT, "not JSON")
+    crossing = np.random.default_rng(0).uniform(ROI_A.bounds[0], ROI_A.bounds[2], (5000, 2))
+    knot = json.dumps({"type": "Feature", "geometry": mapping(Polygon(crossing)),
+                       "properties": {"classification": {"name": GLAND}}})
+    started = time.monotonic()
+    code(lambda: submit(fast, pixels, ROI_A, knot, image_id="x"),
+         grpc.StatusCode.INVALID_ARGUMENT, "crosses itself")
+    assert time.monotonic() - started < 5
     far = corrections(mask, box(600, 420, 700, 500))
     code(lambda: submit(fast, pixels, box(10, 10, 60, 60), far, image_id="x"),
          grpc.StatusCode.INVALID_ARGUMENT, "inside the ROI")

@@ -16,6 +16,8 @@ import shapely
 from shapely.geometry import MultiPolygon, Polygon
 from shapely.geometry.base import BaseGeometry
 
+from roiseg.errors import InvalidInput
+
 _GEOMETRY_TYPES = frozenset({"Polygon", "MultiPolygon", "GeometryCollection", "Point",
                              "MultiPoint", "LineString", "MultiLineString"})
 
@@ -70,13 +72,21 @@ def class_name(properties: Any) -> str | None:
     return None
 
 
-def polygonal(geometry: BaseGeometry | None) -> BaseGeometry:
-    """The valid area of an annotation's geometry: its polygons (holes kept) made valid,
-    without the points and lines make_valid may leave; an empty Polygon when it has none."""
+def polygonal(geometry: BaseGeometry | None,
+              max_repair_vertices: int | None = None) -> BaseGeometry:
+    """The valid area of an annotation's geometry: its polygons made valid as QuPath reads
+    them (shells united, holes subtracted), without the points and lines a repair may leave;
+    an empty Polygon when it has none. A self-crossing geometry of more than
+    `max_repair_vertices` vertices is refused (InvalidInput): its repair time grows with the
+    square of its crossings."""
     if geometry is None or geometry.is_empty:
         return Polygon()
     if not geometry.is_valid:
-        geometry = shapely.make_valid(geometry)
+        vertices = shapely.get_num_coordinates(geometry)
+        if max_repair_vertices is not None and vertices > max_repair_vertices:
+            raise InvalidInput(f"an annotation of {vertices} vertices crosses itself: fix or "
+                               "simplify it in QuPath and try again")
+        geometry = shapely.make_valid(geometry, method="structure", keep_collapsed=False)
     parts = [q for p in shapely.get_parts(geometry) if p.geom_type in ("Polygon", "MultiPolygon")
              for q in shapely.get_parts(p) if not q.is_empty and q.area > 0]
     if not parts:

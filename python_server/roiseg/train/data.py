@@ -193,8 +193,10 @@ def read_annotations(path: Path) -> tuple[list[Annotation], dict[str, int]]:
     return parse_annotations(qupath_geojson.load(path, "annotations"), str(path))
 
 
-def parse_annotations(data: Any, where: str) -> tuple[list[Annotation], dict[str, int]]:
-    """`read_annotations` of parsed GeoJSON; the errors name `where`."""
+def parse_annotations(data: Any, where: str, max_repair_vertices: int | None = None
+                      ) -> tuple[list[Annotation], dict[str, int]]:
+    """`read_annotations` of parsed GeoJSON; the errors name `where`. Self-crossing
+    annotations over `max_repair_vertices` vertices are refused (`qupath_geojson.polygonal`)."""
     if isinstance(data, Mapping) and data.get("type") == "FeatureCollection":
         features = data.get("features")
     elif isinstance(data, Mapping) and data.get("type") == "Feature":
@@ -220,7 +222,7 @@ def parse_annotations(data: Any, where: str) -> tuple[list[Annotation], dict[str
         except (ValueError, TypeError, AttributeError, shapely.errors.ShapelyError) as exc:
             raise InvalidInput(f"{where}: feature {number} has an invalid geometry: "
                                f"{exc}") from exc
-        geometry = qupath_geojson.polygonal(given)
+        geometry = qupath_geojson.polygonal(given, max_repair_vertices)
         if geometry.is_empty:
             skipped["empty" if given.geom_type in _AREA_TYPES else "not a polygon"] += 1
             continue

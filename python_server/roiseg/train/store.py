@@ -54,6 +54,9 @@ IMAGES, ANNOTATIONS, RECORDS, MODELS = "images", "annotations", "records", "mode
 #: Most annotations, and vertices in all, one submission may hold.
 MAX_ANNOTATIONS = 100_000
 MAX_VERTICES = 2_000_000
+#: Self-crossing annotations are repaired in the request up to this many vertices (about a
+#: second at worst); larger ones are refused.
+MAX_REPAIR_VERTICES = 500
 #: Hex digits of an example id.
 _ID_DIGITS = 20
 
@@ -118,7 +121,7 @@ def parse_corrections(text: str, card: ModelCard, roi: BaseGeometry) -> Labels:
         data = json.loads(text)
     except (ValueError, RecursionError) as error:
         raise InvalidInput(f"the corrections are not JSON: {str(error)[:200]}") from None
-    annotations, skipped = parse_annotations(data, "the corrections")
+    annotations, skipped = parse_annotations(data, "the corrections", MAX_REPAIR_VERTICES)
     if len(annotations) > MAX_ANNOTATIONS:
         raise TooLarge(f"the corrections hold {len(annotations)} annotations; at most "
                        f"{MAX_ANNOTATIONS} are accepted per ROI")
