@@ -8,6 +8,7 @@ import sys
 import time
 
 import cv2
+import numpy as np
 import pytest
 from conftest import CMU, GLAS, REPO, same_segmentation
 from roiseg.cli import main
@@ -27,6 +28,25 @@ def served(tmp_path_factory):
     yield ready.read_text()
     process.terminate()
     assert process.wait(timeout=30) == 0
+
+
+def test_segment_writes_where_the_model_is_unsure_as_a_heat_map(tmp_path):
+    """--confidence: the region under a heat map that is warm where the model is unsure, and
+    the plain region where it is sure."""
+    roi = REPO / "examples" / "data" / "demo_roi.geojson"
+    heat, plain = tmp_path / "confidence.png", tmp_path / "overlay.png"
+    assert main(["segment", str(CMU), "--roi", str(roi), "-o", str(tmp_path / "out.geojson"),
+                 "--device", "cpu", "--confidence", str(heat), "--overlay", str(plain)]) == 0
+    picture = cv2.imread(str(heat))[..., ::-1].astype(int)
+    assert picture is not None and min(picture.shape[:2]) > 200
+    from roiseg.client.requests import overlay_view
+    from roiseg.io.roi import read_geojson
+    from roiseg.io.slides import Slide
+    with Slide.open(CMU) as slide:
+        region = overlay_view(slide, read_geojson(roi))[0].astype(int)
+    panel = picture[-region.shape[0]:, :region.shape[1]]
+    changed = np.abs(panel - region).sum(axis=2) > 30
+    assert 0.01 < changed.mean() < 0.99  # heat where unsure, the tissue as it is elsewhere
 
 
 def test_segment_in_process_and_through_the_server_agree(served, tmp_path, capsys):

@@ -50,7 +50,8 @@ def step(session: dict, name: str) -> None:
 
 def test_menu_lists_the_commands(session):
     assert session["report"].get("menu") == ["Segment selected annotations", "Segment all annotations in image",
-                                         "Compare models on selection", None, "Choose model\u2026",
+                                         "Compare models on selection", None, "Submit corrections",
+                                         "Fine-tune model\u2026", None, "Choose model\u2026",
                                          "Server settings\u2026"]
     assert "menu.png" in session["report"]["screenshots"]
 

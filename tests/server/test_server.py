@@ -8,6 +8,7 @@ import uuid
 
 import cv2
 import grpc
+import numpy as np
 import pytest
 import shapely
 import shapely.affinity
@@ -152,6 +153,35 @@ def test_every_object_has_its_own_id_and_the_run_it_came_from(client, cmu_level0
         runs.append(run_ids.pop())
         assert len(ids[-1]) == len(features)
     assert runs[0] != runs[1] and not ids[0] & ids[1]
+
+
+def test_confidence_map_and_review_flags_show_where_the_model_is_unsure(client, cmu_level0):
+    """The map is 255 - the class probability inside the ROI (0 outside), placed on the ROI's
+    box; objects under the review threshold carry the flag and a name suffix."""
+    from roiseg.client.requests import confidence_raster
+    from roiseg.engine.pipeline import REVIEW_KEY, REVIEW_SUFFIX
+    roi = Polygon([(X0, Y0), (X0 + 400, Y0), (X0, Y0 + 400)])  # a triangle: half its box
+    result = _segment(client, _pixels(cmu_level0), roi, confidence_map=True, review_below=0.9)
+    model_result = next(iter(result.results.values()))
+    unsure, (x0, y0, dx, dy) = confidence_raster(model_result.confidence)
+    assert (x0, y0) == pytest.approx((X0, Y0), abs=1) and dx == pytest.approx(dy)
+    assert unsure.shape[1] * dx == pytest.approx(400, rel=0.02)
+    rows, cols = np.indices(unsure.shape)
+    local = (cols + 0.5) * dx + x0 - X0 + (rows + 0.5) * dy + y0 - Y0  # x + y from the corner
+    assert unsure[local < 400 - 2 * dx].max() > 0  # somewhere inside it is unsure
+    assert unsure[local > 400 + 2 * dx].max() == 0  # outside the triangle: nothing
+    features = _only(result)["features"]
+    probability = {f["id"]: f["properties"]["measurements"][qupath_geojson.PROBABILITY_MEASUREMENT]
+                   for f in features}
+    flagged = {f["id"] for f in features if REVIEW_KEY in f["properties"]["metadata"]}
+    assert flagged == {i for i, p in probability.items() if p < 0.9}
+    for feature in features:
+        name = feature["properties"].get("name")
+        assert (name == feature["properties"]["classification"]["name"] + REVIEW_SUFFIX) \
+            == (feature["id"] in flagged)
+    plain = _segment(client, _pixels(cmu_level0), roi)
+    assert not next(iter(plain.results.values())).HasField("confidence")
+    assert not any("name" in f["properties"] for f in _only(plain)["features"])
 
 
 def test_origin_and_downsample_map_to_the_same_place(client, cmu_level0):

@@ -57,6 +57,9 @@ def add_segment_arguments(parser: argparse.ArgumentParser, classes: bool = True,
                            help="also return the non-tissue area as 'Background'")
     group.add_argument("--allow-upsample", action="store_true",
                        help="accept images coarser than the model's resolution")
+    group.add_argument("--review-below", type=float, metavar="P",
+                       help="flag objects whose mean class probability is below P (0..1) for "
+                            "review: metadata roiseg.review and ' (review)' after their name")
 
 
 def add_evaluation_arguments(parser: argparse.ArgumentParser, reference: str = "truth") -> None:
@@ -133,7 +136,7 @@ def segment_options(args: argparse.Namespace) -> pb.SegmentOptions:
                                 allow_upsample=args.allow_upsample,
                                 hysteresis=pb.Hysteresis(enabled=args.hysteresis))
     for field, value in (("min_area_um2", args.min_area), ("min_hole_um2", args.min_hole),
-                         ("simplify_um", args.simplify)):
+                         ("simplify_um", args.simplify), ("review_below", args.review_below)):
         if value is not None:
             setattr(segment, field, value)
     return segment

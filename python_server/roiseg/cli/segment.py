@@ -26,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "the file's)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="GeoJSON to write")
     parser.add_argument("--overlay", type=Path, help="PNG overlay to write")
+    parser.add_argument("--confidence", type=Path,
+                        help="PNG to write: where each model is unsure (1 - its most probable "
+                             "class's probability), as a heat map over the region")
     options.add_server_arguments(parser, "HOST:PORT of a roiseg server; default: in-process")
     parser.add_argument("--server-reads-slide", action="store_true",
                         help="let the server read the slide file itself (it must see the "
@@ -52,9 +55,10 @@ def run(args: argparse.Namespace) -> int:
             info = client.server_info()
             chosen = args.model_ids or [info.default_model_id]
             target_mpp = min((models[m].mpp for m in chosen if m in models), default=1.0)
+            segment_options = options.segment_options(args)
+            segment_options.confidence_map = bool(args.confidence)
             request = requests.roi_request(client, args.image, geometry, mpp, chosen,
-                                           options.segment_options(args), target_mpp,
-                                           args.server_reads_slide)
+                                           segment_options, target_mpp, args.server_reads_slide)
             with requests.ProgressBar() as bar:
                 result = client.segment(request, bar.update)
         written = _write(args.output, result.feature_collections)
@@ -63,6 +67,12 @@ def run(args: argparse.Namespace) -> int:
             overlay.save_png(args.overlay, overlay.render(pixels, origin, downsample,
                                                           result.feature_collections, geometry))
             written.append(args.overlay)
+        if args.confidence:
+            pixels, origin, downsample = requests.overlay_view(slide, geometry)
+            overlay.save_png(args.confidence, overlay.render_confidence(
+                pixels, origin, downsample,
+                {m: requests.confidence_raster(r.confidence) for m, r in result.results.items()}))
+            written.append(args.confidence)
     for model_id, model_result in result.results.items():
         areas = ", ".join(f"{a.name} {a.area_um2 / 1e6:.3f} mm² ({a.features})"
                           for a in model_result.class_areas)

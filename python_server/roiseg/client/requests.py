@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+import cv2
 import numpy as np
 from shapely.geometry import box
 from shapely.geometry.base import BaseGeometry
@@ -87,6 +88,17 @@ def overlay_view(slide: Slide, geometry: BaseGeometry):
     """The ROI's pixels at a downsample that fits an overlay picture."""
     x0, y0, x1, y1 = geometry.bounds
     return read_region(slide, geometry, max(1.0, max(x1 - x0, y1 - y0) / OVERLAY_SIDE))
+
+
+def confidence_raster(confidence: pb.ConfidenceMap
+                      ) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    """A model's ConfidenceMap as a uint8 raster (255 = unsure) and its placement (origin x,
+    origin y, downsample x, downsample y in full-resolution pixels)."""
+    raster = cv2.imdecode(np.frombuffer(confidence.png, np.uint8), cv2.IMREAD_GRAYSCALE)
+    if raster is None:
+        raise InvalidInput("the server sent no confidence map")
+    return raster, (confidence.origin_x, confidence.origin_y, confidence.downsample_x,
+                    confidence.downsample_y)
 
 
 class ProgressBar:

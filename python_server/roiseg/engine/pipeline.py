@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
+import cv2
 import numpy as np
 import shapely
 from shapely.geometry import box
@@ -22,7 +23,7 @@ from shapely.geometry.base import BaseGeometry
 from roiseg.engine import postprocess, vectorize
 from roiseg.engine.inference import predict
 from roiseg.engine.models import ModelCard, ModelRegistry
-from roiseg.errors import Cancelled, InvalidInput, TooLarge
+from roiseg.errors import Cancelled, InvalidInput, TooLarge, echo
 from roiseg.io import classes, qupath_geojson, raster
 from roiseg.io.slides import RegionRead, Slide, pixels_region, read_slide_region
 
@@ -62,6 +63,8 @@ class Options:
     hysteresis: Hysteresis = Hysteresis()
     include_background: bool = False
     allow_upsample: bool = False
+    confidence_map: bool = False
+    review_below: float | None = None
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,23 @@ class Timings:
 
 
 @dataclass
+class Confidence:
+    """Where a model is unsure over the ROI's bounding box: uint8, 0 = sure, 255 = unsure
+    (255 - the most probable class's probability), 0 outside the ROI; `transform` maps it to
+    full-resolution pixels."""
+
+    image: np.ndarray
+    transform: raster.RasterTransform
+
+
+#: Longest side of a confidence map; larger ROIs get a coarser map.
+CONFIDENCE_MAP_SIDE = 1024
+#: Metadata key (and name suffix) of objects flagged for review.
+REVIEW_KEY = "roiseg.review"
+REVIEW_SUFFIX = " (review)"
+
+
+@dataclass
 class ModelOutput:
     """One model's result; `class_map` and `transform` stay in the process."""
 
@@ -130,6 +150,7 @@ class ModelOutput:
     timings: Timings
     class_map: np.ndarray = field(repr=False)
     transform: raster.RasterTransform = field(repr=False)
+    confidence: Confidence | None = field(default=None, repr=False)
 
     @property
     def feature_collection(self) -> dict:
@@ -263,8 +284,11 @@ def _segment(job: Job, card: ModelCard, registry: ModelRegistry, raster: _Raster
         if region.class_index < len(card.classes):
             measurements[qupath_geojson.PROBABILITY_MEASUREMENT] = region.mean_probability
         geometry = shapely.set_precision(read.transform.geometry_to_full(region.geometry), 1e-3)
-        features.append(qupath_geojson.annotation_feature(geometry, name, color, measurements,
-                                                       metadata, str(uuid.uuid4())))
+        flagged = _for_review(measurements, options.review_below)
+        features.append(qupath_geojson.annotation_feature(
+            geometry, name, color, measurements,
+            {**metadata, REVIEW_KEY: "low confidence"} if flagged else metadata,
+            str(uuid.uuid4()), name + REVIEW_SUFFIX if flagged else None))
         total, count = class_areas.get(name, (0.0, 0))
         class_areas[name] = (total + area_um2, count + 1)
     timings.vectorize_s = time.perf_counter() - t0
@@ -277,7 +301,29 @@ def _segment(job: Job, card: ModelCard, registry: ModelRegistry, raster: _Raster
         region=(t.origin_x, t.origin_y, width * t.scale_x, height * t.scale_y),
         source_mpp=source_mpp, mpp_x=mpp_x, mpp_y=mpp_y, level=read.level,
         level_downsample=read.level_downsample, upsampled=read.upsampled,
-        tiles=prediction.tiles, timings=timings, class_map=vector_map, transform=t)
+        tiles=prediction.tiles, timings=timings, class_map=vector_map, transform=t,
+        confidence=_confidence(prediction.probability, raster.roi_mask, t)
+        if options.confidence_map else None)
+
+
+def _for_review(measurements: dict[str, float], review_below: float | None) -> bool:
+    probability = measurements.get(qupath_geojson.PROBABILITY_MEASUREMENT)
+    return review_below is not None and probability is not None and probability < review_below
+
+
+def _confidence(probability: np.ndarray, roi_mask: np.ndarray,
+                transform: raster.RasterTransform) -> Confidence:
+    """255 - `probability` inside the ROI, averaged down to at most `CONFIDENCE_MAP_SIDE`."""
+    unsure: np.ndarray = np.where(roi_mask, 255 - probability, 0).astype(np.uint8)
+    height, width = unsure.shape
+    factor = max(1, math.ceil(max(height, width) / CONFIDENCE_MAP_SIDE))
+    if factor > 1:
+        size = (math.ceil(width / factor), math.ceil(height / factor))
+        unsure = cv2.resize(unsure, size, interpolation=cv2.INTER_AREA)
+    scale_x = transform.scale_x * width / unsure.shape[1]
+    scale_y = transform.scale_y * height / unsure.shape[0]
+    return Confidence(unsure, raster.RasterTransform(transform.origin_x, transform.origin_y,
+                                                     scale_x, scale_y))
 
 
 def _raster(job: Job, image: Slide | PixelSource, roi: BaseGeometry, source_mpp: float,
@@ -361,8 +407,11 @@ def _check_options(options: Options, cards: Sequence[ModelCard]) -> None:
     known = {spec.name for card in cards for spec in card.classes}
     unknown = [name for name in options.classes if name not in known]
     if unknown:
-        raise InvalidInput(f"unknown class(es) {', '.join(map(repr, unknown))}; the models "
-                           f"have: {', '.join(sorted(known))}")
+        raise InvalidInput(f"unknown class(es) {', '.join(echo(n) for n in unknown[:20])}; the "
+                           f"models have: {', '.join(sorted(known))}")
+    if options.review_below is not None and not 0 <= options.review_below <= 1:
+        raise InvalidInput(f"review_below is a class probability from 0 to 1, got "
+                           f"{options.review_below}")
     for name, value in (("min_area_um2", options.min_area_um2),
                         ("min_hole_um2", options.min_hole_um2)):
         if not (value >= 0 and math.isfinite(value)):

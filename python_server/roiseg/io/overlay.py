@@ -13,6 +13,8 @@ from shapely.geometry.base import BaseGeometry
 
 #: Opacity of the class fills.
 FILL_ALPHA = 0.35
+#: Colour and strongest opacity of uncertainty: a yellow no H&E stain has.
+UNSURE_COLOR, UNSURE_ALPHA = (255, 230, 0), 0.85
 _SHIFT = 4  # sub-pixel bits for OpenCV drawing
 _TITLE_PX = 28
 
@@ -30,6 +32,35 @@ def render(image: np.ndarray, origin: tuple[float, float], downsample: float,
     to_panel = (np.array([1.0, 1.0]) / downsample * scale, np.array(origin, dtype=float))
     panels = [_panel(base, name, collection, roi, to_panel)
               for name, collection in feature_collections.items()]
+    return np.concatenate(panels, axis=1) if panels else base
+
+
+def render_confidence(image: np.ndarray, origin: tuple[float, float], downsample: float,
+                      maps: Mapping[str, tuple[np.ndarray, tuple[float, float, float, float]]],
+                      max_side: int = 1600) -> np.ndarray:
+    """One panel per model: where it is unsure, as a heat map over the image.
+
+    `maps` holds per model an uncertainty raster (uint8, 255 = unsure) and its placement
+    (origin x, origin y, downsample x, downsample y in full-resolution pixels).
+    """
+    scale = min(1.0, max_side / max(image.shape[:2]))
+    base = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) \
+        if scale < 1 else image.copy()
+    panels = []
+    for title, (unsure, (x0, y0, dx, dy)) in maps.items():
+        # panel pixel (i, j) -> map pixel: full = origin + (i + 0.5) * downsample / scale
+        step = downsample / scale
+        to_map = np.array([[step / dx, 0, (origin[0] + step / 2 - x0) / dx - 0.5],
+                           [0, step / dy, (origin[1] + step / 2 - y0) / dy - 0.5]])
+        placed = cv2.warpAffine(unsure, to_map, (base.shape[1], base.shape[0]),
+                                flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+        # a two-class model is at most half unsure (128): full colour from there
+        alpha = np.clip(placed.astype(np.float32) / 128, 0, 1)[..., None] * UNSURE_ALPHA
+        panel = (base * (1 - alpha) + np.array(UNSURE_COLOR) * alpha).astype(np.uint8)
+        bar = np.full((_TITLE_PX, panel.shape[1], 3), 255, np.uint8)
+        cv2.putText(bar, f"{title}: where it is unsure", (6, _TITLE_PX - 9),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
+        panels.append(np.concatenate([bar, panel], axis=0))
     return np.concatenate(panels, axis=1) if panels else base
 
 

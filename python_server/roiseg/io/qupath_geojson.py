@@ -118,22 +118,21 @@ def classification(name: str, color: Sequence[int]) -> dict[str, Any]:
 
 def annotation_feature(geometry: BaseGeometry, class_name: str, color: Sequence[int],
                        measurements: Mapping[str, float], metadata: Mapping[str, str],
-                       feature_id: str) -> dict[str, Any]:
+                       feature_id: str, name: str | None = None) -> dict[str, Any]:
     """A GeoJSON Feature QuPath imports as an unlocked, classified annotation whose object id
     is `feature_id` (a UUID, at the Feature's top level as QuPath writes it), so a corrected
-    object can be traced to the prediction it came from."""
-    return {
-        "type": "Feature",
-        "id": feature_id,
-        "geometry": shapely.geometry.mapping(geometry),
-        "properties": {
-            "objectType": "annotation",
-            "classification": classification(class_name, color),
-            "isLocked": False,
-            "measurements": {k: float(v) for k, v in measurements.items()},
-            "metadata": {ROISEG_SOURCE_KEY: ROISEG_SOURCE_VALUE, **metadata},
-        },
+    object can be traced to the prediction it came from; `name` is the object's name."""
+    properties: dict[str, Any] = {
+        "objectType": "annotation",
+        "classification": classification(class_name, color),
+        "isLocked": False,
+        "measurements": {k: float(v) for k, v in measurements.items()},
+        "metadata": {ROISEG_SOURCE_KEY: ROISEG_SOURCE_VALUE, **metadata},
     }
+    if name is not None:
+        properties["name"] = name
+    return {"type": "Feature", "id": feature_id, "geometry": shapely.geometry.mapping(geometry),
+            "properties": properties}
 
 
 def feature_collection(features: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

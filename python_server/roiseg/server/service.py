@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, NoReturn, Sequence, cast
 
+import cv2
 import grpc
 from google.protobuf.message import DecodeError
 from google.protobuf.message_factory import GetMessageClass
@@ -413,7 +414,19 @@ def _options(message: pb.SegmentOptions) -> pipeline.Options:
             low=h.low if h.HasField("low") else pipeline.DEFAULT_HYSTERESIS_LOW,
             high=h.high if h.HasField("high") else pipeline.DEFAULT_HYSTERESIS_HIGH),
         include_background=message.include_background,
-        allow_upsample=message.allow_upsample)
+        allow_upsample=message.allow_upsample,
+        confidence_map=message.confidence_map,
+        review_below=message.review_below if message.HasField("review_below") else None)
+
+
+def _confidence_map(confidence: pipeline.Confidence | None) -> pb.ConfidenceMap | None:
+    if confidence is None:
+        return None
+    height, width = confidence.image.shape
+    t = confidence.transform
+    return pb.ConfidenceMap(width=width, height=height, origin_x=t.origin_x,
+                            origin_y=t.origin_y, downsample_x=t.scale_x, downsample_y=t.scale_y,
+                            png=cv2.imencode(".png", confidence.image)[1].tobytes())
 
 
 def _output_events(output: pipeline.ModelOutput, device: str) -> Iterator[pb.SegmentEvent]:
@@ -439,7 +452,8 @@ def _output_events(output: pipeline.ModelOutput, device: str) -> Iterator[pb.Seg
             device=device,
             timings=pb.Timings(read_s=t.read_s, tissue_s=t.tissue_s, inference_s=t.inference_s,
                                model_s=t.model_s, postprocess_s=t.postprocess_s,
-                               vectorize_s=t.vectorize_s, total_s=t.total_s))))
+                               vectorize_s=t.vectorize_s, total_s=t.total_s)),
+        confidence=_confidence_map(output.confidence)))
 
 
 class _Malformed:
