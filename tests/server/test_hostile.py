@@ -174,6 +174,32 @@ CASES: dict[str, tuple[grpc.StatusCode, str, Callable]] = {
         lambda ch, r: _raw(ch, "ListModels")(b"\xff", timeout=10)),
     "UploadImage: bytes that are not protobuf": (
         S.INVALID_ARGUMENT, "not a roiseg.v1 message", lambda ch, r: _upload(ch, [b"\xff\xff"])),
+    **{f"{method}: bytes that are not protobuf": (
+        S.INVALID_ARGUMENT, "not a roiseg.v1 message",
+        lambda ch, r, method=method, streaming=streaming: (list if streaming else lambda x: x)(
+            _raw(ch, method, streaming)(b"\xff\xff\xff", timeout=10)))
+       for method, streaming in (("SubmitCorrections", False), ("ListExamples", False),
+                                 ("RemoveExample", False), ("SetDefaultVersion", False),
+                                 ("RetireVersion", False), ("FineTune", True))},
+    # ------------------------------------------------------------- the fast track, disabled
+    "SubmitCorrections without a dataset directory": (
+        S.FAILED_PRECONDITION, "--dataset-dir",
+        lambda ch, r: _raw(ch, "SubmitCorrections")(pb.SubmitCorrectionsRequest(
+            roi=_roi_request(r, _square()).roi, image=_pixels(encode_png(r)),
+            geojson='{"type": "FeatureCollection", "features": []}', image_id="x")
+            .SerializeToString(), timeout=10)),
+    "FineTune without a dataset directory": (
+        S.FAILED_PRECONDITION, "--dataset-dir",
+        lambda ch, r: list(_raw(ch, "FineTune", True)(pb.FineTuneRequest().SerializeToString(),
+                                                       timeout=10))),
+    "SetDefaultVersion of an unknown model": (
+        S.NOT_FOUND, "",
+        lambda ch, r: _raw(ch, "SetDefaultVersion")(pb.SetDefaultVersionRequest(
+            model_id="nope@1").SerializeToString(), timeout=10)),
+    "RetireVersion of a 20,000-character id": (
+        S.INVALID_ARGUMENT, "too long",
+        lambda ch, r: _raw(ch, "RetireVersion")(pb.RetireVersionRequest(
+            model_id="m" * 20_000).SerializeToString(), timeout=10)),
     # ------------------------------------------------------------- ROI
     "ROI: none": (S.INVALID_ARGUMENT, "empty", lambda ch, r: _segment(ch, _roi_request(r))),
     "ROI: odd number of coordinates": (
