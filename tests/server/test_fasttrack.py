@@ -28,7 +28,7 @@ from roiseg.client.connection import (
     segment_request,
     slide_source,
 )
-from roiseg.engine.models import ModelCard, ModelRegistry, select_device
+from roiseg.engine.models import ModelCard, ModelRegistry, select_device, sha256_file
 from roiseg.io import qupath_geojson
 from roiseg.server.service import Limits, SegmentationService, create_server
 from roiseg.train.data import find_annotated, load_annotated_sample
@@ -436,6 +436,12 @@ def test_fine_tuning_serves_a_new_version_at_once(fast, fast_registry, three_exa
 
     written = json.loads((dataset_dir / family / "models" / version / "model.json").read_text())
     assert written["fine_tuned_from"]["examples"] == 3
+    # an ensemble stays one: its further members are kept as they were, only its own is tuned
+    assert [m["sha256"] for m in written["ensemble"]] == [m.sha256 for m in start.ensemble]
+    assert start.ensemble and written["sha256"] != start.sha256
+    new_card = fast_registry.card(new_id)
+    assert [sha256_file(m.checkpoint) for m in new_card.ensemble] == \
+        [m.sha256 for m in start.ensemble]
     assert sorted(written["fine_tuned_from"]["example_ids"]) == sorted(three_examples)
     split = written["training_split"]
     assert sorted(split["training"] + split["held_out"]) == sorted(three_examples)

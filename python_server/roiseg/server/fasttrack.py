@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 import threading
 import time
@@ -279,6 +280,7 @@ class FastTrack:
             fields["fine_tuned_from"] = {
                 "model": start, "sha256": card.sha256, "dataset": str(store.model_dir(plan.family)),
                 "examples": len(ids), "example_ids": ids}
+            fields["ensemble"] = _keep_partners(card, work / "model")
             write_card(work / "model", fields)
             if stop():
                 raise Cancelled("fine-tuning cancelled")
@@ -394,3 +396,17 @@ def _source_record(image: pb.ImageSource, job: pipeline.Job) -> dict[str, Any]:
     return {"pixels": {"origin_x": p.origin_x, "origin_y": p.origin_y,
                        "downsample": p.downsample, "pixel_size_um": p.pixel_size_um,
                        "image_width": p.image_width, "image_height": p.image_height}}
+
+
+def _keep_partners(card: ModelCard, directory: Path) -> list[dict[str, Any]]:
+    """The start card's further ensemble members, their checkpoints copied into `directory`,
+    as the new card's `ensemble`: the fine-tuned model is averaged with them as its start was
+    (only the card's own model is fine-tuned)."""
+    partners = []
+    for index, member in enumerate(card.ensemble, start=1):
+        name = f"model.member{index}.pt"
+        shutil.copyfile(member.checkpoint, directory / name)
+        partners.append({"architecture": member.architecture, "encoder": member.encoder,
+                         "checkpoint": name, "sha256": member.sha256,
+                         **({"extra": member.extra} if member.extra else {})})
+    return partners
