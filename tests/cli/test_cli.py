@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -11,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 from conftest import CMU, GLAS, REPO, same_segmentation
-from roiseg.cli import main
+from roiseg.cli import COMMANDS, main
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +29,17 @@ def served(tmp_path_factory):
     yield ready.read_text()
     process.terminate()
     assert process.wait(timeout=30) == 0
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_command_says_what_it_does_with_an_example(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = capsys.readouterr().out
+    examples = re.search(r"\nexamples?:\n(.*?)\n\n", text, flags=re.S)
+    assert examples and f"roiseg {command} " in examples.group(1), text
+    for note in ("engine", "os.replace", "single writer", "roiseg."):
+        assert note not in text.split("options:")[0], note
 
 
 def test_segment_writes_where_the_model_is_unsure_as_a_heat_map(tmp_path):

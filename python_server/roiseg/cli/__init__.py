@@ -43,7 +43,7 @@ def parser() -> argparse.ArgumentParser:
     root.add_argument("--version", action="version", version=f"roiseg {__version__}")
     subcommands = root.add_subparsers(required=True, metavar="COMMAND")
     for name, module in COMMANDS.items():
-        command = subcommands.add_parser(name, help=module.HELP, description=module.__doc__,
+        command = subcommands.add_parser(name, help=module.HELP, description=module.DESCRIPTION,
                                          formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(command)
         command.set_defaults(command=module, command_name=name)

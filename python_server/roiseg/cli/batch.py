@@ -17,6 +17,14 @@ if TYPE_CHECKING:
     from roiseg.client.connection import ServerAddress
 
 HELP = "pre-annotate a QuPath project or a folder of images"
+DESCRIPTION = """\
+Pre-annotate every image of a QuPath project (results become child objects of its ROIs) or of
+a folder (GeoJSON and overlays in --out). Safe to stop and run again: finished ROIs are skipped
+and nothing is written twice; --replace redoes them.
+
+examples:
+  roiseg batch project/project.qpproj --roi-class Region --server gpu-box:50051
+  roiseg batch --images slides/ --out results/"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

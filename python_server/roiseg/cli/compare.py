@@ -10,6 +10,12 @@ from pathlib import Path
 from roiseg.cli import options
 
 HELP = "run several models on the same ROIs side by side"
+DESCRIPTION = """\
+Run several models on the same regions and show them side by side; with a reference,
+score each.
+
+example:
+  roiseg compare slide.svs --roi roi.geojson --model a --model b --models my-models/ --out cmp/"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -10,6 +10,13 @@ from pathlib import Path
 from roiseg.cli import options
 
 HELP = "measure how much a pathologist corrected roiseg's pre-annotations"
+DESCRIPTION = """\
+Measure how much a pathologist corrected roiseg's pre-annotations: per image and class, pixel
+Dice and IoU between prediction and correction, µm² added and removed, objects kept, edited,
+deleted and added. See docs/effort.md.
+
+example:
+  roiseg effort predicted/ corrected/ --out effort/"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -9,6 +9,13 @@ from pathlib import Path
 from roiseg.cli import options
 
 HELP = "score predictions against a reference (papers' metrics)"
+DESCRIPTION = """\
+Score predictions (roiseg GeoJSON or masks) against references with the papers' metrics:
+Dice, sensitivity, specificity, precision, MCC and more, per image with 95 % intervals.
+
+example:
+  roiseg evaluate predictions/ masks/ --truth-values '0=Stroma,255="Gland epithelium"' \
+      --positive "Gland epithelium" --mpp 0.62 --out scores/"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

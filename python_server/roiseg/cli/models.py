@@ -7,6 +7,11 @@ import argparse
 from roiseg.cli import options
 
 HELP = "list the models"
+DESCRIPTION = """\
+List the models (and their versions) of a server, or of this machine.
+
+example:
+  roiseg models --server gpu-box:50051"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

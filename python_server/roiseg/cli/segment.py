@@ -11,6 +11,13 @@ from roiseg.cli import options
 from roiseg.io.files import write_atomic
 
 HELP = "segment a region of a slide or image"
+DESCRIPTION = """\
+Segment a region of a slide or image into tissue-class polygons: QuPath GeoJSON to import
+(File > Import objects from file), optionally an overlay picture and a map of where the model is
+unsure. Runs in this process, or on a server with --server.
+
+example:
+  roiseg segment slide.svs --roi roi.geojson -o out.geojson --overlay out.png"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

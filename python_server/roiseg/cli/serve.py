@@ -8,6 +8,11 @@ from pathlib import Path
 from roiseg.cli import options
 
 HELP = "run the gRPC server"
+DESCRIPTION = """\
+Serve roiseg's models over gRPC to QuPath, scripts and batch jobs.
+
+example:
+  roiseg serve --host 0.0.0.0 --port 50051 --device cuda --slide-root /data/slides"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -16,6 +16,13 @@ from pathlib import Path
 from roiseg.cli import options
 
 HELP = "submit corrected annotations as a training example (or list / remove examples)"
+DESCRIPTION = """\
+Store a ROI's corrected annotations as a training example of a model (the fast track,
+docs/fast-track.md), or list or remove the stored examples.
+
+example:
+  roiseg submit slide.svs --roi roi.geojson --corrections corrected.geojson \\
+      --server gpu-box:50051"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -19,6 +19,14 @@ if TYPE_CHECKING:
     from roiseg.train.training import TrainOptions
 
 HELP = "train or fine-tune a model"
+DESCRIPTION = """\
+Train a segmentation model, or fine-tune one, from images with label masks or QuPath
+annotations; writes a model directory (model.pt + model.json card) that `roiseg serve --models`
+serves. See docs/training.md.
+
+example:
+  roiseg train images/ --masks masks/ --mask-values '0=Stroma,255="Gland epithelium"' \\
+      --out my-model"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
