@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -126,6 +127,11 @@ def test_folder_mode_end_to_end_through_a_server(address, tmp_path, cmu_level0, 
     crop = slide_crop(images, cmu_level0)
     assert batch("--images", images, "--out", out, "--mpp", GLAS_MPP, "--server", address,
                  "--roi-class", "Region") == 0
+    # no terminal here (as under cron or Slurm): one line per finished ROI as it finishes
+    err = capsys.readouterr().err
+    lines = re.findall(r"^roiseg batch: .+: \d+ objects in [\d.]+ s \(\d of \d planned\)$", err,
+                       flags=re.M)
+    assert len(lines) == 5, err
 
     for name in GLAS_NAMES[:3]:
         stem = Path(name).stem

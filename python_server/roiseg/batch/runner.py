@@ -228,6 +228,7 @@ class _Batch:
         plans = iter(self.source.plans())
         exhausted = False
         bar = tqdm(total=0, unit="ROI", desc="roiseg batch", file=sys.stderr, disable=None)
+        finished = 0
         try:
             while True:
                 while not exhausted and self._jobs.qsize() < 2 * len(self._workers):
@@ -252,9 +253,15 @@ class _Batch:
                 state = pending[item.job.image.id]
                 state.outcomes.append(item)
                 bar.update(1)
+                finished += 1
                 if not item.ok:
                     bar.write(f"{item.job.image.name} / {roi_name(item.job.roi)}: error: "
                               f"{item.error}", file=sys.stderr)
+                elif bar.disable:  # no terminal (cron, Slurm): a line per finished ROI
+                    objects = sum(r.feature_count for r in item.results.values())
+                    print(f"roiseg batch: {item.job.image.name} / {roi_name(item.job.roi)}: "
+                          f"{objects} objects in {item.seconds:.1f} s "
+                          f"({finished} of {bar.total} planned)", file=sys.stderr, flush=True)
                 if len(state.outcomes) == state.jobs:
                     del pending[item.job.image.id]
                     self._finish(state.plan, state.outcomes)
