@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import re
 import subprocess
 import threading
 import uuid
@@ -182,6 +184,18 @@ def test_confidence_map_and_review_flags_show_where_the_model_is_unsure(client, 
     plain = _segment(client, _pixels(cmu_level0), roi)
     assert not next(iter(plain.results.values())).HasField("confidence")
     assert not any("name" in f["properties"] for f in _only(plain)["features"])
+
+
+def test_every_call_leaves_an_access_log_line(client, cmu_level0, caplog):
+    caplog.set_level(logging.INFO, logger="roiseg.access")
+    _segment(client, _pixels(cmu_level0, size=128), box(X0, Y0, X0 + 100, Y0 + 60))
+    with pytest.raises(SegmentationError):
+        _segment(client, _pixels(cmu_level0, size=128), box(X0, Y0, X0 + 100, Y0 + 60),
+                 models=["nope"])
+    lines = [r.getMessage() for r in caplog.records if r.name == "roiseg.access"]
+    assert re.search(r"ipv4:127\.0\.0\.1:\d+ Segment models default ROI 100x60 px "
+                     r"[\d.]+ s OK$", lines[-2]), lines
+    assert re.search(r"Segment models 'nope' ROI 100x60 px [\d.]+ s NOT_FOUND$", lines[-1])
 
 
 def test_origin_and_downsample_map_to_the_same_place(client, cmu_level0):

@@ -58,6 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import logging
     import signal
     import threading
 
@@ -78,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--tls-cert and --tls-key go together")
     tls = (args.tls_cert.read_bytes(), args.tls_key.read_bytes()) if args.tls_cert else None
     token = options.token(args)
+    logging.getLogger("roiseg.access").setLevel(logging.INFO)  # a line per call, always
     server, port = create_server(service, f"{args.host}:{args.port}", tls=tls, token=token)
     server.start()
     address = f"{args.host}:{port}"

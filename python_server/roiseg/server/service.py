@@ -45,6 +45,8 @@ from roiseg.v1 import segmentation_pb2 as pb
 from roiseg.v1 import segmentation_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
+#: One line per call (peer, call, models and ROI, seconds, status); `roiseg serve` shows it.
+access_log = logging.getLogger("roiseg.access")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Segmentation"].full_name
 #: Size of the GeoJSON chunks a Segment stream carries.
@@ -165,7 +167,7 @@ class SegmentationService(pb_grpc.SegmentationServicer):
 
     def Segment(self, request: pb.SegmentRequest, context) -> Iterator[pb.SegmentEvent]:
         yield from _streamed(context, "Segment", "segmenting",
-                             lambda stop: self.segment_events(request, stop))
+                             lambda stop: self.segment_events(request, stop), _about(request))
 
     def SubmitCorrections(self, request: pb.SubmitCorrectionsRequest,
                           context) -> pb.SubmitCorrectionsResponse:
@@ -602,38 +604,56 @@ def create_server(service: SegmentationService, address: str = "127.0.0.1:0",
     return server, port
 
 
+def _about(request: pb.SegmentRequest) -> str:
+    """A Segment request in a few words for the access log: models and ROI size."""
+    models = ",".join(echo(m, 40) for m in request.model_ids[:4]) or "default"
+    xy = [v for p in request.roi.polygons[:100] for v in p.shell.xy[:20_000]]
+    xs, ys = xy[0::2], xy[1::2]
+    size = f"{max(xs) - min(xs):.0f}x{max(ys) - min(ys):.0f} px" if xs and ys else "no ROI"
+    return f"models {models} ROI {size}"
+
+
 def _answered(context: grpc.ServicerContext, name: str,
-              call: Callable[[Callable[[], bool]], Any]) -> Any:
+              call: Callable[[Callable[[], bool]], Any], about: str = "") -> Any:
     """`call(should_stop)`'s answer; its errors end the call with their status."""
-    with _reported(context, name, f"in {name}") as should_stop:
+    with _reported(context, name, f"in {name}", about) as should_stop:
         return call(should_stop)
     raise AssertionError("an error ended the call")
 
 
 def _streamed(context: grpc.ServicerContext, name: str, doing: str,
-              events: Callable[[Callable[[], bool]], Iterator[Any]]) -> Iterator[Any]:
+              events: Callable[[Callable[[], bool]], Iterator[Any]],
+              about: str = "") -> Iterator[Any]:
     """`events(should_stop)`, which a client's cancel or deadline stops; its errors end the
     call with their status."""
-    with _reported(context, name, f"while {doing}") as should_stop:
+    with _reported(context, name, f"while {doing}", about) as should_stop:
         yield from events(should_stop)
 
 
 @contextmanager
-def _reported(context: grpc.ServicerContext, name: str,
-              doing: str) -> Iterator[Callable[[], bool]]:
+def _reported(context: grpc.ServicerContext, name: str, doing: str,
+              about: str = "") -> Iterator[Callable[[], bool]]:
     """A should_stop for the call's work, true once the client is gone; the work's errors end
-    the call with their status (INTERNAL for a fault, logged)."""
+    the call with their status (INTERNAL for a fault, logged). Each call ends with an access
+    log line: peer, call, `about` it, seconds, status."""
     stopped = threading.Event()
     context.add_callback(stopped.set)
+    started, status = time.monotonic(), "CANCELLED"
     try:
         yield stopped.is_set
+        status = "OK"
     except RoisegError as error:
-        log.info("%s refused: %s (%s)", name, error, status_of(error).name)
+        status = status_of(error).name
+        log.info("%s refused: %s (%s)", name, error, status)
         _abort(context, error)
     except Exception:  # noqa: BLE001 - the server keeps serving and says what happened
+        status = "INTERNAL"
         log.exception("%s failed", name)
         context.abort(grpc.StatusCode.INTERNAL,
                       f"the server failed {doing}; its log has the details")
+    finally:
+        access_log.info("%s %s%s %.2f s %s", context.peer(), name, f" {about}" if about else "",
+                        time.monotonic() - started, status)
 
 
 def _abort(context: grpc.ServicerContext, error: RoisegError) -> NoReturn:
