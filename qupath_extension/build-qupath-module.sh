@@ -45,6 +45,6 @@ echo "QuPath extension: tests inside real QuPath ${versions[*]} (headless script
 (cd .. && ROISEG_QUPATH_HOMES="$homes" ROISEG_QUPATH_JAR="$jar" "$python" -m pytest -q tests/qupath)
 for v in 0.6.0 0.7.0; do
     echo "roiseg batch on QuPath projects through paquo, QuPath $v"
-    (cd .. && PAQUO_QUPATH_DIR="$qupath_dir/$v" "$python" -m pytest -q tests/test_qupath_project.py -m qupath)
+    (cd .. && PAQUO_QUPATH_DIR="$qupath_dir/$v" "$python" -m pytest -q tests/io/test_qupath_project.py -m qupath)
 done
 echo "Built $jar: drag it onto QuPath 0.5, 0.6 or 0.7 (tested with 0.5.1, 0.6.0 and 0.7.0)."

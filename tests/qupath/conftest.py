@@ -44,12 +44,13 @@ def qupath(request, extension_jar, tmp_path) -> QuPath:
 @pytest.fixture(scope="session")
 def server_port(tmp_path_factory) -> int:
     """A real roiseg server (embedded default model, CPU) on 127.0.0.1 that may read the
-    shared slides."""
+    shared slides and stores corrections (--dataset-dir, for the fast-track commands)."""
     ready = tmp_path_factory.mktemp("server") / "ready"
     log = open(ready.parent / "server.log", "w")
     process = subprocess.Popen(
         [sys.executable, "-m", "roiseg.cli", "serve", "--port", "0", "--device", "cpu",
-         "--slide-root", str(SLIDES), "--ready-file", str(ready)],
+         "--slide-root", str(SLIDES), "--dataset-dir", str(ready.parent / "dataset"),
+         "--ready-file", str(ready)],
         cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     while not ready.exists() or not ready.read_text().strip():

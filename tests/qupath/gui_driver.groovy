@@ -342,6 +342,50 @@ Thread.start('roiseg-gui-test') {
                     'no compare dialog opened on a one-model server')
             fx { Window.getWindows().findAll { it.hasProperty('title') && it.title == 'roiseg: compare models' }.each { it.hide() } }
         }
+        phase('fast_track') {
+            // Submit corrections: the ROI's results, as the user left them, become a training example
+            def hierarchy = fx { qupath.getImageData().getHierarchy() }
+            def myRoi = fx { hierarchy.getFlattenedObjectList(null).find { it.getName() == 'my ROI' } }
+            fx { hierarchy.getSelectionModel().setSelectedObject(myRoi) }
+            def beforeSubmit = describe()
+            def submit = ['Extensions', 'roiseg', 'Submit corrections']
+            fx { menuItem(submit).fire() }
+            waitFor('the submission to finish', 120) { !menuItem(submit).isDisable() }
+            Thread.sleep(1000)
+            def examples = qupath.ext.roiseg.RoisegScripts.listExamples('')
+            check('corrections_stored', examples.any { it.roiKey() == myRoi.getID().toString() },
+                    "the server's examples: ${examples.collect { it.roiKey() }}, the ROI: ${myRoi.getID()}")
+            check('corrections_keep_hierarchy', describe() == beforeSubmit, difference(beforeSubmit, describe()))
+
+            // Fine-tune model…: one epoch of two steps; the new version is then offered in Choose model
+            click(['Extensions', 'roiseg', 'Fine-tune model\u2026'])
+            waitFor('the fine-tune dialog', 60) { windowTitled('roiseg: fine-tune model') != null }
+            Thread.sleep(500)
+            fx {
+                def root = windowTitled('roiseg: fine-tune model').getScene().getRoot()
+                root.lookupAll('.spinner').each { spinner ->
+                    def row = javafx.scene.layout.GridPane.getRowIndex(spinner)
+                    spinner.getValueFactory().setValue(row == 1 ? 1 : 2)
+                }
+                root.lookupButton(javafx.scene.control.ButtonType.OK).fire()
+            }
+            def fineTune = ['Extensions', 'roiseg', 'Fine-tune model\u2026']
+            Thread.sleep(500)
+            waitFor('the fine-tuning to finish', 300) { !menuItem(fineTune).isDisable() }
+            Thread.sleep(1000)
+            click(['Extensions', 'roiseg', 'Choose model\u2026'])
+            waitFor('the model dialog', 60) { windowTitled('roiseg: choose model') != null }
+            Thread.sleep(800)
+            def cells = fx {
+                def root = windowTitled('roiseg: choose model').getScene().getRoot()
+                def found = root.lookupAll('.list-cell').findAll { it instanceof ListCell && it.getText() }.collect { it.getText() }
+                root.lookupButton(javafx.scene.control.ButtonType.CANCEL).fire()
+                found
+            }
+            waitFor('the model dialog to close', 10) { windowTitled('roiseg: choose model') == null }
+            report.modelsAfterFineTune = cells
+            check('fine_tune_version_offered', cells.any { it.contains('version 0.4.0-ft') }, "Choose model lists ${cells}")
+        }
         report.ok = true
     } catch (Throwable t) {
         report.ok = false

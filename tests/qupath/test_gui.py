@@ -106,5 +106,11 @@ def test_compare_on_a_one_model_server_says_so_without_a_dialog(session):
     step(session, "compare_one_model_no_dialog")
 
 
+def test_submit_corrections_and_fine_tune_through_the_menu(session):
+    step(session, "corrections_stored")
+    step(session, "corrections_keep_hierarchy")
+    step(session, "fine_tune_version_offered")
+
+
 def test_results_are_built_in_qupaths_precision_model(session):
     assert PRECISION_WARNING not in session["log"]

@@ -38,17 +38,38 @@ public final class ModelChoice {
             return List.of(available.stream().filter(ModelDescription::isDefault).findFirst()
                     .orElse(available.get(0)));
         }
+        List<ModelDescription> all = withVersions(available);
         List<ModelDescription> chosen = new ArrayList<>();
         for (String id : new LinkedHashSet<>(wanted)) {
-            ModelDescription model = available.stream().filter(m -> m.id().equals(id)).findFirst().orElse(null);
+            ModelDescription model = all.stream().filter(m -> m.id().equals(id)).findFirst().orElse(null);
             if (model == null) {
                 throw new IllegalArgumentException("The roiseg server has no model \"" + id + "\" (it has: "
-                        + available.stream().map(ModelDescription::id).collect(Collectors.joining(", "))
+                        + all.stream().map(ModelDescription::id).collect(Collectors.joining(", "))
                         + "). Choose one in Extensions > roiseg > Choose model.");
             }
             chosen.add(model);
         }
         return chosen;
+    }
+
+    /**
+     * The server's models followed each by its other servable versions (id {@code id@version}, e.g.
+     * fine-tuned ones), so that a version can be chosen like a model. The default version is not
+     * repeated: the model's plain id selects it.
+     */
+    public static List<ModelDescription> withVersions(List<ModelDescription> models) {
+        List<ModelDescription> all = new ArrayList<>();
+        for (ModelDescription model : models) {
+            all.add(model);
+            for (ModelDescription version : model.versions()) {
+                boolean isTheDefault = version.isDefaultVersion() || version.id().equals(model.id())
+                        || version.id().equals(model.id() + "@" + model.version());
+                if (!isTheDefault) {
+                    all.add(version);
+                }
+            }
+        }
+        return all;
     }
 
     /**
@@ -107,6 +128,9 @@ public final class ModelChoice {
         }
         text.append(String.format(Locale.ROOT, "Id: %s%n%s / %s, tiles of %d px%n", model.id(),
                 model.architecture(), model.encoder(), model.tileSize()));
+        if (!model.fineTunedFrom().isBlank()) {
+            text.append("Fine-tuned from: ").append(model.fineTunedFrom()).append('\n');
+        }
         if (model.trainedOn() != null && !model.trainedOn().isBlank()) {
             text.append("Trained on: ").append(model.trainedOn().strip()).append('\n');
         }
@@ -120,7 +144,8 @@ public final class ModelChoice {
     /** A short description of a model for lists: name, id, resolution and "default". */
     public static String label(ModelDescription model) {
         String name = model.name() == null || model.name().isBlank() ? model.id() : model.name();
-        return name + (name.equals(model.id()) ? "" : " (" + model.id() + ")") + " \u2013 "
+        String version = model.id().contains("@") ? ", version " + model.version() : "";
+        return name + (name.equals(model.id()) ? "" : " (" + model.id() + ")") + version + " \u2013 "
                 + PixelSizes.format(model.mpp()) + " \u00b5m/px" + (model.isDefault() ? ", server default" : "");
     }
 }

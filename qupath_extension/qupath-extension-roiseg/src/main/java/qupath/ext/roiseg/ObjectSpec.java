@@ -22,9 +22,10 @@ import org.roiseg.client.SegmentedFeature;
  * @param measurements measurements by name, all finite
  * @param metadata     metadata, always with {@link Conventions#ROISEG_SOURCE_KEY} and the model's id
  *                     and version
+ * @param id           the object's id from the server (a UUID), or null to let QuPath choose one
  */
 public record ObjectSpec(Geometry geometry, String className, int rgb, String name, Map<String, Double> measurements,
-                         Map<String, String> metadata) {
+                         Map<String, String> metadata, String id) {
 
     /** Keeps unmodifiable copies of the maps. */
     public ObjectSpec {
@@ -74,7 +75,8 @@ public record ObjectSpec(Geometry geometry, String className, int rgb, String na
             }
         });
         String className = feature.className() == null || feature.className().isBlank() ? null : feature.className();
-        return new ObjectSpec(feature.geometry(), className, feature.rgb() & 0xFFFFFF, name, measurements, metadata);
+        return new ObjectSpec(feature.geometry(), className, feature.rgb() & 0xFFFFFF, name, measurements, metadata,
+                feature.id());
     }
 
     /** A 0xRRGGBB colour as QuPath's packed ARGB (opaque). */

@@ -5,7 +5,9 @@ import java.util.Collection;
 import java.util.LinkedHashSet;
 import java.util.List;
 import java.util.Map;
+import java.util.Optional;
 import java.util.Set;
+import java.util.UUID;
 import org.locationtech.jts.geom.Geometry;
 import org.locationtech.jts.geom.PrecisionModel;
 import org.locationtech.jts.precision.GeometryPrecisionReducer;
@@ -57,6 +59,7 @@ public final class ResultMapper {
             PathClass pathClass = spec.className() == null ? null : pathClass(spec.className(), spec.rgb());
             PathObject annotation = PathObjects.createAnnotationObject(roi, pathClass);
             annotation.setLocked(false);
+            objectId(spec.id()).ifPresent(annotation::setID);
             if (spec.name() != null) {
                 annotation.setName(spec.name());
             }
@@ -71,6 +74,18 @@ public final class ResultMapper {
             objects.add(annotation);
         }
         return objects;
+    }
+
+    /** The server's object id as a UUID, if it is one (an object keeps it through corrections). */
+    static Optional<UUID> objectId(String id) {
+        if (id == null) {
+            return Optional.empty();
+        }
+        try {
+            return Optional.of(UUID.fromString(id));
+        } catch (IllegalArgumentException e) {
+            return Optional.empty();
+        }
     }
 
     /**

@@ -47,9 +47,12 @@ public class RoisegExtension implements QuPathExtension {
         MenuItem selected = item(command, "menu.segmentSelected", command::segmentSelected);
         MenuItem all = item(command, "menu.segmentAll", command::segmentAll);
         MenuItem compare = item(command, "menu.compare", command::compareModels);
+        MenuItem corrections = item(command, "menu.submitCorrections", command::submitCorrections);
+        MenuItem fineTune = item(command, "menu.fineTune", command::fineTuneModel);
         MenuItem choose = item(command, "menu.chooseModel", command::chooseModel);
         MenuItem settings = item(command, "menu.settings", command::serverSettings);
-        menu.getItems().addAll(selected, all, compare, new SeparatorMenuItem(), choose, settings);
+        menu.getItems().addAll(selected, all, compare, new SeparatorMenuItem(), corrections, fineTune,
+                new SeparatorMenuItem(), choose, settings);
     }
 
     private static MenuItem item(RoisegCommand command, String key, Runnable action) {

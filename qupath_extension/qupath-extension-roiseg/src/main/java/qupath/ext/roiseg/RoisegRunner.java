@@ -179,9 +179,7 @@ public final class RoisegRunner {
                     + "or brush) to segment; roiseg's own results are not segmented again.");
         }
         ImageServer<BufferedImage> server = imageData.getServer();
-        double pixelSize = pixelSizeMicrons(server, userPixelSizeMicrons).orElseThrow(() ->
-                new IllegalArgumentException("The image has no pixel size in \u00b5m. Set it in the Image tab "
-                        + "(Pixel width and height), or enter it when roiseg asks."));
+        double pixelSize = requirePixelSize(server, userPixelSizeMicrons);
         List<String> warnings = new ArrayList<>();
         if (!server.isRGB()) {
             warnings.add("The image is not an 8-bit RGB image: roiseg's models expect brightfield (H&E) images, "
@@ -208,7 +206,7 @@ public final class RoisegRunner {
                         PixelSizes.format(modelMpp)));
             }
             double downsample = Resolution.chooseDownsample(modelMpp, pixelSize);
-            Optional<String> slidePath = slidePath(server, info, warnings);
+            Optional<String> slidePath = slidePath(settings, server, info, warnings);
             logger.info("roiseg: {} annotation(s) with {} on {}, {} \u00b5m/px, downsample {}{}", rois.size(),
                     modelIds, settings.target(), PixelSizes.format(pixelSize), downsample,
                     slidePath.map(p -> ", server reads " + p).orElse(""));
@@ -230,10 +228,8 @@ public final class RoisegRunner {
                     result = client.segmentSlide(slidePath.get(), pixelSize, roi.getGeometry(), runOptions, events,
                             handle);
                 } else {
-                    RegionRequest request = RegionRequest.createInstance(server.getPath(), downsample, roi)
-                            .intersect2D(0, 0, server.getWidth(), server.getHeight());
-                    Optional<String> problem = Resolution.checkRegion(request.getWidth(), request.getHeight(),
-                            downsample, pixelSize, modelMpp, info.maxRoiPixels(), Runtime.getRuntime().maxMemory() / 4);
+                    RegionRequest request = regionRequest(server, roi, downsample);
+                    Optional<String> problem = regionProblem(request, downsample, pixelSize, modelMpp, info);
                     if (problem.isPresent()) {
                         if (rois.size() == 1) {
                             throw new IllegalArgumentException(problem.get());
@@ -242,17 +238,7 @@ public final class RoisegRunner {
                         continue;
                     }
                     listener.progress(prefix + "reading the pixels", progress.fraction());
-                    BufferedImage pixels;
-                    try {
-                        pixels = server.readRegion(request);
-                    } catch (IOException e) {
-                        throw new IllegalStateException("QuPath could not read the image's pixels: " + e.getMessage(), e);
-                    }
-                    if (pixels == null) {
-                        throw new IllegalStateException("QuPath could not read the image's pixels for " + request);
-                    }
-                    RegionImage region = new RegionImage(pixels, request.getX(), request.getY(),
-                            request.getDownsample(), pixelSize, server.getWidth(), server.getHeight());
+                    RegionImage region = readRegion(server, request, pixelSize);
                     result = client.segmentRegion(region, roi.getGeometry(), runOptions, events, handle);
                 }
                 List<PathObject> created = ResultMapper.createObjects(ObjectSpec.of(result, nameObjectsByModel),
@@ -274,7 +260,49 @@ public final class RoisegRunner {
         return new Summary(rois.size(), results.size(), placed.added(), placed.removed(), modelIds, areas, warnings);
     }
 
-    private Optional<String> slidePath(ImageServer<BufferedImage> server, ServerInfo info, List<String> warnings) {
+    // ------------------------------------------------------------------ reading regions (also for corrections)
+
+    /** The bounding box of {@code roi} at {@code downsample}, on its z/t plane, clipped to the image. */
+    static RegionRequest regionRequest(ImageServer<BufferedImage> server, ROI roi, double downsample) {
+        return RegionRequest.createInstance(server.getPath(), downsample, roi)
+                .intersect2D(0, 0, server.getWidth(), server.getHeight());
+    }
+
+    /** Why the region cannot be sent (too large for the server or for QuPath's memory), if it cannot. */
+    static Optional<String> regionProblem(RegionRequest request, double downsample, double pixelSize, double modelMpp,
+                                          ServerInfo info) {
+        return Resolution.checkRegion(request.getWidth(), request.getHeight(), downsample, pixelSize, modelMpp,
+                info.maxRoiPixels(), Runtime.getRuntime().maxMemory() / 4);
+    }
+
+    /** Reads a region's pixels for the server. */
+    static RegionImage readRegion(ImageServer<BufferedImage> server, RegionRequest request, double pixelSize) {
+        BufferedImage pixels;
+        try {
+            pixels = server.readRegion(request);
+        } catch (IOException e) {
+            throw new IllegalStateException("QuPath could not read the image's pixels: " + e.getMessage(), e);
+        }
+        if (pixels == null) {
+            throw new IllegalStateException("QuPath could not read the image's pixels for " + request);
+        }
+        return new RegionImage(pixels, request.getX(), request.getY(), request.getDownsample(), pixelSize,
+                server.getWidth(), server.getHeight());
+    }
+
+    /** The image's pixel size for a run, with a message for the user when it has none. */
+    static double requirePixelSize(ImageServer<BufferedImage> server, double userPixelSizeMicrons) {
+        return pixelSizeMicrons(server, userPixelSizeMicrons).orElseThrow(() ->
+                new IllegalArgumentException("The image has no pixel size in \u00b5m. Set it in the Image tab "
+                        + "(Pixel width and height), or enter it when roiseg asks."));
+    }
+
+    /**
+     * The slide path the server reads, when the settings ask for it and it can (else empty, with a
+     * warning saying why).
+     */
+    static Optional<String> slidePath(ServerSettings settings, ImageServer<BufferedImage> server, ServerInfo info,
+                                      List<String> warnings) {
         if (!settings.serverReadsSlide()) {
             return Optional.empty();
         }

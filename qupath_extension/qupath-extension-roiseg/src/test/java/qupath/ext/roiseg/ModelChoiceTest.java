@@ -6,6 +6,7 @@ import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import java.util.List;
+import java.util.Map;
 import org.junit.jupiter.api.Test;
 import org.roiseg.client.ModelDescription;
 
@@ -68,5 +69,26 @@ class ModelChoiceTest {
         assertTrue(details.contains("Unet / mobilenet_v2") && details.contains("/tmp/x")
                 && details.contains("val_dice: 0.92"), details);
         assertFalse(details.contains("Glands in H&E colon."), details);
+    }
+
+    static ModelDescription version(String id, String version, boolean isDefaultVersion) {
+        return new ModelDescription(id + "@" + version, "Glands", "", version, "", "Unet", "mobilenet_v2", 1.0, 512,
+                64, List.of(), "", "", Map.of(), false, List.of(), isDefaultVersion ? "" : id + "@1.0 (abc)",
+                isDefaultVersion);
+    }
+
+    @Test
+    void fineTunedVersionsCanBeChosenAndResolvedByTheirVersionedId() {
+        ModelDescription glas = new ModelDescription("glas", "Glands", "", "1.0", "", "Unet", "mobilenet_v2", 1.0,
+                512, 64, List.of(), "", "", Map.of(), true,
+                List.of(version("glas", "1.0", true), version("glas", "1.0-ft1", false)), "", true);
+        ModelDescription other = ResolutionTest.model("other", 0.5, false);
+        List<ModelDescription> all = ModelChoice.withVersions(List.of(glas, other));
+        assertEquals(List.of("glas", "glas@1.0-ft1", "other"), all.stream().map(ModelDescription::id).toList());
+        assertEquals("glas@1.0-ft1", ModelChoice.resolve(List.of(glas, other), List.of("glas@1.0-ft1")).get(0).id());
+        assertEquals("glas", ModelChoice.resolve(List.of(glas, other), List.of()).get(0).id());
+        assertTrue(ModelChoice.label(all.get(1)).contains("version 1.0-ft1"), ModelChoice.label(all.get(1)));
+        assertTrue(ModelChoice.details(all.get(1)).contains("Fine-tuned from: glas@1.0 (abc)"));
+        assertEquals("glas", all.get(1).baseId());
     }
 }

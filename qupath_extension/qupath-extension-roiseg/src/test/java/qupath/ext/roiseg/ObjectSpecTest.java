@@ -31,7 +31,7 @@ class ObjectSpecTest {
         Map<String, Double> measurements = new LinkedHashMap<>();
         measurements.put(Conventions.AREA_MEASUREMENT, 12.5);
         measurements.put("broken", Double.NaN);
-        return new SegmentedFeature(square(0, 0, 10), className, rgb, measurements, metadata);
+        return new SegmentedFeature(square(0, 0, 10), className, rgb, measurements, metadata, null);
     }
 
     @Test
@@ -60,7 +60,7 @@ class ObjectSpecTest {
     @Test
     void resultsBecomeSpecsModelByModel() {
         ModelSegmentation a = new ModelSegmentation("a", "1", "", List.of(feature("Tumor", 1, Map.of()),
-                new SegmentedFeature(GF.createPolygon(), "Empty", 2, Map.of(), Map.of())),
+                new SegmentedFeature(GF.createPolygon(), "Empty", 2, Map.of(), Map.of(), null)),
                 List.of(new ClassArea("Tumor", 100, 1)), null);
         ModelSegmentation b = new ModelSegmentation("b", "1", "", List.of(feature(" ", 3, Map.of())), List.of(), null);
         Map<String, ModelSegmentation> models = new LinkedHashMap<>();

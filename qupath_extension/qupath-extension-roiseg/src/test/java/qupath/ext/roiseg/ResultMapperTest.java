@@ -1,6 +1,7 @@
 package qupath.ext.roiseg;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertNotEquals;
 import static org.junit.jupiter.api.Assertions.assertSame;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
@@ -102,13 +103,26 @@ class ResultMapperTest {
         Geometry floating = new WKTReader(new GeometryFactory()).read(
                 "POLYGON ((0 0, 100.123456 0, 100.123456 80.987654, 0 80.987654, 0 0),"
                         + " (20 20, 40.0001 20, 40.0001 40, 20 40, 20 20))");
-        ObjectSpec spec = new ObjectSpec(floating, null, 0, null, Map.of(), Conventions.objectMetadata("m", "1"));
+        ObjectSpec spec = new ObjectSpec(floating, null, 0, null, Map.of(), Conventions.objectMetadata("m", "1"), null);
         PathObject object = ResultMapper.createObjects(List.of(spec), ImagePlane.getDefaultPlane()).get(0);
         Geometry placed = object.getROI().getGeometry();
         assertEquals(GeometryTools.getDefaultFactory().getPrecisionModel(), placed.getPrecisionModel());
         assertTrue(placed.isValid());
         assertEquals(floating.getArea(), placed.getArea(), 0.1);
         assertEquals(1, ((org.locationtech.jts.geom.Polygon) placed).getNumInteriorRing());
+    }
+
+    @Test
+    void objectsTakeTheServersIdSoCorrectionsCanBeTracedToTheirPrediction() throws Exception {
+        Geometry square = new WKTReader(new GeometryFactory()).read("POLYGON ((0 0, 10 0, 10 10, 0 10, 0 0))");
+        String id = "6f1c2b1e-2f5a-4c1e-9d8e-0a1b2c3d4e5f";
+        List<PathObject> objects = ResultMapper.createObjects(List.of(
+                new ObjectSpec(square, null, 0, null, Map.of(), Map.of(), id),
+                new ObjectSpec(square, null, 0, null, Map.of(), Map.of(), "not-a-uuid"),
+                new ObjectSpec(square, null, 0, null, Map.of(), Map.of(), null)), ImagePlane.getDefaultPlane());
+        assertEquals(java.util.UUID.fromString(id), objects.get(0).getID());
+        assertNotEquals(objects.get(1).getID(), objects.get(2).getID());  // QuPath chose fresh ids
+        assertNotEquals(java.util.UUID.fromString(id), objects.get(1).getID());
     }
 
     @Test

@@ -14,7 +14,7 @@ public final class Conventions {
     /** Major version of the roiseg.v1 contract this client speaks. */
     public static final int CONTRACT_MAJOR = 1;
     /** Minor version of the roiseg.v1 contract this client speaks. */
-    public static final int CONTRACT_MINOR = 0;
+    public static final int CONTRACT_MINOR = 2;
 
     /** Metadata key that marks an object as a roiseg pre-annotation. */
     public static final String ROISEG_SOURCE_KEY = "roiseg.source";
@@ -24,6 +24,8 @@ public final class Conventions {
     public static final String MODEL_ID_KEY = "roiseg.model_id";
     /** Metadata key: version of the model that produced the object. */
     public static final String MODEL_VERSION_KEY = "roiseg.model_version";
+    /** Metadata key of the Segment call (run) an object came from; every object of a run shares it. */
+    public static final String RUN_ID_KEY = "roiseg.run_id";
 
     /** Measurement: the object's area in µm². */
     public static final String AREA_MEASUREMENT = "Area \u00b5m^2";

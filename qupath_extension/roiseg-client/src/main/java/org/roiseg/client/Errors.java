@@ -76,6 +76,32 @@ final class Errors {
         return new RoisegException(code, message, error);
     }
 
+    /**
+     * The exception to throw for a failed fast-track call (SubmitCorrections, ListExamples,
+     * RemoveExample, SetDefaultVersion, RetireVersion, FineTune): their FAILED_PRECONDITION (no
+     * {@code --dataset-dir}, retiring the default version) and RESOURCE_EXHAUSTED (a fine-tuning
+     * already running, too many annotations) carry the server's own explanation; the rest as
+     * {@link #fromStatus}.
+     */
+    static RoisegException fromFastTrackStatus(StatusRuntimeException error, String target, Duration deadline) {
+        Status status = error.getStatus();
+        Status.Code code = status.getCode();
+        String server = sentence(status.getDescription());
+        switch (code) {
+            case FAILED_PRECONDITION:
+                return new RoisegException(code, orDefault(server, "The roiseg server at " + target
+                        + " cannot do this now (" + code + ")."), error);
+            case RESOURCE_EXHAUSTED:
+                return new RoisegException(code, "The roiseg server is busy or the request is too large: "
+                        + orDefault(server, "it is above the server's limits."), error);
+            case UNIMPLEMENTED:
+                return new RoisegException(code, "The server at " + target + " does not answer this roiseg call: "
+                        + "corrections and fine-tuning need a roiseg server of contract 1.1 or later.", error);
+            default:
+                return fromStatus(error, target, deadline);
+        }
+    }
+
     /** The first cause of type {@code type} in the chain of {@code error}, or null. */
     private static <T extends Throwable> T find(Throwable error, Class<T> type) {
         for (Throwable t = error; t != null; t = t.getCause() == t ? null : t.getCause()) {

@@ -99,7 +99,9 @@ public final class GeoJsonFeatures {
                 metadata.put(e.getKey(), e.getValue().isJsonNull() ? null : e.getValue().getAsString());
             }
         }
-        return new SegmentedFeature(geometry, className, rgb, measurements, metadata);
+        JsonElement id = feature.get("id");
+        return new SegmentedFeature(geometry, className, rgb, measurements, metadata,
+                id == null || id.isJsonNull() ? null : id.getAsString());
     }
 
     /**
@@ -169,6 +171,9 @@ public final class GeoJsonFeatures {
         properties.add("metadata", metadata);
         JsonObject json = new JsonObject();
         json.addProperty("type", "Feature");
+        if (feature.id() != null) {
+            json.addProperty("id", feature.id());
+        }
         json.add("geometry", geometryToJson(feature.geometry()));
         json.add("properties", properties);
         return json;

@@ -31,19 +31,29 @@ import java.util.concurrent.atomic.AtomicInteger;
 import java.util.function.Function;
 import javax.net.ssl.SSLException;
 import org.locationtech.jts.geom.Geometry;
+import org.roiseg.proto.v1.FineTuneEvent;
 import org.roiseg.proto.v1.GeoJsonChunk;
 import org.roiseg.proto.v1.GetServerInfoRequest;
 import org.roiseg.proto.v1.ImageSource;
+import org.roiseg.proto.v1.ListExamplesRequest;
+import org.roiseg.proto.v1.ListExamplesResponse;
 import org.roiseg.proto.v1.ListModelsRequest;
 import org.roiseg.proto.v1.ListModelsResponse;
+import org.roiseg.proto.v1.ModelInfo;
 import org.roiseg.proto.v1.ModelResult;
 import org.roiseg.proto.v1.Progress;
 import org.roiseg.proto.v1.RegionPixels;
+import org.roiseg.proto.v1.RemoveExampleRequest;
+import org.roiseg.proto.v1.RemoveExampleResponse;
+import org.roiseg.proto.v1.RetireVersionRequest;
 import org.roiseg.proto.v1.Roi;
 import org.roiseg.proto.v1.SegmentEvent;
 import org.roiseg.proto.v1.SegmentRequest;
 import org.roiseg.proto.v1.SegmentationGrpc;
+import org.roiseg.proto.v1.SetDefaultVersionRequest;
 import org.roiseg.proto.v1.SlideFile;
+import org.roiseg.proto.v1.SubmitCorrectionsRequest;
+import org.roiseg.proto.v1.SubmitCorrectionsResponse;
 import org.roiseg.proto.v1.UploadHeader;
 import org.roiseg.proto.v1.UploadImageRequest;
 import org.roiseg.proto.v1.UploadImageResponse;
@@ -144,23 +154,7 @@ public final class RoisegClient implements AutoCloseable {
         ProgressListener progress = listener == null ? ProgressListener.NONE : listener;
         return cancellable(cancel, () -> {
             Deadline end = Deadline.after(deadline.toNanos(), TimeUnit.NANOSECONDS);
-            ServerInfo info = compatibleServer();
-            byte[] png = Png.encode(image.image());
-            double pixelSize = image.pixelSizeMicrons();
-            RegionPixels.Builder pixels = RegionPixels.newBuilder()
-                    .setDownsample(image.downsample())
-                    .setOriginX(image.originX())
-                    .setOriginY(image.originY())
-                    .setPixelSizeUm(pixelSize > 0 && Double.isFinite(pixelSize) ? pixelSize : 0)
-                    .setImageWidth(image.fullImageWidth())
-                    .setImageHeight(image.fullImageHeight());
-            if (png.length > inlineLimit(info)) {
-                pixels.setUploadId(upload(png, end, progress));
-            } else {
-                pixels.setEncoded(UnsafeByteOperations.unsafeWrap(png));
-            }
-            return segment(request(ImageSource.newBuilder().setPixels(pixels).build(), roiMessage, options), end,
-                    progress);
+            return segment(request(pixelsSource(image, end, progress), roiMessage, options), end, progress);
         });
     }
 
@@ -184,19 +178,134 @@ public final class RoisegClient implements AutoCloseable {
      */
     public SegmentResult segmentSlide(String serverPath, double pixelSizeMicronsOrZero, Geometry roi,
                                       SegmentOptions options, ProgressListener listener, CancellationHandle cancel) {
-        if (serverPath == null || serverPath.isBlank()) {
-            throw new IllegalArgumentException("no slide path given");
-        }
+        checkSlidePath(serverPath);
         Roi roiMessage = Rois.toProto(roi);
         ProgressListener progress = listener == null ? ProgressListener.NONE : listener;
-        double pixelSize = pixelSizeMicronsOrZero > 0 && Double.isFinite(pixelSizeMicronsOrZero)
-                ? pixelSizeMicronsOrZero : 0;
         return cancellable(cancel, () -> {
             Deadline end = Deadline.after(deadline.toNanos(), TimeUnit.NANOSECONDS);
             compatibleServer();
-            ImageSource source = ImageSource.newBuilder()
-                    .setSlide(SlideFile.newBuilder().setPath(serverPath).setPixelSizeUm(pixelSize)).build();
-            return segment(request(source, roiMessage, options), end, progress);
+            return segment(request(slideSource(serverPath, pixelSizeMicronsOrZero), roiMessage, options), end, progress);
+        });
+    }
+
+    // ------------------------------------------------------------------ fast track (contract 1.1)
+
+    /**
+     * Stores corrected annotations of a ROI, with the pixels the client read, as a training example
+     * of a model (SubmitCorrections; the server needs {@code --dataset-dir}). The pixels travel as
+     * for {@link #segmentRegion}. Submitting the same image id and ROI key again replaces the example.
+     *
+     * @param image       the pixels covering the ROI, read as for segmentation
+     * @param roi         the region the pathologist reviewed, a Polygon or MultiPolygon in full-resolution pixels
+     * @param corrections the corrected annotations and the example's identity ({@link Corrections#imageId()}
+     *                    is required here)
+     * @param listener    upload progress; null for none
+     * @param cancel      lets another thread cancel the call; null if not needed
+     * @throws IllegalArgumentException if the ROI is not a polygonal area or no image id is given
+     */
+    public SubmittedCorrections submitCorrectionsRegion(RegionImage image, Geometry roi, Corrections corrections,
+                                                        ProgressListener listener, CancellationHandle cancel) {
+        Objects.requireNonNull(image, "image");
+        Objects.requireNonNull(corrections, "corrections");
+        if (corrections.imageId().isBlank()) {
+            throw new IllegalArgumentException("an image id is needed with pixels the client read");
+        }
+        Roi roiMessage = Rois.toProto(roi);
+        ProgressListener progress = listener == null ? ProgressListener.NONE : listener;
+        return cancellable(cancel, true, () -> {
+            Deadline end = Deadline.after(deadline.toNanos(), TimeUnit.NANOSECONDS);
+            return submit(pixelsSource(image, end, progress), roiMessage, corrections, end);
+        });
+    }
+
+    /**
+     * Stores corrected annotations of a ROI of a slide file the server reads itself (it needs
+     * {@code --slide-root} and {@code --dataset-dir}) as a training example of a model.
+     *
+     * @param serverPath             absolute path of the slide on the server
+     * @param pixelSizeMicronsOrZero full-resolution µm/px overriding the file's; 0 (or NaN): the file's
+     * @param roi                    the region, a Polygon or MultiPolygon in full-resolution pixels
+     * @param corrections            the corrected annotations and the example's identity
+     * @param cancel                 lets another thread cancel the call; null if not needed
+     */
+    public SubmittedCorrections submitCorrectionsSlide(String serverPath, double pixelSizeMicronsOrZero, Geometry roi,
+                                                       Corrections corrections, CancellationHandle cancel) {
+        checkSlidePath(serverPath);
+        Objects.requireNonNull(corrections, "corrections");
+        Roi roiMessage = Rois.toProto(roi);
+        return cancellable(cancel, true, () -> {
+            Deadline end = Deadline.after(deadline.toNanos(), TimeUnit.NANOSECONDS);
+            compatibleServer();
+            return submit(slideSource(serverPath, pixelSizeMicronsOrZero), roiMessage, corrections, end);
+        });
+    }
+
+    /** The stored training examples of a model, oldest first; empty id: the server's default model. */
+    public List<TrainingExample> listExamples(String modelId) {
+        compatibleServer();
+        ListExamplesResponse response = fastTrackUnary(s -> s.listExamples(
+                ListExamplesRequest.newBuilder().setModelId(modelId == null ? "" : modelId).build()));
+        return response.getExamplesList().stream().map(TrainingExample::fromProto).toList();
+    }
+
+    /** Removes one stored example of a model (empty id: the server's default); returns it. */
+    public TrainingExample removeExample(String modelId, String exampleId) {
+        if (exampleId == null || exampleId.isBlank()) {
+            throw new IllegalArgumentException("no example id given");
+        }
+        compatibleServer();
+        RemoveExampleResponse response = fastTrackUnary(s -> s.removeExample(RemoveExampleRequest.newBuilder()
+                .setModelId(modelId == null ? "" : modelId).setExampleId(exampleId).build()));
+        return TrainingExample.fromProto(response.getRemoved());
+    }
+
+    /** Makes {@code id@version} the version the model's plain id selects; returns the model. */
+    public ModelDescription setDefaultVersion(String versionedModelId) {
+        compatibleServer();
+        ModelInfo info = fastTrackUnary(s -> s.setDefaultVersion(
+                SetDefaultVersionRequest.newBuilder().setModelId(nonNull(versionedModelId)).build()));
+        return ModelDescription.fromProto(info, "");
+    }
+
+    /** Stops serving {@code id@version} (not the default version); returns the model. */
+    public ModelDescription retireVersion(String versionedModelId) {
+        compatibleServer();
+        ModelInfo info = fastTrackUnary(s -> s.retireVersion(
+                RetireVersionRequest.newBuilder().setModelId(nonNull(versionedModelId)).build()));
+        return ModelDescription.fromProto(info, "");
+    }
+
+    /**
+     * Fine-tunes a model on its stored examples (FineTune; the server needs {@code --dataset-dir}):
+     * progress events while it trains, then the new version, registered and served at once.
+     * Cancelling stops the training and registers nothing. The client's time limit applies.
+     *
+     * @param options  the start model and the training settings
+     * @param listener progress events; null for none
+     * @param cancel   lets another thread cancel the call; null if not needed
+     */
+    public FineTuneResult fineTune(FineTuneOptions options, FineTuneListener listener, CancellationHandle cancel) {
+        Objects.requireNonNull(options, "options");
+        FineTuneListener progress = listener == null ? FineTuneListener.NONE : listener;
+        return cancellable(cancel, true, () -> {
+            Deadline end = Deadline.after(deadline.toNanos(), TimeUnit.NANOSECONDS);
+            compatibleServer();
+            Iterator<FineTuneEvent> events = blocking.withDeadline(end).fineTune(options.toProto());
+            org.roiseg.proto.v1.FineTuneResult result = null;
+            while (events.hasNext()) {
+                FineTuneEvent event = events.next();
+                if (event.hasProgress()) {
+                    progress.onProgress(FineTuneProgress.fromProto(event.getProgress()));
+                } else if (event.hasResult()) {
+                    result = event.getResult();
+                }
+            }
+            if (result == null) {
+                throw new RoisegException(Status.Code.DATA_LOSS, "The roiseg server at " + target
+                        + " ended the fine-tuning without a result. Check the server's log.");
+            }
+            return new FineTuneResult(ModelDescription.fromProto(result.getModel(), ""), result.getExampleIdsList(),
+                    result.getEpochs(), result.getSteps(), result.getSeconds(), result.getStopReason());
         });
     }
 
@@ -221,6 +330,68 @@ public final class RoisegClient implements AutoCloseable {
     }
 
     // ------------------------------------------------------------------ internals
+
+    private static void checkSlidePath(String serverPath) {
+        if (serverPath == null || serverPath.isBlank()) {
+            throw new IllegalArgumentException("no slide path given");
+        }
+    }
+
+    private static String nonNull(String text) {
+        if (text == null || text.isBlank()) {
+            throw new IllegalArgumentException("no model id given");
+        }
+        return text.strip();
+    }
+
+    /** A slide file the server reads, with the pixel size to use (0 or NaN: the file's). */
+    private static ImageSource slideSource(String serverPath, double pixelSizeMicronsOrZero) {
+        double pixelSize = pixelSizeMicronsOrZero > 0 && Double.isFinite(pixelSizeMicronsOrZero)
+                ? pixelSizeMicronsOrZero : 0;
+        return ImageSource.newBuilder()
+                .setSlide(SlideFile.newBuilder().setPath(serverPath).setPixelSizeUm(pixelSize)).build();
+    }
+
+    /**
+     * Pixels the client read, as PNG: in the request when it fits in half a message, else uploaded
+     * first in chunks.
+     */
+    private ImageSource pixelsSource(RegionImage image, Deadline end, ProgressListener progress)
+            throws InterruptedException {
+        ServerInfo info = compatibleServer();
+        byte[] png = Png.encode(image.image());
+        double pixelSize = image.pixelSizeMicrons();
+        RegionPixels.Builder pixels = RegionPixels.newBuilder()
+                .setDownsample(image.downsample())
+                .setOriginX(image.originX())
+                .setOriginY(image.originY())
+                .setPixelSizeUm(pixelSize > 0 && Double.isFinite(pixelSize) ? pixelSize : 0)
+                .setImageWidth(image.fullImageWidth())
+                .setImageHeight(image.fullImageHeight());
+        if (png.length > inlineLimit(info)) {
+            pixels.setUploadId(upload(png, end, progress));
+        } else {
+            pixels.setEncoded(UnsafeByteOperations.unsafeWrap(png));
+        }
+        return ImageSource.newBuilder().setPixels(pixels).build();
+    }
+
+    private SubmittedCorrections submit(ImageSource source, Roi roi, Corrections corrections, Deadline end) {
+        SubmitCorrectionsResponse response = blocking.withDeadline(end).submitCorrections(
+                SubmitCorrectionsRequest.newBuilder()
+                        .setModelId(corrections.modelId())
+                        .setImage(source)
+                        .setRoi(roi)
+                        .setGeojson(corrections.geojson())
+                        .setImageId(corrections.imageId())
+                        .setRoiKey(corrections.roiKey())
+                        .setPredictedBy(corrections.predictedBy())
+                        .setAllowUpsample(corrections.allowUpsample())
+                        .setClientContractMajor(Conventions.CONTRACT_MAJOR)
+                        .setClientContractMinor(Conventions.CONTRACT_MINOR)
+                        .build());
+        return new SubmittedCorrections(TrainingExample.fromProto(response.getExample()), response.getReplaced());
+    }
 
     private ServerInfo compatibleServer() {
         ServerInfo info = compatibleServer;
@@ -260,11 +431,19 @@ public final class RoisegClient implements AutoCloseable {
     }
 
     private <T> T unary(Function<SegmentationGrpc.SegmentationBlockingStub, T> call) {
+        return unary(call, false);
+    }
+
+    private <T> T fastTrackUnary(Function<SegmentationGrpc.SegmentationBlockingStub, T> call) {
+        return unary(call, true);
+    }
+
+    private <T> T unary(Function<SegmentationGrpc.SegmentationBlockingStub, T> call, boolean fastTrack) {
         Duration limit = deadline.compareTo(INFO_DEADLINE) < 0 ? deadline : INFO_DEADLINE;
         try {
             return call.apply(blocking.withDeadlineAfter(limit.toNanos(), TimeUnit.NANOSECONDS));
         } catch (StatusRuntimeException e) {
-            throw Errors.fromStatus(e, target, limit);
+            throw fastTrack ? Errors.fromFastTrackStatus(e, target, limit) : Errors.fromStatus(e, target, limit);
         }
     }
 
@@ -275,6 +454,11 @@ public final class RoisegClient implements AutoCloseable {
 
     /** Runs {@code work} in a context that {@code handle} cancels, mapping failures to RoisegExceptions. */
     private <T> T cancellable(CancellationHandle handle, Work<T> work) {
+        return cancellable(handle, false, work);
+    }
+
+    /** As above; {@code fastTrack}: map failures as the fast-track calls' (docs/fast-track.md). */
+    private <T> T cancellable(CancellationHandle handle, boolean fastTrack, Work<T> work) {
         if (handle != null && handle.isCancelled()) {
             throw new RoisegCancelledException();
         }
@@ -289,7 +473,8 @@ public final class RoisegClient implements AutoCloseable {
             if ((handle != null && handle.isCancelled()) || e.getStatus().getCode() == Status.Code.CANCELLED) {
                 throw new RoisegCancelledException(e);
             }
-            throw Errors.fromStatus(e, target, deadline);
+            throw fastTrack ? Errors.fromFastTrackStatus(e, target, deadline)
+                    : Errors.fromStatus(e, target, deadline);
         } catch (RoisegException e) {
             if (handle != null && handle.isCancelled() && !(e instanceof RoisegCancelledException)) {
                 throw new RoisegCancelledException(e);

@@ -14,9 +14,10 @@ import org.locationtech.jts.geom.Geometry;
  * @param rgb          the class colour as 0xRRGGBB
  * @param measurements measurements by name, e.g. {@link Conventions#AREA_MEASUREMENT}
  * @param metadata     metadata, e.g. {@link Conventions#ROISEG_SOURCE_KEY}
+ * @param id           the object's id (a UUID, the Feature's {@code id}), or null when the feature has none
  */
 public record SegmentedFeature(Geometry geometry, String className, int rgb, Map<String, Double> measurements,
-                               Map<String, String> metadata) {
+                               Map<String, String> metadata, String id) {
 
     /** Keeps unmodifiable copies of the maps, in their order. */
     public SegmentedFeature {

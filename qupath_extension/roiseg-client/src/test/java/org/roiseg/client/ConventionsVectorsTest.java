@@ -39,6 +39,7 @@ class ConventionsVectorsTest {
         assertEquals(keys.get("source_value").getAsString(), Conventions.ROISEG_SOURCE_VALUE);
         assertEquals(keys.get("model_id").getAsString(), Conventions.MODEL_ID_KEY);
         assertEquals(keys.get("model_version").getAsString(), Conventions.MODEL_VERSION_KEY);
+        assertEquals(keys.get("run_id").getAsString(), Conventions.RUN_ID_KEY);
         JsonObject measurements = vectors.getAsJsonObject("measurements");
         assertEquals(measurements.get("area").getAsString(), Conventions.AREA_MEASUREMENT);
         assertEquals(measurements.get("probability").getAsString(), Conventions.PROBABILITY_MEASUREMENT);
@@ -90,8 +91,10 @@ class ConventionsVectorsTest {
             input.getAsJsonObject("measurements").entrySet()
                     .forEach(e -> measurements.put(e.getKey(), e.getValue().getAsDouble()));
             assertEquals(measurements, feature.measurements());
-            Map<String, String> metadata = Conventions.objectMetadata(input.get("model_id").getAsString(),
-                    input.get("model_version").getAsString());
+            Map<String, String> metadata = new LinkedHashMap<>(Conventions.objectMetadata(
+                    input.get("model_id").getAsString(), input.get("model_version").getAsString()));
+            metadata.put(Conventions.RUN_ID_KEY, input.get("run_id").getAsString());
+            assertEquals(input.get("id").getAsString(), feature.id());
             assertEquals(metadata, feature.metadata());
             assertTrue(feature.isRoisegObject());
             Geometry geometry = GeoJsonFeatures.readGeometry(input.getAsJsonObject("geometry"));
@@ -100,7 +103,8 @@ class ConventionsVectorsTest {
 
             // The same feature written by this client is the vector's feature, key for key.
             JsonObject written = GeoJsonFeatures.toJson(new SegmentedFeature(geometry, input.get("class_name")
-                    .getAsString(), rgb(input.getAsJsonArray("color")), measurements, metadata));
+                    .getAsString(), rgb(input.getAsJsonArray("color")), measurements, metadata,
+                    input.get("id").getAsString()));
             assertEquals(expected, written);
         }
     }

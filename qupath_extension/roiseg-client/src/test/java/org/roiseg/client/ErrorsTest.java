@@ -118,4 +118,25 @@ class ErrorsTest {
             assertEquals(cause, e.getCause());
         }
     }
+
+    static RoisegException mapFastTrack(Status status) {
+        return Errors.fromFastTrackStatus(new StatusRuntimeException(status), TARGET, Duration.ofSeconds(90));
+    }
+
+    @Test
+    void fastTrackRefusalsAreTheServersOwnExplanation() {
+        RoisegException off = mapFastTrack(Status.FAILED_PRECONDITION.withDescription(
+                "this server keeps no examples: start it with roiseg serve --dataset-dir DIR"));
+        assertEquals(Status.Code.FAILED_PRECONDITION, off.getStatusCode());
+        assertEquals("This server keeps no examples: start it with roiseg serve --dataset-dir DIR.",
+                off.getUserMessage());
+        RoisegException busy = mapFastTrack(Status.RESOURCE_EXHAUSTED.withDescription(
+                "a fine-tuning is already running"));
+        assertTrue(busy.getUserMessage().endsWith("A fine-tuning is already running."), busy.getUserMessage());
+        assertTrue(mapFastTrack(Status.UNIMPLEMENTED).getUserMessage().contains("contract 1.1"));
+        // the rest as every call's
+        assertEquals(map(Status.NOT_FOUND.withDescription("no example 'x'")).getUserMessage(),
+                mapFastTrack(Status.NOT_FOUND.withDescription("no example 'x'")).getUserMessage());
+        assertInstanceOf(RoisegCancelledException.class, mapFastTrack(Status.CANCELLED));
+    }
 }

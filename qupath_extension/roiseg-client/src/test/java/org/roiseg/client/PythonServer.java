@@ -50,6 +50,14 @@ final class PythonServer implements AutoCloseable {
 
     /** Starts the server with the shared slides and {@code examples/data} as slide roots. */
     static PythonServer start() throws IOException, InterruptedException {
+        return start(null);
+    }
+
+    /**
+     * Starts the server as {@link #start()} does, and with {@code --dataset-dir datasetDir} (the
+     * fast-track calls, docs/fast-track.md) when it is not null.
+     */
+    static PythonServer start(Path datasetDir) throws IOException, InterruptedException {
         Path repo = repo();
         String python = System.getProperty("roiseg.python", repo.resolve(".venv/bin/python").toString());
         if (!Files.isExecutable(Path.of(python))) {
@@ -58,13 +66,18 @@ final class PythonServer implements AutoCloseable {
         }
         Path ready = Files.createTempFile("roiseg-ready", ".txt");
         Files.delete(ready);
-        Path log = Path.of("target", "roiseg-server-it.log").toAbsolutePath();
+        Path log = Path.of("target", datasetDir == null ? "roiseg-server-it.log" : "roiseg-server-fast-track-it.log")
+                .toAbsolutePath();
         Files.createDirectories(log.getParent());
         List<String> command = new ArrayList<>(List.of(python, "-m", "roiseg.cli", "serve", "--port", "0",
                 "--device", "cpu", "--ready-file", ready.toString()));
         for (Path root : List.of(sharedData().resolve("slides"), repo.resolve("examples/data"))) {
             command.add("--slide-root");
             command.add(root.toString());
+        }
+        if (datasetDir != null) {
+            command.add("--dataset-dir");
+            command.add(datasetDir.toAbsolutePath().toString());
         }
         ProcessBuilder builder = new ProcessBuilder(command).directory(repo.toFile())
                 .redirectErrorStream(true).redirectOutput(log.toFile());

@@ -148,7 +148,7 @@ class RoisegClientTest {
         SegmentRequest request = service.segmentRequests.get(0);
         assertEquals(List.of("m1", "m2"), request.getModelIdsList());
         assertEquals(1, request.getClientContractMajor());
-        assertEquals(0, request.getClientContractMinor());
+        assertEquals(Conventions.CONTRACT_MINOR, request.getClientContractMinor());
         RegionPixels pixels = request.getImage().getPixels();
         assertEquals(RegionPixels.DataCase.ENCODED, pixels.getDataCase());
         assertSamePixels(image, decode(pixels.getEncoded().toByteArray()));

@@ -17,6 +17,7 @@ import javafx.beans.property.ReadOnlyBooleanProperty;
 import javafx.beans.property.ReadOnlyBooleanWrapper;
 import javafx.concurrent.Task;
 import org.roiseg.client.CancellationHandle;
+import org.roiseg.client.FineTuneResult;
 import org.roiseg.client.ModelDescription;
 import org.roiseg.client.RoisegCancelledException;
 import org.roiseg.client.RoisegClient;
@@ -24,6 +25,7 @@ import org.roiseg.client.RoisegException;
 import org.roiseg.client.ServerInfo;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
+import qupath.ext.roiseg.FastTrackRunner;
 import qupath.ext.roiseg.ModelChoice;
 import qupath.ext.roiseg.PixelSizes;
 import qupath.ext.roiseg.ResultMapper;
@@ -99,7 +101,8 @@ public class RoisegCommand {
     /** Extensions &gt; roiseg &gt; Choose model. */
     public void chooseModel() {
         String title = resources.getString("title.models");
-        fetchModels(title, models -> controller.chooseModel(models, RoisegPrefs.modelIdProperty().get())
+        fetchModels(title, models -> controller.chooseModel(ModelChoice.withVersions(models),
+                RoisegPrefs.modelIdProperty().get())
                 .ifPresent(model -> {
                     RoisegPrefs.modelIdProperty().set(model.id());
                     ClassList.add(model.classes().stream()
@@ -136,24 +139,13 @@ public class RoisegCommand {
                 return;
             }
         }
-        double userPixelSize = 0;
-        OptionalDouble pixelSize = RoisegRunner.pixelSizeMicrons(imageData.getServer(), 0);
-        if (pixelSize.isEmpty()) {
-            Double typed = Dialogs.showInputDialog(resources.getString("pixelSize.title"),
-                    resources.getString("pixelSize.prompt"), PixelSizes.SUGGESTED_MICRONS);
-            if (typed == null) {
-                return;
-            }
-            var problem = PixelSizes.validate(typed);
-            if (problem.isPresent()) {
-                Dialogs.showErrorNotification(title, problem.get());
-                return;
-            }
-            userPixelSize = typed;
+        OptionalDouble askedPixelSize = userPixelSize(imageData, title);
+        if (askedPixelSize.isEmpty()) {
+            return;
         }
-        ServerSettings settings = RoisegPrefs.serverSettings();
-        if (!settings.problems().isEmpty()) {
-            Dialogs.showErrorNotification(title, String.join(" ", settings.problems()));
+        double userPixelSize = askedPixelSize.getAsDouble();
+        ServerSettings settings = usableServerSettings(title);
+        if (settings == null) {
             return;
         }
         RoisegRunner runner = new RoisegRunner(imageData, settings, RoisegPrefs.segmentOptions(modelIds))
@@ -211,6 +203,92 @@ public class RoisegCommand {
         protected void cancelled() {
             handle.cancel();
         }
+    }
+
+    // ------------------------------------------------------------------ fast track
+
+    /**
+     * Extensions &gt; roiseg &gt; Submit corrections: the selected ROI annotations with their classified
+     * child annotations, as corrected, become training examples on the server.
+     */
+    public void submitCorrections() {
+        String title = resources.getString("title.corrections");
+        ImageData<BufferedImage> imageData = qupath.getImageData();
+        List<PathObject> rois = selectedAnnotations(title);
+        if (imageData == null || rois == null) {
+            return;
+        }
+        OptionalDouble userPixelSize = userPixelSize(imageData, title);
+        if (userPixelSize.isEmpty()) {
+            return;
+        }
+        ServerSettings settings = usableServerSettings(title);
+        if (settings == null) {
+            return;
+        }
+        List<String> chosen = RoisegPrefs.chosenModelIds();
+        FastTrackRunner runner = new FastTrackRunner(imageData, settings, "", chosen.isEmpty() ? "" : chosen.get(0),
+                RoisegPrefs.allowUpsampleProperty().get()).pixelSizeMicrons(userPixelSize.getAsDouble());
+        CancellationHandle handle = new CancellationHandle();
+        Task<FastTrackRunner.Summary> task = new Task<>() {
+            @Override
+            protected FastTrackRunner.Summary call() {
+                updateMessage(resources.getString("progress.starting"));
+                runner.listener((message, fraction) -> {
+                    updateMessage(message);
+                    updateProgress(fraction >= 0 ? fraction : -1, 1);
+                });
+                return runner.submit(rois, handle);
+            }
+
+            @Override
+            protected void cancelled() {
+                handle.cancel();
+            }
+        };
+        start(task, title, resources.getString("info.correctionsCancelled"), summary -> {
+            Dialogs.showInfoNotification(title, summary.describe());
+            if (!summary.warnings().isEmpty()) {
+                Dialogs.showWarningNotification(title, String.join("\n", summary.warnings()));
+            }
+        });
+    }
+
+    /**
+     * Extensions &gt; roiseg &gt; Fine-tune model: asks for the model and the length of the training,
+     * then fine-tunes it on the server with progress; the new version is then offered in Choose model.
+     */
+    public void fineTuneModel() {
+        String title = resources.getString("title.fineTune");
+        ServerSettings settings = usableServerSettings(title);
+        if (settings == null) {
+            return;
+        }
+        fetchModels(title, models -> controller.askFineTune(ModelChoice.withVersions(models),
+                RoisegPrefs.modelIdProperty().get()).ifPresent(options -> {
+                    CancellationHandle handle = new CancellationHandle();
+                    Task<FineTuneResult> task = new Task<>() {
+                        @Override
+                        protected FineTuneResult call() {
+                            updateMessage(resources.getString("progress.fineTune"));
+                            updateProgress(-1, 1);
+                            return FastTrackRunner.fineTune(settings, options, progress -> {
+                                updateMessage(progress.describe());
+                                double f = progress.fraction();
+                                updateProgress(f >= 0 ? f : -1, 1);
+                            }, handle);
+                        }
+
+                        @Override
+                        protected void cancelled() {
+                            handle.cancel();
+                        }
+                    };
+                    start(task, title, resources.getString("info.fineTuneCancelled"), result ->
+                            Dialogs.showInfoNotification(title, String.format(Locale.ROOT,
+                                    resources.getString("info.fineTuned"), result.model().id(), result.steps(),
+                                    result.exampleIds().size(), Math.round(result.seconds()))));
+                }));
     }
 
     // ------------------------------------------------------------------ server calls
@@ -280,6 +358,38 @@ public class RoisegCommand {
     }
 
     // ------------------------------------------------------------------ helpers
+
+    /**
+     * The pixel size to use instead of the image's: 0 when the image has one, else what the user
+     * types; empty (after telling the user) when they cancel or type something unusable.
+     */
+    private static OptionalDouble userPixelSize(ImageData<BufferedImage> imageData, String title) {
+        OptionalDouble pixelSize = RoisegRunner.pixelSizeMicrons(imageData.getServer(), 0);
+        if (pixelSize.isPresent()) {
+            return OptionalDouble.of(0);
+        }
+        Double typed = Dialogs.showInputDialog(resources.getString("pixelSize.title"),
+                resources.getString("pixelSize.prompt"), PixelSizes.SUGGESTED_MICRONS);
+        if (typed == null) {
+            return OptionalDouble.empty();
+        }
+        var problem = PixelSizes.validate(typed);
+        if (problem.isPresent()) {
+            Dialogs.showErrorNotification(title, problem.get());
+            return OptionalDouble.empty();
+        }
+        return OptionalDouble.of(typed);
+    }
+
+    /** The server settings, or null (after telling the user) when they cannot be used. */
+    private static ServerSettings usableServerSettings(String title) {
+        ServerSettings settings = RoisegPrefs.serverSettings();
+        if (!settings.problems().isEmpty()) {
+            Dialogs.showErrorNotification(title, String.join(" ", settings.problems()));
+            return null;
+        }
+        return settings;
+    }
 
     /** The selected area annotations, or null (after telling the user) when there are none. */
     private List<PathObject> selectedAnnotations(String title) {

@@ -355,6 +355,58 @@ class RoisegController {
         return new HBox(6, swatch, new Label(name));
     }
 
+    /**
+     * Asks which model to fine-tune on its stored examples, for how long, and whether the new
+     * version becomes the default.
+     *
+     * @param models    the server's models and their versions
+     * @param currentId the model chosen before; empty: the server's default
+     * @return the fine-tuning's settings, or empty when cancelled
+     */
+    Optional<org.roiseg.client.FineTuneOptions> askFineTune(List<ModelDescription> models, String currentId) {
+        javafx.scene.control.ComboBox<ModelDescription> model = new javafx.scene.control.ComboBox<>();
+        model.getItems().setAll(models);
+        javafx.util.StringConverter<ModelDescription> labels = new javafx.util.StringConverter<>() {
+            @Override
+            public String toString(ModelDescription m) {
+                return m == null ? "" : ModelChoice.label(m);
+            }
+
+            @Override
+            public ModelDescription fromString(String text) {
+                return null;
+            }
+        };
+        model.setConverter(labels);
+        models.stream().filter(m -> m.id().equals(currentId)).findFirst()
+                .or(() -> models.stream().filter(ModelDescription::isDefault).findFirst())
+                .or(() -> models.stream().findFirst())
+                .ifPresent(m -> model.getSelectionModel().select(m));
+        javafx.scene.control.Spinner<Integer> epochs = new javafx.scene.control.Spinner<>(1, 100, 3);
+        javafx.scene.control.Spinner<Integer> steps = new javafx.scene.control.Spinner<>(1, 10000, 10);
+        epochs.setEditable(true);
+        steps.setEditable(true);
+        CheckBox makeDefault = new CheckBox(resources.getString("fineTune.makeDefault"));
+        GridPane grid = grid();
+        grid.addRow(0, new Label(resources.getString("fineTune.model")), model);
+        grid.addRow(1, new Label(resources.getString("fineTune.epochs")), epochs);
+        grid.addRow(2, new Label(resources.getString("fineTune.steps")), steps);
+        grid.add(makeDefault, 0, 3, 2, 1);
+        Label hint = new Label(resources.getString("fineTune.hint"));
+        hint.setWrapText(true);
+        hint.setMaxWidth(460);
+        grid.add(hint, 0, 4, 2, 1);
+        Dialog<ButtonType> dialog = dialog(resources.getString("title.fineTune"), grid);
+        dialog.getDialogPane().lookupButton(ButtonType.OK).disableProperty()
+                .bind(model.getSelectionModel().selectedItemProperty().isNull());
+        Optional<ButtonType> button = dialog.showAndWait();
+        if (button.isEmpty() || button.get() != ButtonType.OK || model.getValue() == null) {
+            return Optional.empty();
+        }
+        return Optional.of(org.roiseg.client.FineTuneOptions.of(model.getValue().id())
+                .withSteps(epochs.getValue(), steps.getValue()).withVersion("", makeDefault.isSelected()));
+    }
+
     private Dialog<ButtonType> dialog(String title, Node content) {
         Dialog<ButtonType> dialog = new Dialog<>();
         dialog.setTitle(title);
