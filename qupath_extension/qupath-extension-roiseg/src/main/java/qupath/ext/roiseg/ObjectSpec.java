@@ -57,7 +57,8 @@ public record ObjectSpec(Geometry geometry, String className, int rgb, String na
     /**
      * The object for one feature: the feature's metadata over roiseg's (source, model id, model
      * version), with the source always marking it as a roiseg pre-annotation so that a later run
-     * replaces it; non-finite measurements are dropped.
+     * replaces it; non-finite measurements are dropped. Named `name` when given, else as the
+     * server named it (e.g. flagged for review).
      */
     public static ObjectSpec of(SegmentedFeature feature, String modelId, String modelVersion, String name) {
         Map<String, String> metadata = new LinkedHashMap<>(Conventions.objectMetadata(
@@ -75,8 +76,8 @@ public record ObjectSpec(Geometry geometry, String className, int rgb, String na
             }
         });
         String className = feature.className() == null || feature.className().isBlank() ? null : feature.className();
-        return new ObjectSpec(feature.geometry(), className, feature.rgb() & 0xFFFFFF, name, measurements, metadata,
-                feature.id());
+        return new ObjectSpec(feature.geometry(), className, feature.rgb() & 0xFFFFFF,
+                name != null ? name : feature.name(), measurements, metadata, feature.id());
     }
 
     /** A 0xRRGGBB colour as QuPath's packed ARGB (opaque). */

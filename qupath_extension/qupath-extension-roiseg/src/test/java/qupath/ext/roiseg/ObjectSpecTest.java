@@ -80,4 +80,13 @@ class ObjectSpecTest {
         assertEquals(0xFFC80000, ObjectSpec.argb(0xC80000));
         assertEquals(0xFF000000, ObjectSpec.argb(0xFF000000));
     }
+
+    @Test
+    void objectsFlaggedForReviewKeepTheServersNameUnlessNamedByModel() {
+        SegmentedFeature flagged = new SegmentedFeature(square(0, 0, 10), "Gland epithelium", 1, Map.of(),
+                Map.of("roiseg.review", "low confidence"), null, "Gland epithelium (review)");
+        assertEquals("Gland epithelium (review)", ObjectSpec.of(flagged, "m", "1", null).name());
+        assertEquals("m", ObjectSpec.of(flagged, "m", "1", "m").name());
+        assertEquals("low confidence", ObjectSpec.of(flagged, "m", "1", null).metadata().get("roiseg.review"));
+    }
 }

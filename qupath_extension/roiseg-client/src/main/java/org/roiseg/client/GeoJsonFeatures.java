@@ -100,8 +100,9 @@ public final class GeoJsonFeatures {
             }
         }
         JsonElement id = feature.get("id");
+        String name = properties == null ? null : string(properties, "name");
         return new SegmentedFeature(geometry, className, rgb, measurements, metadata,
-                id == null || id.isJsonNull() ? null : id.getAsString());
+                id == null || id.isJsonNull() ? null : id.getAsString(), name);
     }
 
     /**
@@ -156,6 +157,9 @@ public final class GeoJsonFeatures {
     public static JsonObject toJson(SegmentedFeature feature) {
         JsonObject properties = new JsonObject();
         properties.addProperty("objectType", "annotation");
+        if (feature.name() != null) {
+            properties.addProperty("name", feature.name());
+        }
         if (feature.className() != null) {
             JsonObject classification = new JsonObject();
             classification.addProperty("name", feature.className());

@@ -15,9 +15,17 @@ import org.locationtech.jts.geom.Geometry;
  * @param measurements measurements by name, e.g. {@link Conventions#AREA_MEASUREMENT}
  * @param metadata     metadata, e.g. {@link Conventions#ROISEG_SOURCE_KEY}
  * @param id           the object's id (a UUID, the Feature's {@code id}), or null when the feature has none
+ * @param name         the object's name (e.g. "Gland epithelium (review)" for an object flagged for review),
+ *                     or null for none
  */
 public record SegmentedFeature(Geometry geometry, String className, int rgb, Map<String, Double> measurements,
-                               Map<String, String> metadata, String id) {
+                               Map<String, String> metadata, String id, String name) {
+
+    /** A feature without a name. */
+    public SegmentedFeature(Geometry geometry, String className, int rgb, Map<String, Double> measurements,
+                            Map<String, String> metadata, String id) {
+        this(geometry, className, rgb, measurements, metadata, id, null);
+    }
 
     /** Keeps unmodifiable copies of the maps, in their order. */
     public SegmentedFeature {

@@ -88,4 +88,15 @@ class GeoJsonFeaturesTest {
         assertThrows(IllegalArgumentException.class, () -> GeoJsonFeatures.read(
                 "{\"type\":\"Feature\",\"geometry\":{\"type\":\"Polygon\",\"coordinates\":[[[0,0],[1,1]]]}}"));
     }
+
+    @Test
+    void anObjectsNameIsReadAndWrittenBack() {
+        var json = JsonParser.parseString("{\"type\": \"Feature\", \"id\": \"6f1c2b1e-2f5a-4c1e-9d8e-0a1b2c3d4e5f\","
+                + " \"geometry\": {\"type\": \"Polygon\", \"coordinates\": [[[0, 0], [4, 0], [4, 4], [0, 0]]]},"
+                + " \"properties\": {\"name\": \"Gland epithelium (review)\"}}").getAsJsonObject();
+        SegmentedFeature feature = GeoJsonFeatures.readFeature(json);
+        assertEquals("Gland epithelium (review)", feature.name());
+        assertEquals("Gland epithelium (review)",
+                GeoJsonFeatures.toJson(feature).getAsJsonObject("properties").get("name").getAsString());
+    }
 }
