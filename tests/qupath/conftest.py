@@ -10,14 +10,13 @@ leaves this folder out (tests/conftest.py)."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
-import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from real_qupath import REPO, SLIDES, QuPath, install_profile, versions
+from real_qupath import QuPath, install_profile, roiseg_server, versions
 
 
 def pytest_generate_tests(metafunc):
@@ -42,31 +41,11 @@ def qupath(request, extension_jar, tmp_path) -> QuPath:
 
 
 @pytest.fixture(scope="session")
-def server_port(tmp_path_factory) -> int:
-    """A real roiseg server (embedded default model, CPU) on 127.0.0.1 that may read the
-    shared slides and stores corrections (--dataset-dir, for the fast-track commands)."""
-    ready = tmp_path_factory.mktemp("server") / "ready"
-    log = open(ready.parent / "server.log", "w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "roiseg.cli", "serve", "--port", "0", "--device", "cpu",
-         "--slide-root", str(SLIDES), "--dataset-dir", str(ready.parent / "dataset"),
-         "--ready-file", str(ready)],
-        cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while not ready.exists() or not ready.read_text().strip():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError("the roiseg server did not start: "
-                               + (ready.parent / "server.log").read_text())
-        time.sleep(0.2)
-    port = int(ready.read_text().strip().rsplit(":", 1)[1])
-    yield port
-    process.send_signal(signal.SIGINT)
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-    log.close()
+def server_port(tmp_path_factory) -> Iterator[int]:
+    """A real roiseg server that may read the shared slides and stores corrections
+    (--dataset-dir, for the fast-track commands)."""
+    with roiseg_server(tmp_path_factory.mktemp("server")) as port:
+        yield port
 
 
 @pytest.fixture(scope="session")

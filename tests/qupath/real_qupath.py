@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,3 +76,31 @@ def install_profile(version: str, jar: Path, directory: Path) -> QuPath:
                            timeout=120)
     assert result.returncode == 0, result.stdout
     return installed
+
+
+@contextmanager
+def roiseg_server(directory: Path) -> Iterator[int]:
+    """A real roiseg server (embedded default model, CPU) on 127.0.0.1 that may read the shared
+    slides and keeps fast-track examples in DIRECTORY/dataset; yields its port."""
+    ready = directory / "ready"
+    with open(directory / "server.log", "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "roiseg.cli", "serve", "--port", "0", "--device", "cpu",
+             "--slide-root", str(SLIDES), "--dataset-dir", str(directory / "dataset"),
+             "--ready-file", str(ready)],
+            cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while not ready.exists() or not ready.read_text().strip():
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError("the roiseg server did not start: "
+                                   + (directory / "server.log").read_text())
+            time.sleep(0.2)
+        try:
+            yield int(ready.read_text().strip().rsplit(":", 1)[1])
+        finally:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()

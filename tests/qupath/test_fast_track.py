@@ -8,41 +8,19 @@ from __future__ import annotations
 
 import json
 import re
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
-from real_qupath import REPO, SLIDES
+from real_qupath import roiseg_server
 from test_headless import DESCRIBE, USER_OBJECTS, run_script, tissue_tiff  # noqa: F401 (a fixture)
 
 
 @pytest.fixture(scope="module")
 def fast_track_server(tmp_path_factory):
-    """A real roiseg server (embedded default model, CPU) on 127.0.0.1 that stores examples;
-    yields its port and dataset directory."""
+    """A server of this module's own (its example store starts empty); yields its port and
+    dataset directory."""
     directory = tmp_path_factory.mktemp("fast-track-server")
-    ready, dataset = directory / "ready", directory / "dataset"
-    log = open(directory / "server.log", "w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "roiseg.cli", "serve", "--port", "0", "--device", "cpu",
-         "--slide-root", str(SLIDES), "--dataset-dir", str(dataset), "--ready-file", str(ready)],
-        cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while not ready.exists() or not ready.read_text().strip():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError("the roiseg server did not start: "
-                               + (directory / "server.log").read_text())
-        time.sleep(0.2)
-    yield int(ready.read_text().strip().rsplit(":", 1)[1]), dataset
-    process.send_signal(signal.SIGINT)
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-    log.close()
+    with roiseg_server(directory) as port:
+        yield port, directory / "dataset"
 
 
 CORRECT_AND_SUBMIT = """
