@@ -1,7 +1,8 @@
 """Benchmark (not a test): end-to-end Segment time against pure model time, and the
 server's peak memory for a 16,000 x 16,000 px ROI.
 
-    python benchmarks/bench_segment.py [--device auto] [--size 2048] [--large 16000]
+    python benchmarks/bench_segment.py [--device auto] [--runtime auto] [--size 2048]
+        [--large 16000] [--runtimes 1024]
 
 1. A 2048 x 2048 px region at model resolution (real H&E from the demo slide, mirrored to
    size) is segmented through a real gRPC server on loopback. The same tiles are then run
@@ -9,6 +10,9 @@ server's peak memory for a 16,000 x 16,000 px ROI.
 2. A 16,000 x 16,000 px tiled JPEG TIFF at the model's 1 µm/px, made of the same tissue, is
    segmented by a `roiseg serve` process reading the file itself; its peak resident memory
    (VmHWM) is printed. `--large 0` skips this part.
+3. On the CPU, the model's forward passes over the tiles of a `--runtimes` x `--runtimes` px
+   region with torch and with ONNX Runtime, at 1 thread and at 2, interleaved; the speed-ups
+   are printed. `--runtimes 0` skips this part.
 """
 
 from __future__ import annotations
@@ -46,8 +50,8 @@ def tissue(size: int, mpp: float) -> np.ndarray:
     return np.ascontiguousarray(block[:size, :size])
 
 
-def end_to_end(device: str, size: int) -> None:
-    registry = ModelRegistry([DEFAULT_MODELS_DIR], select_device(device))
+def end_to_end(device: str, runtime: str, size: int) -> None:
+    registry = ModelRegistry([DEFAULT_MODELS_DIR], select_device(device), runtime=runtime)
     card = registry.card(registry.default_id)
     service = SegmentationService(registry, limits=Limits(max_roi_pixels=400_000_000))
     server, port = create_server(service, "127.0.0.1:0")
@@ -70,7 +74,8 @@ def end_to_end(device: str, size: int) -> None:
     model_result = result.results[card.id]
     timings = model_result.execution.timings
     pure = pure_forward(registry, image)
-    print(f"device: {registry.device_name}")
+    runs_on = "ONNX Runtime" if registry.get(card.id).onnx is not None else "torch"
+    print(f"device: {registry.device_name}, {runs_on}")
     print(f"region: {size} x {size} px at {card.mpp} µm/px, {model_result.execution.tiles} tiles "
           f"of {card.tile_size} px (overlap {card.overlap}), "
           f"{model_result.feature_count} polygons")
@@ -96,6 +101,23 @@ def pure_forward(registry: ModelRegistry, image: np.ndarray) -> float:
         model.probabilities(tiles[start:start + card.batch_size])
     _sync(model.device)
     return time.perf_counter() - t0
+
+
+def runtimes(size: int, rounds: int = 3) -> None:
+    """Forward time on the same tiles: torch and ONNX Runtime, 1 and 2 threads, interleaved;
+    the best of `rounds` each."""
+    image = tissue(size, 1.0)
+    for threads in (1, 2):
+        models = {runtime: ModelRegistry([DEFAULT_MODELS_DIR], select_device("cpu"),
+                                         runtime=runtime, threads=threads)
+                  for runtime in ("torch", "onnx")}
+        times: dict[str, list[float]] = {runtime: [] for runtime in models}
+        for _ in range(rounds):  # interleaved, so that a busy machine slows both alike
+            for runtime, registry in models.items():
+                times[runtime].append(pure_forward(registry, image))
+        best = {runtime: min(seconds) for runtime, seconds in times.items()}
+        print(f"{size} x {size} px, {threads} thread(s): torch {best['torch']:.2f} s, "
+              f"ONNX Runtime {best['onnx']:.2f} s: {best['torch'] / best['onnx']:.2f}x faster")
 
 
 def large_roi_memory(device: str, size: int) -> None:
@@ -147,9 +169,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--size", type=int, default=2048)
+    parser.add_argument("--runtime", default="auto", choices=("auto", "torch", "onnx"))
     parser.add_argument("--large", type=int, default=16000)
+    parser.add_argument("--runtimes", type=int, default=1024)
     args = parser.parse_args()
-    end_to_end(args.device, args.size)
+    end_to_end(args.device, args.runtime, args.size)
+    if args.runtimes:
+        runtimes(args.runtimes)
     if args.large:
         large_roi_memory(args.device, args.large)
 

@@ -363,6 +363,15 @@ def test_arguments_are_checked(tmp_path, capsys):
     assert "--image-filter" in capsys.readouterr().err
 
 
+def test_submit_needs_a_server_that_keeps_examples(address, tmp_path, capsys):
+    assert batch(tmp_path / "project.qpproj", "--submit", "--server", address) == 2
+    assert "does not keep examples: start it with --dataset-dir" in capsys.readouterr().err
+    assert batch(tmp_path / "project.qpproj", "--submit") == 2
+    assert "needs the one --server" in capsys.readouterr().err
+    assert batch(tmp_path / "project.qpproj", "--submit", "--replace", "--server", address) == 2
+    assert "neither --replace nor --dry-run" in capsys.readouterr().err
+
+
 def test_client_example_prints_class_areas(address):
     result = subprocess.run([sys.executable, str(REPO / "examples" / "client_example.py"),
                              "--server", address, "--region", "1000,1200,500,400"],

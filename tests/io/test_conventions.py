@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from roiseg.io import classes, qupath_geojson
+from roiseg.io import classes, overlay, qupath_geojson
 from roiseg.io.raster import RasterTransform
 from shapely.geometry import shape
 
@@ -25,6 +25,10 @@ def test_names_match_the_vectors():
     assert qupath_geojson.PROBABILITY_MEASUREMENT == VECTORS["measurements"]["probability"]
     assert classes.BACKGROUND_CLASS == VECTORS["background"]["name"]
     assert list(classes.BACKGROUND_COLOR) == VECTORS["background"]["color"]
+    uncertainty = VECTORS["uncertainty"]
+    assert list(overlay.UNSURE_COLOR) == uncertainty["color"]
+    assert (overlay.UNSURE_ALPHA, overlay.UNSURE_FULL_AT) == (uncertainty["max_alpha"],
+                                                              uncertainty["full_at"])
 
 
 @pytest.mark.parametrize("case", VECTORS["transforms"])

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import CMU, GLAS
+from roiseg.cli import main
 from roiseg.cli.batch import add_arguments, run
 from roiseg.engine.models import DEFAULT_MODELS_DIR
 from roiseg.io.qupath_geojson import MODEL_ID_KEY, ROISEG_SOURCE_KEY, is_roiseg_object
@@ -226,6 +227,20 @@ def _project(project_dir, image, *annotations) -> Path:
     return project_dir / "project.qpproj"
 
 
+def _imagej_tiff(tmp_path) -> Path:
+    """GlaS train_1 as a calibrated ImageJ TIFF (0.62 µm/px), which QuPath opens with its own
+    readers."""
+    import tifffile
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(GLAS / "images" / "train_1.png").convert("RGB"))
+    image = tmp_path / "images" / "train_1.tif"
+    image.parent.mkdir()
+    tifffile.imwrite(image, pixels, imagej=True, resolution=(1 / 0.62, 1 / 0.62),
+                     metadata={"unit": "micron"})
+    return image
+
+
 def _journal(project_dir) -> list[dict]:
     return [json.loads(line) for line in
             (project_dir / "roiseg-batch.jsonl").read_text().splitlines()]
@@ -236,8 +251,6 @@ def test_project_mode_on_an_imagej_tiff(address, tmp_path, monkeypatch):
     """A calibrated ImageJ TIFF, which QuPath opens with its own readers (no OpenSlide):
     results land under the ROI and the model's classes in the project's class list, each
     object with the id the server gave its feature."""
-    import tifffile
-    from PIL import Image
     from roiseg.io import qupath_geojson
 
     server_ids = []
@@ -249,11 +262,7 @@ def test_project_mode_on_an_imagej_tiff(address, tmp_path, monkeypatch):
         return feature
     monkeypatch.setattr(qupath_geojson, "annotation_feature", recorded)
 
-    pixels = np.asarray(Image.open(GLAS / "images" / "train_1.png").convert("RGB"))
-    image = tmp_path / "images" / "train_1.tif"
-    image.parent.mkdir()
-    tifffile.imwrite(image, pixels, imagej=True, resolution=(1 / 0.62, 1 / 0.62),
-                     metadata={"unit": "micron"})
+    image = _imagej_tiff(tmp_path)
     project_dir = tmp_path / "project"
     project = _project(project_dir, image, ("R1", "Region", box(50, 50, 600, 450)))
     assert batch(project, "--roi-class", "Region", "--server", address) == 0
@@ -306,3 +315,78 @@ def test_project_mode_with_qupath(address, tmp_path):
     _, replaced = _children(project_dir, "Region")[0]["R1"]
     assert sorted(c for c, _, _ in replaced) == sorted([c for c, _, _ in children] + ["Note"])
     assert not {i for _, _, i in replaced} & {i for _, _, i in children}
+
+
+@pytest.fixture()
+def fast_track_address(registry, tmp_path):
+    """A server that keeps examples (--dataset-dir) and its dataset directory."""
+    from roiseg.server.service import SegmentationService, create_server
+
+    service = SegmentationService(registry, dataset_dir=tmp_path / "dataset")
+    server, port = create_server(service, "127.0.0.1:0")
+    server.start()
+    yield f"127.0.0.1:{port}", service
+    server.stop(grace=None)
+
+
+@needs_qupath
+def test_batch_submit_sends_a_projects_corrections_with_their_effort(fast_track_address, tmp_path,
+                                                                     capsys):
+    """Segment a project, correct it with paquo as a pathologist would in QuPath (delete one of
+    roiseg's objects, draw a missed one), then `roiseg batch --submit`: one example per ROI,
+    keyed as QuPath's extension keys it, with the effort measured; again: replaced, and the
+    project is left as it was."""
+    from paquo.classes import QuPathPathClass
+    from paquo.pathobjects import QuPathPathAnnotationObject
+    from paquo.projects import QuPathProject
+    from roiseg.client.connection import Client
+
+    address, service = fast_track_address
+    image = _imagej_tiff(tmp_path)
+    project_dir = tmp_path / "project"
+    project = _project(project_dir, image, ("R1", "Region", box(50, 50, 600, 450)),
+                       ("Empty", "Region", box(650, 20, 700, 60)))
+    assert batch(project, "--roi-class", "Region", "--server", address) == 0
+    with QuPathProject(project, mode="r+") as qp:
+        (entry,) = qp.images
+        uri = str(entry.uri)
+        (r1,) = [a for a in entry.hierarchy.annotations if a.name == "R1"]
+        r1_id = str(r1.java_object.getID())
+        (empty,) = [a for a in entry.hierarchy.annotations if a.name == "Empty"]
+        entry.hierarchy.java_object.removeObjects(list(empty.java_object.getChildObjects()), True)
+        children = list(r1.java_object.getChildObjects())
+        predicted = len(children)
+        entry.hierarchy.java_object.removeObject(children[0], True)
+        drawn = QuPathPathAnnotationObject.from_shapely(box(60, 60, 90, 90),
+                                                        QuPathPathClass("Gland epithelium"))
+        r1.java_object.addChildObjects([drawn.java_object])
+        entry.hierarchy.flush()
+    project_file = (project_dir / "data").rglob("data.qpdata")
+    before = {p: p.read_bytes() for p in project_file}
+    capsys.readouterr()
+
+    assert batch(project, "--roi-class", "Region", "--submit", "--server", address) == 0
+    out = capsys.readouterr().out
+    assert "train_1.tif / R1: stored example" in out, out
+    assert "no classified annotation inside it, nothing to submit" in out  # "Empty"
+    assert "1 ROI(s) submitted (0 replaced" in out
+    with Client(address) as client:
+        (example,) = client.list_examples()
+    assert (example.image_id, example.roi_key) == (uri, r1_id)  # what QuPath's extension sends
+    total = example.effort.classes[-1]
+    assert example.effort.measured and example.effort.matched_by == "id"
+    assert (total.predicted_objects, total.deleted, total.added) == (predicted, 1, 1)
+    assert total.kept + total.edited == predicted - 1
+    assert f"{predicted} predicted: " in out and "1 deleted; 1 added" in out
+
+    assert batch(project, "--roi-class", "Region", "--submit", "--server", address) == 0
+    out = capsys.readouterr().out
+    assert "R1: replaced example" in out and "1 ROI(s) submitted (1 replaced" in out
+    with Client(address) as client:
+        assert len(client.list_examples()) == 1
+    assert {p: p.read_bytes() for p in (project_dir / "data").rglob("data.qpdata")} == before
+
+    # folder mode, or a server that keeps no examples, is told plainly
+    assert main(["batch", "--images", str(tmp_path), "--out", str(tmp_path / "o"), "--submit",
+                 "--server", address]) == 2
+    assert "give the project, not --images" in capsys.readouterr().err

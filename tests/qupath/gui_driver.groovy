@@ -342,11 +342,49 @@ Thread.start('roiseg-gui-test') {
                     'no compare dialog opened on a one-model server')
             fx { Window.getWindows().findAll { it.hasProperty('title') && it.title == 'roiseg: compare models' }.each { it.hide() } }
         }
-        phase('fast_track') {
-            // Submit corrections: the ROI's results, as the user left them, become a training example
+        phase('confidence') {
+            // Show where the model is unsure: tick it in the menu, segment, see the overlay; untick hides it
+            def toggle = ['Extensions', 'roiseg', 'Show where the model is unsure']
+            def tick = { -> fx { menuItem(toggle).with { it.setSelected(!it.isSelected()); it.fire() } } }  // what a click does
+            def overlays = { -> fx { qupath.getViewer().getCustomOverlayLayers().findAll {
+                it instanceof qupath.lib.gui.viewer.overlays.BufferedImageOverlay }.collect { it.getRegionMap().keySet().collect { r ->
+                    [r.getX(), r.getY(), r.getWidth(), r.getHeight()] } } } }
             def hierarchy = fx { qupath.getImageData().getHierarchy() }
             def myRoi = fx { hierarchy.getFlattenedObjectList(null).find { it.getName() == 'my ROI' } }
             fx { hierarchy.getSelectionModel().setSelectedObject(myRoi) }
+            tick()
+            report.confidenceTicked = fx { menuItem(toggle).isSelected() }
+            segmentSelected()
+            fx { hierarchy.getSelectionModel().clearSelection() }
+            Thread.sleep(6000)  // until QuPath's notifications have faded
+            screenshot('confidence.png')
+            def shown = overlays()
+            def bounds = myRoi.getROI()
+            boolean covers = shown.size() == 1 && shown[0].size() == 1 && shown[0][0].with { r ->
+                Math.abs(r[0] - bounds.getBoundsX()) <= 2 && Math.abs(r[1] - bounds.getBoundsY()) <= 2 &&
+                        Math.abs(r[2] - bounds.getBoundsWidth()) <= 4 && Math.abs(r[3] - bounds.getBoundsHeight()) <= 4 }
+            check('confidence_overlay_shown', report.confidenceTicked && covers,
+                    "ticked ${report.confidenceTicked}; overlay regions ${shown}; ROI ${bounds.getBoundsX()}, ${bounds.getBoundsY()}, ${bounds.getBoundsWidth()} x ${bounds.getBoundsHeight()}")
+            tick()
+            Thread.sleep(500)
+            def hidden = overlays()
+            tick()
+            Thread.sleep(500)
+            def again = overlays()
+            tick()  // left off, as found
+            check('confidence_overlay_toggles', hidden.isEmpty() && again == shown && !fx { menuItem(toggle).isSelected() },
+                    "unticked: ${hidden}; ticked again: ${again}")
+        }
+        phase('fast_track') {
+            // Submit corrections: the ROI's results, as the user corrected them (one deleted), become a training
+            // example, and the correction effort is shown
+            def hierarchy = fx { qupath.getImageData().getHierarchy() }
+            def myRoi = fx { hierarchy.getFlattenedObjectList(null).find { it.getName() == 'my ROI' } }
+            def falsePositive = fx { myRoi.getChildObjects().find { it.getMetadata()?.get('roiseg.source') == 'roiseg' } }
+            fx {
+                hierarchy.removeObject(falsePositive, true)
+                hierarchy.getSelectionModel().setSelectedObject(myRoi)
+            }
             def beforeSubmit = describe()
             def submit = ['Extensions', 'roiseg', 'Submit corrections']
             fx { menuItem(submit).fire() }
@@ -356,6 +394,15 @@ Thread.start('roiseg-gui-test') {
             check('corrections_stored', examples.any { it.roiKey() == myRoi.getID().toString() },
                     "the server's examples: ${examples.collect { it.roiKey() }}, the ROI: ${myRoi.getID()}")
             check('corrections_keep_hierarchy', describe() == beforeSubmit, difference(beforeSubmit, describe()))
+            waitFor('the correction effort', 30) { windowTitled('roiseg: correction effort') != null }
+            Thread.sleep(800)
+            screenshot('correction-effort.png')
+            def effortTexts = fx { shownTexts(windowTitled('roiseg: correction effort').getScene().getRoot()) }
+            report.effort = effortTexts
+            def totals = effortTexts.find { it.startsWith('Correction effort over 1 annotation(s)') }
+            check('correction_effort_shown', totals != null && totals.contains(' 1 deleted; 0 added') && effortTexts.contains('All classes'),
+                    "the effort dialog shows ${effortTexts}")
+            fx { windowTitled('roiseg: correction effort').getScene().getRoot().lookupButton(javafx.scene.control.ButtonType.OK).fire() }
 
             // Fine-tune model…: one epoch of two steps; the new version is then offered in Choose model
             click(['Extensions', 'roiseg', 'Fine-tune model\u2026'])

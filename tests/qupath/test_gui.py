@@ -50,7 +50,8 @@ def step(session: dict, name: str) -> None:
 
 def test_menu_lists_the_commands(session):
     assert session["report"].get("menu") == ["Segment selected annotations", "Segment all annotations in image",
-                                         "Compare models on selection", None, "Submit corrections",
+                                         "Compare models on selection", "Show where the model is unsure", None,
+                                         "Submit corrections",
                                          "Fine-tune model\u2026", None, "Choose model\u2026",
                                          "Server settings\u2026"]
     assert "menu.png" in session["report"]["screenshots"]
@@ -106,9 +107,16 @@ def test_compare_on_a_one_model_server_says_so_without_a_dialog(session):
     step(session, "compare_one_model_no_dialog")
 
 
+def test_confidence_overlay_shows_and_toggles_from_the_menu(session):
+    step(session, "confidence_overlay_shown")
+    step(session, "confidence_overlay_toggles")
+    assert "confidence.png" in session["report"]["screenshots"]
+
+
 def test_submit_corrections_and_fine_tune_through_the_menu(session):
     step(session, "corrections_stored")
     step(session, "corrections_keep_hierarchy")
+    step(session, "correction_effort_shown")
     step(session, "fine_tune_version_offered")
 
 

@@ -283,6 +283,97 @@ def test_the_submit_command(fast_address, tmp_path, capsys):
     assert "--corrections" in capsys.readouterr().err
 
 
+def _glands_of(features):
+    return [f for f in features if qupath_geojson.class_name(f["properties"]) == GLAND]
+
+
+def test_the_loop_measures_the_correction_effort(fast, fast_registry, capsys, fast_address,
+                                                 tmp_path):
+    """Segment -> correct the GeoJSON as a pathologist would (delete two false positives,
+    shrink one outline, draw a missed gland) -> submit: the server measures the effort against
+    its record of the run, and the numbers are those computed here by hand."""
+    image, _ = glas("train_10")
+    family = fast_registry.default_id
+    predicted = segment_crop(fast, [], image).feature_collections[family]["features"]
+    glands = sorted(_glands_of(predicted), key=lambda f: -shape(f["geometry"]).area)
+    assert len(glands) >= 4
+    deleted, shrunk = glands[-2:], glands[0]
+    kept = [f for f in predicted if f not in deleted and f is not shrunk]
+    outline = shape(shrunk["geometry"])
+    smaller = outline.buffer(-4)
+    edited = {**shrunk, "geometry": mapping(smaller)}
+    taken = shapely.union_all([shape(f["geometry"]) for f in glands]).buffer(2)
+    missed = next(b for b in (box(x, y, x + 30, y + 30) for y in range(90, 360, 10)
+                              for x in range(110, 460, 10)) if not b.intersects(taken))
+    drawn = {"type": "Feature", "id": "9b3f8a52-user-drawn", "geometry": mapping(missed),
+             "properties": {"objectType": "annotation",
+                            "classification": qupath_geojson.classification(GLAND, (0, 1, 2))}}
+    corrected = json.dumps(qupath_geojson.feature_collection([*kept, edited, drawn]))
+
+    response = submit(fast, pixels_of(image), ROI_A, corrected, image_id="glas/train_10")
+    effort = response.example.effort
+    assert effort.measured and effort.matched_by == "id"
+    assert list(effort.run_ids) == [predicted[0]["properties"]["metadata"]["roiseg.run_id"]]
+    classes = {c.name: c for c in effort.classes}
+    assert list(classes)[-1] == "(all)"
+    gland = classes[GLAND]
+    assert (gland.predicted_objects, gland.kept, gland.edited, gland.deleted, gland.added) == \
+        (len(glands), len(glands) - 3, 1, 2, 1)
+    um2 = GLAS_MPP ** 2
+    removed = sum(shape(f["geometry"]).intersection(ROI_A).area for f in deleted) \
+        + outline.difference(smaller).intersection(ROI_A).area
+    assert gland.removed_um2 == pytest.approx(removed * um2, rel=1e-6)
+    assert gland.added_um2 == pytest.approx(missed.area * um2, rel=1e-6)
+    before = shapely.union_all([shape(f["geometry"]) for f in glands]).intersection(ROI_A).area
+    after = before - removed + missed.area
+    both = before - removed
+    assert gland.dice == pytest.approx(2 * both / (before + after), abs=0.01)
+    stroma = classes.get(STROMA)
+    if stroma is not None:  # untouched: all kept
+        assert stroma.kept == stroma.predicted_objects and stroma.dice == pytest.approx(1.0)
+        assert stroma.added_um2 == stroma.removed_um2 == 0
+    assert classes["(all)"].deleted == 2 and classes["(all)"].added == 1
+    listed = {e.example_id: e for e in fast.list_examples()}[response.example.example_id]
+    assert listed.effort == effort
+
+    # the pre-annotations given explicitly measure the same
+    again = submit(fast, pixels_of(image), ROI_A, corrected, image_id="glas/train_10",
+                   predicted_geojson=json.dumps(qupath_geojson.feature_collection(predicted)))
+    assert again.replaced and not again.example.effort.run_ids
+    assert [c.deleted for c in again.example.effort.classes] == \
+        [c.deleted for c in effort.classes]
+    assert again.example.effort.classes[0].removed_um2 == pytest.approx(
+        effort.classes[0].removed_um2)
+
+    # without a roiseg object left, or from an unknown run: stored, effort not measured
+    only_drawn = json.dumps(qupath_geojson.feature_collection([drawn]))
+    alone = submit(fast, pixels_of(image), ROI_A, only_drawn, image_id="glas/train_10")
+    assert not alone.example.effort.measured
+    assert "nothing to compare" in alone.example.effort.not_measured_why
+    unknown_run = json.loads(corrected)
+    for feature in unknown_run["features"]:
+        if "metadata" in feature["properties"]:
+            feature["properties"]["metadata"]["roiseg.run_id"] = \
+                "00000000-0000-4000-8000-000000000000"
+    stranger = submit(fast, pixels_of(image), ROI_A, json.dumps(unknown_run),
+                      image_id="glas/train_10")
+    assert "no record of run(s) 00000000-0000-4000-8000-000000000000" in \
+        stranger.example.effort.not_measured_why
+
+    # the command line prints it
+    image_file = GLAS / "images" / "train_10.png"
+    (tmp_path / "c.geojson").write_text(corrected)
+    assert main(["submit", str(image_file), "--region", "100,80,400,320", "--corrections",
+                 str(tmp_path / "c.geojson"), "--mpp", str(GLAS_MPP), "--server",
+                 fast_address]) == 0
+    out = capsys.readouterr().out
+    assert "correction effort (objects matched by id)" in out
+    assert f"{GLAND}: Dice {gland.dice:.3f}" in out and "2 deleted; 1 added" in out
+    fast.remove_example(response.example.example_id)
+    for example in fast.list_examples():
+        fast.remove_example(example.example_id)
+
+
 # ---------------------------------------------------------------------- versions
 
 

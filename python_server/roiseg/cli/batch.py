@@ -22,9 +22,14 @@ Pre-annotate every image of a QuPath project (results become child objects of it
 a folder (GeoJSON and overlays in --out). Safe to stop and run again: finished ROIs are skipped
 and nothing is written twice; --replace redoes them.
 
+With --submit, send the project's corrected ROIs to the server as training examples instead
+(the fast track, docs/fast-track.md): each ROI's classified child annotations, as corrected in
+QuPath; the server measures how much was corrected.
+
 examples:
   roiseg batch project/project.qpproj --roi-class Region --server gpu-box:50051
-  roiseg batch --images slides/ --out results/"""
+  roiseg batch --images slides/ --out results/
+  roiseg batch project/project.qpproj --roi-class Region --submit --server gpu-box:50051"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,6 +62,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--replace", action="store_true",
                         help="redo ROIs already done, replacing roiseg's objects of the models "
                              "run (other objects are kept)")
+    parser.add_argument("--submit", action="store_true",
+                        help="send each ROI's classified child annotations (as corrected in "
+                             "QuPath) to the --server as training examples instead of "
+                             "segmenting; the server must run with --dataset-dir")
     parser.add_argument("--dry-run", action="store_true",
                         help="show what would be done; segment and write nothing")
     parser.add_argument("--journal", type=Path,
@@ -84,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
         replace=args.replace, dry_run=args.dry_run, journal=args.journal,
         summary=args.summary, segment=options.segment_options(args))
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    if args.submit:
+        return _submit(args, batch)
     try:
         result = run_batch(batch)
     except KeyboardInterrupt:
@@ -99,6 +110,23 @@ def run(args: argparse.Namespace) -> int:
         print(f"roiseg batch: {result.segmented} ROI(s) segmented, {result.skipped} skipped "
               f"(already done), {result.errors} error(s); jobs per server: {servers}; "
               f"summary {result.summary_csv}")
+    return 1 if result.errors else 0
+
+
+def _submit(args: argparse.Namespace, batch) -> int:
+    """--submit: 0 when every ROI with annotations was stored, 1 when some failed."""
+    from roiseg.batch.submit import submit
+
+    if args.replace or args.dry_run:
+        raise ValueError("--submit replaces an example submitted before by itself; it takes "
+                         "neither --replace nor --dry-run")
+    try:
+        result = submit(batch)
+    except KeyboardInterrupt:
+        print("roiseg batch: interrupted (the ROIs sent so far are stored)", file=sys.stderr)
+        return 130
+    print(f"roiseg batch: {result.submitted} ROI(s) submitted ({result.replaced} replaced an "
+          f"earlier example), {result.empty} without annotations, {result.errors} error(s)")
     return 1 if result.errors else 0
 
 

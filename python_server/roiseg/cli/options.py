@@ -16,8 +16,9 @@ if TYPE_CHECKING:
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, beside_default: bool = False) -> None:
-    """--models, --default-model, --device: the models an in-process run serves; with
-    `beside_default`, --models adds to the embedded default model instead of replacing it."""
+    """--models, --default-model, --device, --runtime, --threads: the models an in-process run
+    serves and how; with `beside_default`, --models adds to the embedded default model instead
+    of replacing it."""
     parser.add_argument("--models", action="append", type=Path, default=[],
                         help="directory of model cards (repeatable); "
                              + ("served beside the embedded default model" if beside_default
@@ -25,6 +26,12 @@ def add_model_arguments(parser: argparse.ArgumentParser, beside_default: bool = 
     parser.set_defaults(models_beside_default=beside_default)
     parser.add_argument("--default-model", help="id of the default model")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--runtime", default="auto", choices=("auto", "torch", "onnx"),
+                        help="on the CPU: ONNX Runtime (onnx; auto: when installed and a model's "
+                             "export matches torch) or torch; CUDA always runs torch")
+    parser.add_argument("--threads", type=int,
+                        help="CPU threads of one forward pass (default: torch's and ONNX "
+                             "Runtime's own choice); 1 is often faster on a busy machine")
 
 
 def add_server_arguments(parser: argparse.ArgumentParser, help_text: str,
@@ -124,7 +131,7 @@ def model_source(args: argparse.Namespace) -> ModelSource:
     from roiseg.client.connection import ModelSource
 
     return ModelSource(tuple(args.models), getattr(args, "models_beside_default", False),
-                       args.default_model, args.device)
+                       args.default_model, args.device, args.runtime, args.threads)
 
 
 def segment_options(args: argparse.Namespace) -> pb.SegmentOptions:

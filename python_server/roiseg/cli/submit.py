@@ -34,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--corrections", type=Path,
                         help="QuPath GeoJSON of the corrected annotations (full-resolution "
                              "pixels; classified polygons are the labels)")
+    parser.add_argument("--predicted", type=Path,
+                        help="roiseg's GeoJSON that was corrected, to measure the correction "
+                             "effort against (default: the server's record of the run)")
     parser.add_argument("--model", dest="model_id", default="",
                         help="model id whose examples these are; default: the server's default")
     parser.add_argument("--mpp", type=float, default=0.0,
@@ -92,6 +95,7 @@ def _submit(args: argparse.Namespace, server) -> int:
     with Slide.open(args.image) as slide:  # a wrong path is told before torch is imported
         geometry = roi_of(args, slide)
         geojson = args.corrections.read_text(encoding="utf-8")
+        predicted = args.predicted.read_text(encoding="utf-8") if args.predicted else ""
         from roiseg.client import requests
         from roiseg.client.connection import connect, corrections_request, slide_source
 
@@ -108,8 +112,10 @@ def _submit(args: argparse.Namespace, server) -> int:
             response = client.submit_corrections(corrections_request(
                 geometry, source, geojson, model_id=args.model_id,
                 image_id=args.image_id or str(args.image.resolve()), roi_key=args.roi_key,
-                predicted_by=args.predicted_by, allow_upsample=args.allow_upsample))
+                predicted_by=args.predicted_by, allow_upsample=args.allow_upsample,
+                predicted_geojson=predicted))
     print(("replaced " if response.replaced else "stored ") + _describe(response.example))
+    print(requests.effort_text(response.example.effort))
     return 0
 
 

@@ -49,12 +49,15 @@ class ServerAddress:
 @dataclass(frozen=True)
 class ModelSource:
     """The model cards an in-process service serves: `directories` (none: the embedded default
-    model), beside the default model when `beside_default`."""
+    model), beside the default model when `beside_default`; on which device and runtime
+    (`roiseg.engine.onnx_runtime.RUNTIMES`), with how many threads (None: the libraries')."""
 
     directories: tuple[Path, ...] = ()
     beside_default: bool = False
     default_model: str | None = None
     device: str = "auto"
+    runtime: str = "auto"
+    threads: int | None = None
 
 
 def is_loopback(target: str) -> bool:
@@ -111,14 +114,15 @@ def segment_request(geometry: BaseGeometry, image: pb.ImageSource,
 def corrections_request(geometry: BaseGeometry, image: pb.ImageSource, geojson: str, *,
                         model_id: str = "", image_id: str = "", roi_key: str = "",
                         predicted_by: str = "",
-                        allow_upsample: bool = False) -> pb.SubmitCorrectionsRequest:
+                        allow_upsample: bool = False,
+                        predicted_geojson: str = "") -> pb.SubmitCorrectionsRequest:
     """A SubmitCorrections request: the corrected annotations (QuPath GeoJSON text) of an ROI
-    in full-resolution pixels."""
+    in full-resolution pixels, and optionally the pre-annotations they correct."""
     return pb.SubmitCorrectionsRequest(
         model_id=model_id, image=image, roi=roi.to_proto(geometry), geojson=geojson,
         image_id=image_id, roi_key=roi_key, predicted_by=predicted_by,
-        allow_upsample=allow_upsample, client_contract_major=CONTRACT_MAJOR,
-        client_contract_minor=CONTRACT_MINOR)
+        allow_upsample=allow_upsample, predicted_geojson=predicted_geojson,
+        client_contract_major=CONTRACT_MAJOR, client_contract_minor=CONTRACT_MINOR)
 
 
 def fine_tune_result(events: Iterable[pb.FineTuneEvent],
@@ -358,7 +362,8 @@ def in_process_service(models: ModelSource, slide_roots: Sequence[Path] = (),
 
     beside = [DEFAULT_MODELS_DIR] if models.directories and models.beside_default else []
     registry = ModelRegistry(list(models.directories) or [DEFAULT_MODELS_DIR],
-                             select_device(models.device), models.default_model, beside)
+                             select_device(models.device), models.default_model, beside,
+                             models.runtime, models.threads)
     return SegmentationService(registry, slide_roots, limits or Limits(), dataset_dir)
 
 

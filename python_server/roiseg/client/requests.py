@@ -29,14 +29,19 @@ from roiseg.v1 import segmentation_pb2 as pb
 OVERLAY_SIDE = 1600
 
 
-def read_region(slide: Slide, geometry: BaseGeometry,
-                downsample: float) -> tuple[np.ndarray, tuple[float, float], float]:
+def read_region(slide: Slide, geometry: BaseGeometry, downsample: float,
+                margin: bool = True) -> tuple[np.ndarray, tuple[float, float], float]:
     """The slide pixels covering the ROI's bounding box at `downsample` (read from the
-    level that suits it, then shrunk), with their full-resolution origin and downsample."""
+    level that suits it, then shrunk), with their full-resolution origin and downsample.
+    With `margin`, a pixel more is read each side (within the image), so that the pixels
+    cover the whole box although shrinking rounds their extent: what a request needs."""
     level = choose_level(slide.levels, downsample)
     extent = box(0, 0, slide.width, slide.height)
     x0, y0, x1, y1 = geometry.intersection(extent).bounds \
         if geometry.intersects(extent) else (0, 0, 1, 1)
+    if margin:
+        x0, y0 = max(0.0, x0 - downsample), max(0.0, y0 - downsample)
+        x1, y1 = min(slide.width, x1 + downsample), min(slide.height, y1 + downsample)
     lx0, ly0 = math.floor(x0 / level.downsample_x), math.floor(y0 / level.downsample_y)
     lx1 = min(level.width, math.ceil(x1 / level.downsample_x))
     ly1 = min(level.height, math.ceil(y1 / level.downsample_y))
@@ -85,9 +90,11 @@ def roi_request(client: Client | InProcessClient, image: Path, geometry: BaseGeo
 
 
 def overlay_view(slide: Slide, geometry: BaseGeometry):
-    """The ROI's pixels at a downsample that fits an overlay picture."""
+    """The ROI's pixels (its bounding box, no margin) at a downsample that fits an overlay
+    picture."""
     x0, y0, x1, y1 = geometry.bounds
-    return read_region(slide, geometry, max(1.0, max(x1 - x0, y1 - y0) / OVERLAY_SIDE))
+    return read_region(slide, geometry, max(1.0, max(x1 - x0, y1 - y0) / OVERLAY_SIDE),
+                       margin=False)
 
 
 def confidence_raster(confidence: pb.ConfidenceMap
@@ -123,3 +130,15 @@ class ProgressBar:
         self._bar.refresh()
 
 
+def effort_text(effort: pb.CorrectionEffort) -> str:
+    """A submitted correction's effort in a few lines: all classes, then each class."""
+    if not effort.measured:
+        return f"correction effort not measured: {effort.not_measured_why}"
+    lines = [f"correction effort (objects matched by {effort.matched_by}):"]
+    for c in (*effort.classes[-1:], *effort.classes[:-1]):
+        dice = f"{c.dice:.3f}" if c.HasField("dice") else "n/a"
+        lines.append(f"  {'all classes' if c.name == '(all)' else c.name}: Dice {dice}; "
+                     f"{c.added_um2:,.0f} µm² added, {c.removed_um2:,.0f} µm² removed; "
+                     f"{c.predicted_objects} predicted: {c.kept} kept, {c.edited} edited, "
+                     f"{c.deleted} deleted; {c.added} added")
+    return "\n".join(lines)

@@ -455,7 +455,8 @@ def select_device(name: str = "auto") -> torch.device:
 class LoadedModel:
     """A model ready for inference on one device.
 
-    On CUDA the forward pass runs under fp16 autocast (`amp`); on the CPU in fp32.
+    On CUDA the forward pass runs under fp16 autocast (`amp`); on the CPU in fp32, through
+    ONNX Runtime when `onnx` is set (`roiseg.engine.onnx_runtime`), else torch.
     """
 
     def __init__(self, card: ModelCard, module: torch.nn.Module, device: torch.device):
@@ -463,6 +464,8 @@ class LoadedModel:
         self.module = module
         self.device = device
         self.amp = device.type == "cuda"
+        #: An `onnx_runtime.OnnxSession` that runs the forward pass instead of torch.
+        self.onnx: Any = None
         self._mean = torch.tensor(card.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
         self._std = torch.tensor(card.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
 
@@ -484,6 +487,8 @@ class LoadedModel:
                 or batch.shape[1] % 32 or batch.shape[2] % 32:
             raise InvalidInput(f"expected an (N, H, W, 3) uint8 batch with H and W multiples "
                                f"of 32, got {batch.dtype} {batch.shape}")
+        if self.onnx is not None:
+            return torch.from_numpy(self.onnx.probabilities(batch))
         pixels = torch.from_numpy(np.ascontiguousarray(batch))
         if self.amp:
             pixels = pixels.pin_memory()
@@ -658,16 +663,32 @@ class ModelRegistry:
     """
 
     def __init__(self, model_dirs: Sequence[Path], device: torch.device,
-                 default_id: str | None = None, beside: Sequence[Path] = ()):
+                 default_id: str | None = None, beside: Sequence[Path] = (),
+                 runtime: str = "torch", threads: int | None = None):
         """Register every `DIR/model.json` and `DIR/*/model.json`; then those in the `beside`
         directories whose ids are not registered yet (the embedded default model next to a
-        user's models).
+        user's models). On the CPU, `runtime` "onnx" or "auto" runs the models through ONNX
+        Runtime where their export verifies (`roiseg.engine.onnx_runtime`); `threads` sets the
+        threads of one forward pass (torch's for the whole process).
 
         Raises:
             ValueError: a broken card, a missing directory, duplicate ids, no models at
-                all, or an unknown `default_id`.
+                all, an unknown `default_id`, or runtime "onnx" without ONNX Runtime.
         """
+        from roiseg.engine import onnx_runtime
+
+        if runtime not in onnx_runtime.RUNTIMES:
+            raise ValueError(f"unknown runtime {runtime!r}; use "
+                             + ", ".join(onnx_runtime.RUNTIMES))
+        if runtime == "onnx" and not onnx_runtime.available():
+            raise ValueError("--runtime onnx needs ONNX Runtime: pip install onnx onnxruntime")
+        if threads is not None:
+            if threads < 1:
+                raise ValueError(f"--threads must be 1 or more, got {threads}")
+            torch.set_num_threads(threads)
         self.device = device
+        self.runtime = runtime if device.type == "cpu" and onnx_runtime.available() else "torch"
+        self.threads = threads
         self._lock = threading.RLock()
         self._families: dict[str, _Family] = {}
         given = [(Path(d), False) for d in model_dirs] + [(Path(d), True) for d in beside]
@@ -771,6 +792,10 @@ class ModelRegistry:
                 loaded = self._loaded.get(key)
             if loaded is None:
                 loaded = load_model(card, self.device)
+                if self.runtime != "torch" and card.format != "torchscript":
+                    from roiseg.engine import onnx_runtime
+
+                    loaded.onnx = onnx_runtime.onnx_session(loaded, self.threads)
                 with self._lock:
                     family = self._families.get(key[0])
                     if family is not None and key[1] in family.current():

@@ -45,8 +45,8 @@ from roiseg.io.qupath_geojson import PIXEL_SIZE_KEY, RUN_ID_KEY
 __all__ = [
     "ALL", "OBJECT_COUNTS", "ClassEffort", "Effort", "EffortOptions",
     "ImageEffort", "Matching", "ResultObject", "Side", "effort", "format_summary",
-    "match_objects", "measure", "outline_changed", "pair_files", "read_side",
-    "resolve_pixel_size",
+    "match_objects", "measure", "measure_correction", "outline_changed", "pair_files",
+    "read_side", "resolve_pixel_size", "side_of",
 ]
 
 #: The image and class of the pooled rows.
@@ -130,6 +130,11 @@ def read_side(path: str | Path, roi_classes: Iterable[str] = ()) -> Side:
         data = qupath_geojson.load(path)
     except ValueError as error:
         raise InvalidInput(str(error)) from None
+    return side_of(data, path, roi_classes)
+
+
+def side_of(data: Any, path: Path, roi_classes: Iterable[str] = ()) -> Side:
+    """`read_side` of GeoJSON already read; `path` names it in messages."""
     roi_names = {n.strip().casefold() for n in roi_classes}
     found: list[ResultObject] = []
     rois: list[str] = []
@@ -458,6 +463,16 @@ def measure(name: str, pred: Side, corrected: Side, mpp: float, mpp_source: str 
             removed_um2=p_area.difference(c_area).area * um2, objects=count[class_name]))
     return ImageEffort(name, pred, corrected, mpp, mpp_source, grid, tolerance, matching,
                        tuple(classes))
+
+
+def measure_correction(predicted: Any, corrected: Any, mpp: float, roi: BaseGeometry,
+                       tolerance: float = 1.0) -> ImageEffort:
+    """One ROI's effort from GeoJSON already read (a submission's pre-annotations and
+    corrections, full-resolution pixels, `mpp` µm/px), inside `roi`; `InvalidInput` for
+    objects that are not GeoJSON."""
+    pred = side_of(predicted, Path("pre-annotations"))
+    fixed = side_of(corrected, Path("corrections"))
+    return measure("ROI", pred, fixed, mpp, "image", None, tolerance, roi)
 
 
 def _inside(objects: Sequence[ResultObject], area: BaseGeometry | None

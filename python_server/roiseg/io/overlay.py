@@ -13,8 +13,9 @@ from shapely.geometry.base import BaseGeometry
 
 #: Opacity of the class fills.
 FILL_ALPHA = 0.35
-#: Colour and strongest opacity of uncertainty: a yellow no H&E stain has.
-UNSURE_COLOR, UNSURE_ALPHA = (255, 230, 0), 0.85
+#: Colour and strongest opacity of uncertainty: a yellow no H&E stain has; drawn at full
+#: opacity from `UNSURE_FULL_AT` (of 255): a two-class model is at most half unsure.
+UNSURE_COLOR, UNSURE_ALPHA, UNSURE_FULL_AT = (255, 230, 0), 0.85, 128
 _SHIFT = 4  # sub-pixel bits for OpenCV drawing
 _TITLE_PX = 28
 
@@ -54,8 +55,8 @@ def render_confidence(image: np.ndarray, origin: tuple[float, float], downsample
                            [0, step / dy, (origin[1] + step / 2 - y0) / dy - 0.5]])
         placed = cv2.warpAffine(unsure, to_map, (base.shape[1], base.shape[0]),
                                 flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
-        # a two-class model is at most half unsure (128): full colour from there
-        alpha = np.clip(placed.astype(np.float32) / 128, 0, 1)[..., None] * UNSURE_ALPHA
+        alpha = np.clip(placed.astype(np.float32) / UNSURE_FULL_AT, 0, 1)[..., None] \
+            * UNSURE_ALPHA
         panel = (base * (1 - alpha) + np.array(UNSURE_COLOR) * alpha).astype(np.uint8)
         bar = np.full((_TITLE_PX, panel.shape[1], 3), 255, np.uint8)
         cv2.putText(bar, f"{title}: where it is unsure", (6, _TITLE_PX - 9),

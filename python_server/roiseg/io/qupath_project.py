@@ -210,12 +210,14 @@ def _load_openslide() -> None:
 @dataclass
 class ProjectImage:
     """An image entry: its name, QuPath's entry id, the local file (None when its URI is not
-    a reachable file) and the paquo entry."""
+    a reachable file), the paquo entry and its URI as QuPath gives it (the image's identity
+    that QuPath's extension sends with corrections)."""
 
     name: str
     id: str
     path: Path | None
     handle: Any = field(repr=False)
+    uri: str = ""
 
 
 class Project:
@@ -250,7 +252,8 @@ class Project:
                 local = uri_path if uri_path.is_file() else None
             except Exception:  # noqa: BLE001 - non-file URIs (servers, OMERO)
                 local = None
-            images.append(ProjectImage(entry.image_name, str(entry.entry_id), local, entry))
+            images.append(ProjectImage(entry.image_name, str(entry.entry_id), local, entry,
+                                       str(entry.uri)))
         return images
 
     def pixel_size_um(self, image: ProjectImage) -> float | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -18,9 +19,10 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
+from shapely.geometry.base import BaseGeometry
 
 from roiseg.engine import pipeline
 from roiseg.engine.models import (
@@ -31,7 +33,11 @@ from roiseg.engine.models import (
     write_card,
 )
 from roiseg.errors import Busy, Cancelled, FailedPrecondition, InvalidInput, echo
+from roiseg.evaluation import effort
+from roiseg.io import qupath_geojson
+from roiseg.io.classes import BACKGROUND_CLASS
 from roiseg.io.files import write_atomic
+from roiseg.server.predictions import PredictionRecord
 from roiseg.server.service import SegmentationService, check_contract, model_info, threaded
 from roiseg.train import store as example_store
 from roiseg.v1 import segmentation_pb2 as pb
@@ -45,6 +51,8 @@ VERSIONS_FILE = "versions.json"
 #: FineTune's defaults: a short run from the model's weights.
 DEFAULT_EPOCHS, DEFAULT_STEPS_PER_EPOCH, DEFAULT_BATCH_SIZE, DEFAULT_CROP = 3, 10, 4, 256
 DEFAULT_LR, DEFAULT_VAL_FRACTION = 2e-4, 0.2
+#: Where, in the dataset directory, the predictions are recorded.
+PREDICTIONS_DIR = ".predictions"
 #: A version name: it names a directory.
 _VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 
@@ -61,7 +69,35 @@ def example_message(record: dict[str, Any]) -> pb.Example:
                      for name, counts in record["classes"].items()],
         region=pb.Rect(x=region["x"], y=region["y"], width=region["width"],
                        height=region["height"]),
-        raster_width=raster["width"], raster_height=raster["height"], mpp=record["mpp"])
+        raster_width=raster["width"], raster_height=raster["height"], mpp=record["mpp"],
+        effort=effort_message(record.get("effort")))
+
+
+def effort_message(record: dict[str, Any] | None) -> pb.CorrectionEffort:
+    """The contract's CorrectionEffort of `effort_record`'s dict (None: an example stored
+    before efforts were measured)."""
+    if record is None:
+        return pb.CorrectionEffort(not_measured_why="submitted before roiseg measured efforts")
+    return pb.CorrectionEffort(
+        measured=record["measured"], not_measured_why=record["why"], run_ids=record["run_ids"],
+        matched_by=record["matched_by"],
+        classes=[pb.ClassCorrection(**c) for c in record["classes"]])
+
+
+def effort_record(image: effort.ImageEffort | None, run_ids: Iterable[str] = (),
+                  why: str = "") -> dict[str, Any]:
+    """A correction's effort as stored with its example (JSON: NaN as absent)."""
+    classes = []
+    for c in (*image.classes, image.total) if image else ():
+        row = {"name": c.class_name, "predicted_um2": c.predicted_um2,
+               "corrected_um2": c.corrected_um2, "added_um2": c.added_um2,
+               "removed_um2": c.removed_um2, "predicted_objects": c.objects["predicted"],
+               **{k: c.objects[k] for k in ("kept", "edited", "reclassified", "deleted",
+                                            "added")}}
+        row.update({k: v for k, v in (("dice", c.dice), ("iou", c.iou)) if math.isfinite(v)})
+        classes.append(row)
+    return {"measured": image is not None, "why": why, "run_ids": sorted(run_ids),
+            "matched_by": image.matching.by if image else "", "classes": classes}
 
 
 class FastTrack:
@@ -72,6 +108,9 @@ class FastTrack:
         self.service = service
         self.registry = service.registry
         self.store = example_store.ExampleStore(dataset_dir) if dataset_dir else None
+        #: What Segment returned, to measure the corrections against (with a store only).
+        self.predictions = PredictionRecord(self.store.root / PREDICTIONS_DIR) \
+            if self.store else None
         self._fine_tune_slot = threading.BoundedSemaphore(1)
         self._torch_threads = torch.get_num_threads()
         if self.store is not None:
@@ -111,13 +150,50 @@ class FastTrack:
             labels = example_store.parse_corrections(request.geojson, card, roi_pixels.roi)
             image_id = request.image_id or (str(job.source.path) if isinstance(
                 job.source, pipeline.SlideSource) else "")
+            measured = self._effort(request, card, roi_pixels.roi, roi_pixels.source_mpp)
             record, replaced = store.put(
                 card, example_store.RoiImage(roi_pixels.read.image, roi_pixels.read.transform,
                                              roi_pixels.roi, roi_pixels.source_mpp),
                 labels, image_id=image_id,
                 roi_key=request.roi_key or example_store.roi_key_of(job.roi),
-                predicted_by=request.predicted_by, source=_source_record(request.image, job))
+                predicted_by=request.predicted_by, source=_source_record(request.image, job),
+                effort=measured)
         return pb.SubmitCorrectionsResponse(example=example_message(record), replaced=replaced)
+
+    def record(self, output: pipeline.ModelOutput, run_id: str) -> None:
+        """Keeps what Segment returned for `run_id`, for `_effort`."""
+        if self.predictions is not None:
+            self.predictions.add(run_id, output.features)
+
+    def _effort(self, request: pb.SubmitCorrectionsRequest, card: ModelCard,
+                roi: BaseGeometry, mpp: float) -> dict[str, Any]:
+        """How much the corrections changed the pre-annotations: those the request gives, else
+        the recorded predictions of the runs the corrected objects name (`effort_record`)."""
+        corrected = json.loads(request.geojson)  # parse_corrections has read it
+        fixed = effort.side_of(corrected, Path("corrections"))
+        runs: Iterable[str] = ()
+        if request.predicted_geojson.strip():
+            try:
+                predicted = json.loads(request.predicted_geojson)
+            except (ValueError, RecursionError) as error:
+                raise InvalidInput("the pre-annotations (predicted_geojson) are not JSON: "
+                                   f"{str(error)[:200]}") from None
+        else:
+            runs = fixed.run_ids
+            if not runs or self.predictions is None:
+                return effort_record(None, why="no roiseg pre-annotation is left among the "
+                                     "corrections (none names its run): nothing to compare with")
+            features, missing = self.predictions.features(runs)
+            if missing:
+                return effort_record(None, runs, f"this server has no record of run(s) "
+                                     f"{', '.join(missing)} (segmented by another server?)")
+            models = {f"{m}@{v}" for m, v in fixed.models}
+            predicted = qupath_geojson.feature_collection(
+                [f for f in features if _made_by(f) in models])
+        background = {BACKGROUND_CLASS} - {s.name for s in card.classes}
+        image = effort.measure_correction(_without(predicted, background),
+                                          _without(corrected, background), mpp, roi)
+        return effort_record(image, runs)
 
     def examples(self, request: pb.ListExamplesRequest) -> pb.ListExamplesResponse:
         store = self._store()
@@ -410,3 +486,24 @@ def _keep_partners(card: ModelCard, directory: Path) -> list[dict[str, Any]]:
                          "checkpoint": name, "sha256": member.sha256,
                          **({"extra": member.extra} if member.extra else {})})
     return partners
+
+
+def _made_by(feature: dict[str, Any]) -> str:
+    """`id@version` of the model that made a recorded feature."""
+    metadata = feature.get("properties", {}).get("metadata", {})
+    return f"{metadata.get(qupath_geojson.MODEL_ID_KEY)}@" \
+           f"{metadata.get(qupath_geojson.MODEL_VERSION_KEY)}"
+
+
+def _without(data: Any, classes: set[str]) -> list[dict[str, Any]]:
+    """The objects of GeoJSON `data`, nested ones brought to the top, without those of
+    `classes`."""
+    found = []
+    for feature, _ in qupath_geojson.objects(data):
+        properties = feature.get("properties")
+        if qupath_geojson.class_name(properties) in classes:
+            continue
+        if isinstance(properties, dict) and "childObjects" in properties:
+            feature["properties"] = {k: v for k, v in properties.items() if k != "childObjects"}
+        found.append(feature)
+    return found

@@ -239,6 +239,7 @@ class SegmentationService(pb_grpc.SegmentationServicer):
                 for output in pipeline.run(job, self.registry,
                                            max_roi_pixels=self.limits.max_roi_pixels,
                                            progress=emit, should_stop=stop):
+                    self.fast_track.record(output, job.run_id)
                     emit(output)
 
         for item in threaded(work, should_stop, "roiseg-job"):

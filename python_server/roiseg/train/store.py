@@ -198,9 +198,11 @@ class ExampleStore:
             return self._locks.setdefault(model_id, threading.RLock())
 
     def put(self, card: ModelCard, pixels: RoiImage, labels: Labels, *, image_id: str,
-            roi_key: str, predicted_by: str, source: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-        """Stores (or replaces) the example of (`image_id`, `roi_key`) for `card`'s model;
-        returns its record and whether it replaced one."""
+            roi_key: str, predicted_by: str, source: dict[str, Any],
+            effort: dict[str, Any] | None = None) -> tuple[dict[str, Any], bool]:
+        """Stores (or replaces) the example of (`image_id`, `roi_key`) for `card`'s model,
+        with the correction `effort` measured on it; returns its record and whether it
+        replaced one."""
         identity = example_id(image_id, roi_key)
         t = pixels.transform
         height, width = pixels.image.shape[:2]
@@ -228,7 +230,7 @@ class ExampleStore:
                        "origin_y": t.origin_y, "scale_x": t.scale_x, "scale_y": t.scale_y},
             "mpp": card.mpp, "mpp_used": (mpp_x + mpp_y) / 2, "source_mpp": pixels.source_mpp,
             "classes": classes, "skipped": labels.skipped,
-            "annotations_from": labels.provenance,
+            "annotations_from": labels.provenance, "effort": effort,
             "files": {"image": f"{IMAGES}/{identity}.png",
                       "annotations": f"{ANNOTATIONS}/{identity}.geojson"},
             "roiseg_version": __version__,

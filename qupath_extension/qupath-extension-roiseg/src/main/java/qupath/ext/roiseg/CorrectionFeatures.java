@@ -31,8 +31,10 @@ public final class CorrectionFeatures {
      * @param className its class's name (QuPath's {@code PathClass.toString()}); null when unclassified
      * @param rgb       its class's colour, packed 0xRRGGBB
      * @param metadata  its metadata (roiseg's keys mark its pre-annotations)
+     * @param id        its QuPath object id (for roiseg's results, the prediction's Feature id); null: none
      */
-    public record Child(Geometry geometry, boolean isArea, String className, int rgb, Map<String, String> metadata) {
+    public record Child(Geometry geometry, boolean isArea, String className, int rgb, Map<String, String> metadata,
+                        String id) {
     }
 
     /** The children that are labels: classified annotations with an area. */
@@ -47,12 +49,15 @@ public final class CorrectionFeatures {
         return labels;
     }
 
-    /** The labels as a QuPath GeoJSON FeatureCollection, in their order (later ones cover earlier ones). */
+    /**
+     * The labels as a QuPath GeoJSON FeatureCollection, in their order (later ones cover earlier ones), each with
+     * its object id, so that the server matches them to the predictions they correct.
+     */
     public static String featureCollection(List<Child> labels) {
         JsonArray features = new JsonArray();
         for (Child c : labels) {
             features.add(GeoJsonFeatures.toJson(new SegmentedFeature(c.geometry(), c.className(), c.rgb() & 0xFFFFFF,
-                    Map.of(), c.metadata() == null ? Map.of() : c.metadata(), null)));
+                    Map.of(), c.metadata() == null ? Map.of() : c.metadata(), c.id())));
         }
         JsonObject collection = new JsonObject();
         collection.addProperty("type", "FeatureCollection");

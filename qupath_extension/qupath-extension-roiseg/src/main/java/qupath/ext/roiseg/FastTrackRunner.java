@@ -8,6 +8,7 @@ import java.util.Locale;
 import java.util.Objects;
 import java.util.Optional;
 import org.roiseg.client.CancellationHandle;
+import org.roiseg.client.CorrectionEffort;
 import org.roiseg.client.Corrections;
 import org.roiseg.client.FineTuneListener;
 import org.roiseg.client.FineTuneOptions;
@@ -51,14 +52,16 @@ public final class FastTrackRunner {
      * @param roisegMade  of those, roiseg's pre-annotations (kept or corrected)
      * @param modelId     the model the examples train
      * @param exampleIds  the stored examples' ids
+     * @param efforts     how much each submitted ROI's pre-annotations were corrected, in submission order
      * @param warnings    messages for the user (e.g. ROIs skipped)
      */
     public record Summary(int rois, int submitted, int replaced, int annotations, int roisegMade, String modelId,
-                          List<String> exampleIds, List<String> warnings) {
+                          List<String> exampleIds, List<RoiEffort> efforts, List<String> warnings) {
 
         /** Keeps unmodifiable lists. */
         public Summary {
             exampleIds = List.copyOf(exampleIds);
+            efforts = List.copyOf(efforts);
             warnings = List.copyOf(warnings);
         }
 
@@ -68,6 +71,15 @@ public final class FastTrackRunner {
                     + "(%d replaced an earlier submission): %d object(s), %d of them roiseg's.", submitted, rois,
                     modelId.isEmpty() ? "the server's default model" : modelId, replaced, annotations, roisegMade);
         }
+    }
+
+    /**
+     * The correction effort the server measured on one submitted ROI.
+     *
+     * @param roi    the ROI as the user knows it: its name, else its class and position
+     * @param effort what the server measured
+     */
+    public record RoiEffort(String roi, CorrectionEffort effort) {
     }
 
     private final ImageData<BufferedImage> imageData;
@@ -115,7 +127,7 @@ public final class FastTrackRunner {
         var pathClass = object.getPathClass();
         return new CorrectionFeatures.Child(roi == null ? null : roi.getGeometry(), roi != null && roi.isArea(),
                 pathClass == null ? null : pathClass.toString(), pathClass == null || pathClass.getColor() == null
-                ? 0 : pathClass.getColor(), object.getMetadata());
+                ? 0 : pathClass.getColor(), object.getMetadata(), object.getID().toString());
     }
 
     /** The labels of a ROI: its classified area child annotations, in the hierarchy's order. */
@@ -156,6 +168,7 @@ public final class FastTrackRunner {
         String imageId = imageId(server);
         List<String> warnings = new ArrayList<>();
         List<String> exampleIds = new ArrayList<>();
+        List<RoiEffort> efforts = new ArrayList<>();
         int replaced = 0;
         int annotations = 0;
         int roisegMade = 0;
@@ -221,6 +234,7 @@ public final class FastTrackRunner {
                             (stage, id, n, total, message) -> listener.progress(prefix + message, fraction), handle);
                 }
                 exampleIds.add(done.example().exampleId());
+                efforts.add(new RoiEffort(roiLabel(parent, i), done.example().effort()));
                 replaced += done.replaced() ? 1 : 0;
                 annotations += labels.size();
                 roisegMade += CorrectionFeatures.roisegMade(labels);
@@ -231,7 +245,17 @@ public final class FastTrackRunner {
         }
         listener.progress("Done", 1);
         return new Summary(rois.size(), exampleIds.size(), replaced, annotations, roisegMade, usedModel, exampleIds,
-                warnings);
+                efforts, warnings);
+    }
+
+    /** A ROI as the user knows it: its name, else "Annotation N" (1-based) with its class when it has one. */
+    static String roiLabel(PathObject roi, int index) {
+        String name = roi.getName();
+        if (name != null && !name.isBlank()) {
+            return name.strip();
+        }
+        var pathClass = roi.getPathClass();
+        return "Annotation " + (index + 1) + (pathClass == null ? "" : " (" + pathClass + ")");
     }
 
     /**

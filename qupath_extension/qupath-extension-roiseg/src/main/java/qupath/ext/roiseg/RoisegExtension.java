@@ -1,12 +1,14 @@
 package qupath.ext.roiseg;
 
 import java.util.ResourceBundle;
+import javafx.scene.control.CheckMenuItem;
 import javafx.scene.control.Menu;
 import javafx.scene.control.MenuItem;
 import javafx.scene.control.SeparatorMenuItem;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 import qupath.ext.roiseg.ui.RoisegCommand;
+import qupath.ext.roiseg.ui.RoisegPrefs;
 import qupath.lib.common.Version;
 import qupath.lib.gui.QuPathGUI;
 import qupath.lib.gui.extensions.QuPathExtension;
@@ -49,9 +51,11 @@ public class RoisegExtension implements QuPathExtension {
         MenuItem compare = item(command, "menu.compare", command::compareModels);
         MenuItem corrections = item(command, "menu.submitCorrections", command::submitCorrections);
         MenuItem fineTune = item(command, "menu.fineTune", command::fineTuneModel);
+        CheckMenuItem unsure = new CheckMenuItem(resources.getString("menu.confidence"));
+        unsure.selectedProperty().bindBidirectional(RoisegPrefs.confidenceOverlayProperty());
         MenuItem choose = item(command, "menu.chooseModel", command::chooseModel);
         MenuItem settings = item(command, "menu.settings", command::serverSettings);
-        menu.getItems().addAll(selected, all, compare, new SeparatorMenuItem(), corrections, fineTune,
+        menu.getItems().addAll(selected, all, compare, unsure, new SeparatorMenuItem(), corrections, fineTune,
                 new SeparatorMenuItem(), choose, settings);
     }
 

@@ -13,7 +13,9 @@ import java.util.Optional;
 import java.util.OptionalDouble;
 import java.util.Set;
 import org.roiseg.client.CancellationHandle;
+import org.roiseg.client.ConfidenceMap;
 import org.roiseg.client.ModelDescription;
+import org.roiseg.client.ModelSegmentation;
 import org.roiseg.client.ProgressListener;
 import org.roiseg.client.RegionImage;
 import org.roiseg.client.RoisegCancelledException;
@@ -65,6 +67,10 @@ public final class RoisegRunner {
 
         /** The classes of the objects placed (e.g. to list them in QuPath's class list). */
         default void classesUsed(Set<PathClass> classes) {
+        }
+
+        /** Where the models were unsure in a ROI, when confidence maps were asked for (called on the run's thread). */
+        default void confidence(PathObject roi, List<ConfidenceMap> maps) {
         }
     }
 
@@ -245,6 +251,11 @@ public final class RoisegRunner {
                         roi.getImagePlane());
                 results.put(parent, created);
                 areas.add(result);
+                List<ConfidenceMap> maps = result.models().values().stream().map(ModelSegmentation::confidence)
+                        .filter(Objects::nonNull).toList();
+                if (!maps.isEmpty()) {
+                    listener.confidence(parent, maps);
+                }
                 progress.finishRoi();
                 listener.progress(prefix + created.size() + " objects", progress.fraction());
             }

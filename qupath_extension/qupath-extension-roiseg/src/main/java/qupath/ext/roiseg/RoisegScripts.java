@@ -105,7 +105,8 @@ public final class RoisegScripts {
         }
         if (RoisegRunner.segmentableAnnotations(annotations).isEmpty()) {
             logger.warn("roiseg: no ROI annotation to submit in {}", imageData.getServer().getPath());
-            return new FastTrackRunner.Summary(0, 0, 0, 0, 0, modelId == null ? "" : modelId, List.of(), List.of());
+            return new FastTrackRunner.Summary(0, 0, 0, 0, 0, modelId == null ? "" : modelId, List.of(), List.of(),
+                    List.of());
         }
         List<String> chosen = RoisegPrefs.chosenModelIds();
         FastTrackRunner runner = new FastTrackRunner(imageData, RoisegPrefs.serverSettings(), modelId,
@@ -114,6 +115,9 @@ public final class RoisegScripts {
         FastTrackRunner.Summary summary = runner.submit(annotations, new CancellationHandle());
         summary.warnings().forEach(w -> logger.warn("roiseg: {}", w));
         logger.info("roiseg: {}", summary.describe());
+        if (!summary.efforts().isEmpty()) {
+            logger.info("roiseg: {}", EffortTable.totals(summary.efforts()));
+        }
         return summary;
     }
 

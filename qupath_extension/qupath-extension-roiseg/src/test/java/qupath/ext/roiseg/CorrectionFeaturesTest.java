@@ -25,11 +25,11 @@ class CorrectionFeaturesTest {
 
     static CorrectionFeatures.Child roiseg(String className, String modelId, double x) {
         return new CorrectionFeatures.Child(square(x, 0, 10), true, className, 0x00AAC8,
-                Conventions.objectMetadata(modelId, "0.4.0"));
+                Conventions.objectMetadata(modelId, "0.4.0"), "id-" + className + "-" + x);
     }
 
     static CorrectionFeatures.Child user(String className, double x) {
-        return new CorrectionFeatures.Child(square(x, 0, 10), true, className, 0xFF000080, new HashMap<>());
+        return new CorrectionFeatures.Child(square(x, 0, 10), true, className, 0xFF000080, new HashMap<>(), null);
     }
 
     @Test
@@ -39,8 +39,9 @@ class CorrectionFeaturesTest {
         CorrectionFeatures.Child unclassified = user(null, 40);
         CorrectionFeatures.Child line = new CorrectionFeatures.Child(
                 F.createLineString(new Coordinate[] {new Coordinate(0, 0), new Coordinate(5, 5)}), false, "Stroma", 0,
-                Map.of());
-        CorrectionFeatures.Child empty = new CorrectionFeatures.Child(F.createPolygon(), true, "Stroma", 0, Map.of());
+                Map.of(), null);
+        CorrectionFeatures.Child empty = new CorrectionFeatures.Child(F.createPolygon(), true, "Stroma", 0, Map.of(),
+                null);
         List<CorrectionFeatures.Child> labels = CorrectionFeatures.labels(
                 List.of(kept, unclassified, added, line, empty));
         assertEquals(List.of(kept, added), labels);
@@ -58,6 +59,7 @@ class CorrectionFeaturesTest {
         assertEquals(0x00AAC8, read.get(0).rgb());
         assertTrue(read.get(0).isRoisegObject());
         assertEquals("glas", read.get(0).metadata().get(Conventions.MODEL_ID_KEY));
+        assertEquals("id-Gland epithelium-0.0", read.get(0).id(), "the object's id goes with it");
         assertEquals("Stroma", read.get(1).className());
         assertEquals(0x000080, read.get(1).rgb(), "the alpha byte is dropped");
         assertTrue(read.get(1).metadata().isEmpty());

@@ -14,7 +14,7 @@ public final class Conventions {
     /** Major version of the roiseg.v1 contract this client speaks. */
     public static final int CONTRACT_MAJOR = 1;
     /** Minor version of the roiseg.v1 contract this client speaks. */
-    public static final int CONTRACT_MINOR = 2;
+    public static final int CONTRACT_MINOR = 3;
 
     /** Metadata key that marks an object as a roiseg pre-annotation. */
     public static final String ROISEG_SOURCE_KEY = "roiseg.source";
@@ -36,6 +36,18 @@ public final class Conventions {
     public static final String BACKGROUND_CLASS = "Background";
     /** Colour of {@link #BACKGROUND_CLASS}, as 0xRRGGBB (white). */
     public static final int BACKGROUND_RGB = 0xFFFFFF;
+
+    /** Colour (0xRRGGBB) in which a {@link ConfidenceMap} is drawn: a yellow no H&amp;E stain has. */
+    public static final int UNSURE_RGB = 0xFFE600;
+
+    /** Opacity (0..1) of the least sure pixels of a drawn {@link ConfidenceMap}. */
+    public static final double UNSURE_MAX_ALPHA = 0.85;
+
+    /**
+     * Unsureness (of 255) drawn at {@link #UNSURE_MAX_ALPHA}, opacity rising linearly below it: a two-class
+     * model is at most half unsure.
+     */
+    public static final int UNSURE_FULL_AT = 128;
 
     private Conventions() {
     }

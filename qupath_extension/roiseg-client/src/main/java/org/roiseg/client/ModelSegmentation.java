@@ -11,10 +11,12 @@ import java.util.List;
  * @param features         the polygons, in full-resolution slide pixels
  * @param classAreas       total area and feature count per class
  * @param execution        what the server did
+ * @param confidence       the model's confidence map of the ROI; null unless asked for
+ *                         ({@link SegmentOptions#confidenceMap()})
  */
 public record ModelSegmentation(String modelId, String modelVersion, String checkpointSha256,
                                 List<SegmentedFeature> features, List<ClassArea> classAreas,
-                                ExecutionSummary execution) {
+                                ExecutionSummary execution, ConfidenceMap confidence) {
 
     /** Keeps unmodifiable copies of the lists. */
     public ModelSegmentation {

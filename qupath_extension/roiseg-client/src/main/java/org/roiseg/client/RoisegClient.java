@@ -630,7 +630,8 @@ public final class RoisegClient implements AutoCloseable {
             areas.add(new ClassArea(area.getName(), area.getAreaUm2(), area.getFeatures()));
         }
         return new ModelSegmentation(result.getModelId(), result.getModelVersion(), result.getCheckpointSha256(),
-                features, areas, ExecutionSummary.fromProto(result.getExecution()));
+                features, areas, ExecutionSummary.fromProto(result.getExecution()),
+                result.hasConfidence() ? ConfidenceMap.fromProto(result.getConfidence()) : null);
     }
 
     /** Settings of a {@link RoisegClient}; every setter returns the builder. */

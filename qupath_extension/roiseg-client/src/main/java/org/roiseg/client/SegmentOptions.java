@@ -26,6 +26,8 @@ public final class SegmentOptions {
     private final Double hysteresisHigh;
     private final boolean includeBackground;
     private final boolean allowUpsample;
+    private final boolean confidenceMap;
+    private final Double reviewBelow;
 
     private SegmentOptions(Builder b) {
         modelIds = List.copyOf(b.modelIds);
@@ -38,6 +40,8 @@ public final class SegmentOptions {
         hysteresisHigh = b.hysteresisHigh;
         includeBackground = b.includeBackground;
         allowUpsample = b.allowUpsample;
+        confidenceMap = b.confidenceMap;
+        reviewBelow = b.reviewBelow;
     }
 
     /** A builder with every option unset. */
@@ -53,7 +57,8 @@ public final class SegmentOptions {
     /** A builder holding these options. */
     public Builder toBuilder() {
         Builder b = new Builder().modelIds(modelIds).classes(classes).includeBackground(includeBackground)
-                .allowUpsample(allowUpsample);
+                .allowUpsample(allowUpsample).confidenceMap(confidenceMap);
+        b.reviewBelow = reviewBelow;
         b.minAreaMicrons2 = minAreaMicrons2;
         b.minHoleMicrons2 = minHoleMicrons2;
         b.simplifyMicrons = simplifyMicrons;
@@ -113,11 +118,25 @@ public final class SegmentOptions {
         return allowUpsample;
     }
 
+    /** Whether each model's confidence map of the ROI is returned ({@link ConfidenceMap}). */
+    public boolean confidenceMap() {
+        return confidenceMap;
+    }
+
+    /** Objects whose mean class probability is below this (0..1) are flagged for review; empty: none. */
+    public OptionalDouble reviewBelow() {
+        return optional(reviewBelow);
+    }
+
     org.roiseg.proto.v1.SegmentOptions toProto() {
         org.roiseg.proto.v1.SegmentOptions.Builder b = org.roiseg.proto.v1.SegmentOptions.newBuilder()
                 .addAllClasses(classes)
                 .setIncludeBackground(includeBackground)
-                .setAllowUpsample(allowUpsample);
+                .setAllowUpsample(allowUpsample)
+                .setConfidenceMap(confidenceMap);
+        if (reviewBelow != null) {
+            b.setReviewBelow(reviewBelow);
+        }
         if (minAreaMicrons2 != null) {
             b.setMinAreaUm2(minAreaMicrons2);
         }
@@ -146,7 +165,8 @@ public final class SegmentOptions {
         return "SegmentOptions{models=" + modelIds + ", classes=" + classes + ", minArea=" + minAreaMicrons2
                 + ", minHole=" + minHoleMicrons2 + ", simplify=" + simplifyMicrons + ", hysteresis=" + hysteresis
                 + "(" + hysteresisLow + ", " + hysteresisHigh + "), background=" + includeBackground
-                + ", upsample=" + allowUpsample + "}";
+                + ", upsample=" + allowUpsample + ", confidenceMap=" + confidenceMap + ", reviewBelow="
+                + reviewBelow + "}";
     }
 
     /** Collects {@link SegmentOptions}; every setter returns the builder. */
@@ -162,6 +182,8 @@ public final class SegmentOptions {
         private Double hysteresisHigh;
         private boolean includeBackground;
         private boolean allowUpsample;
+        private boolean confidenceMap;
+        private Double reviewBelow;
 
         private Builder() {
         }
@@ -251,6 +273,22 @@ public final class SegmentOptions {
         /** Accept images coarser than the model's resolution. */
         public Builder allowUpsample(boolean allow) {
             allowUpsample = allow;
+            return this;
+        }
+
+        /** Also return each model's confidence map of the ROI. */
+        public Builder confidenceMap(boolean wanted) {
+            confidenceMap = wanted;
+            return this;
+        }
+
+        /** Flags objects whose mean class probability is below this (0..1) for review; null unsets. */
+        public Builder reviewBelow(Double threshold) {
+            if (threshold != null && !(threshold >= 0 && threshold <= 1)) {
+                throw new IllegalArgumentException("the review threshold is a probability between 0 and 1, got "
+                        + threshold);
+            }
+            reviewBelow = threshold;
             return this;
         }
 

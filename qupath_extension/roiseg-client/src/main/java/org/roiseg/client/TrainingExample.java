@@ -20,11 +20,12 @@ import org.roiseg.proto.v1.Example;
  * @param rasterWidth  stored pixels' width at the model's resolution
  * @param rasterHeight stored pixels' height at the model's resolution
  * @param mpp          µm/px of the stored pixels
+ * @param effort       how much the pre-annotations were corrected, measured when it was submitted
  */
 public record TrainingExample(String exampleId, String modelId, String imageId, String roiKey, String predictedBy,
                               String submittedAt, List<ClassArea> classAreas, double regionX, double regionY,
                               double regionWidth, double regionHeight, int rasterWidth, int rasterHeight,
-                              double mpp) {
+                              double mpp, CorrectionEffort effort) {
 
     /** Keeps an unmodifiable list. */
     public TrainingExample {
@@ -37,7 +38,7 @@ public record TrainingExample(String exampleId, String modelId, String imageId, 
                 e.getClassAreasList().stream().map(a -> new ClassArea(a.getName(), a.getAreaUm2(), a.getFeatures()))
                         .toList(),
                 e.getRegion().getX(), e.getRegion().getY(), e.getRegion().getWidth(), e.getRegion().getHeight(),
-                e.getRasterWidth(), e.getRasterHeight(), e.getMpp());
+                e.getRasterWidth(), e.getRasterHeight(), e.getMpp(), CorrectionEffort.fromProto(e.getEffort()));
     }
 
     /** The number of annotations kept, all classes together. */

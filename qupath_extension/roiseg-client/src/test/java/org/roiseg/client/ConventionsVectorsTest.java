@@ -46,6 +46,10 @@ class ConventionsVectorsTest {
         JsonObject background = vectors.getAsJsonObject("background");
         assertEquals(background.get("name").getAsString(), Conventions.BACKGROUND_CLASS);
         assertEquals(rgb(background.getAsJsonArray("color")), Conventions.BACKGROUND_RGB);
+        JsonObject uncertainty = vectors.getAsJsonObject("uncertainty");
+        assertEquals(rgb(uncertainty.getAsJsonArray("color")), Conventions.UNSURE_RGB);
+        assertEquals(uncertainty.get("max_alpha").getAsDouble(), Conventions.UNSURE_MAX_ALPHA);
+        assertEquals(uncertainty.get("full_at").getAsInt(), Conventions.UNSURE_FULL_AT);
     }
 
     @Test

@@ -75,7 +75,9 @@ class FastTrackIT {
         var env = roi.getEnvelopeInternal();
         Geometry own = roi(env.getMinX() + 10, env.getMinY() + 10, env.getMinX() + 90, env.getMinY() + 70);
         ClassDescription c = model.classNamed(ownClass);
-        kept.add(new SegmentedFeature(own, ownClass, c == null ? 0xFF0000 : c.rgb(), Map.of(), Map.of(), null));
+        kept.add(new SegmentedFeature(own, ownClass, c == null ? 0xFF0000 : c.rgb(), Map.of(), Map.of(),
+                java.util.UUID.randomUUID().toString()));
+        predictedObjects = result.features().size();
         return featureCollection(kept);
     }
 
@@ -87,6 +89,9 @@ class FastTrackIT {
         collection.add("features", array);
         return collection.toString();
     }
+
+    /** The number of objects the last {@link #corrected} segmentation predicted. */
+    int predictedObjects;
 
     String otherClass() {
         return model.classes().stream().map(ClassDescription::name).filter(n -> !n.equals(SegmentationIT.GLAND))
@@ -111,6 +116,14 @@ class FastTrackIT {
         assertTrue(example.annotations() >= 2, example.toString());
         assertTrue(example.classAreas().stream().anyMatch(a -> a.name().equals(otherClass())), example.toString());
         assertTrue(example.rasterWidth() > 0 && example.rasterHeight() > 0 && example.mpp() > 0);
+        // the server measured the correction against its record of the segmentation
+        CorrectionEffort effort = example.effort();
+        assertTrue(effort.measured(), effort.notMeasuredWhy());
+        assertEquals("id", effort.matchedBy());
+        CorrectionEffort.ClassCorrection total = effort.total().orElseThrow();
+        assertEquals(List.of(predictedObjects, predictedObjects - 1, 1, 1),
+                List.of(total.predictedObjects(), total.kept(), total.deleted(), total.added()), total.toString());
+        assertTrue(total.dice() > 0 && total.dice() < 1 && total.addedUm2() > 0, total.toString());
         assertTrue(Files.isRegularFile(dataset.resolve(model.id()).resolve("records")
                 .resolve(example.exampleId() + ".json")));
 

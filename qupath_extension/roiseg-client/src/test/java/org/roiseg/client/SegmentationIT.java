@@ -3,6 +3,7 @@ package org.roiseg.client;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertNotNull;
+import static org.junit.jupiter.api.Assertions.assertNull;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTimeoutPreemptively;
 import static org.junit.jupiter.api.Assertions.assertTrue;
@@ -194,6 +195,39 @@ class SegmentationIT {
         System.out.printf("gland agreement with the GlaS mask: %.3f (shifted: %.3f)%n", agree, shifted);
         assertTrue(agree > 0.75, "gland agreement " + agree);
         assertTrue(agree > shifted + 0.1, "agreement " + agree + " vs shifted " + shifted);
+    }
+
+    @Test
+    void confidenceMapsAndReviewFlagsComeWhenAskedFor() throws IOException {
+        BufferedImage image = glas("images", "train_1.png");
+        Geometry roi = polygon(new double[] {20, 20, 500, 40, 480, 400, 40, 380});
+        RegionImage pixels = new RegionImage(image, 0, 0, 1, GLAS_MPP);
+        assertNull(client.segmentRegion(pixels, roi, SegmentOptions.defaults()).first().confidence(),
+                "no map unless asked for");
+        ModelSegmentation m = client.segmentRegion(pixels, roi,
+                SegmentOptions.builder().confidenceMap(true).reviewBelow(0.99).build()).first();
+        ConfidenceMap map = m.confidence();
+        assertNotNull(map);
+        BufferedImage unsure = map.image();
+        assertEquals(map.width(), unsure.getWidth());
+        // the map covers the ROI's bounding box, at about the model's resolution
+        assertEquals(20, map.originX(), 1.0 / GLAS_MPP + 1e-6);
+        assertEquals(480, map.regionWidth(), 2.0 / GLAS_MPP);
+        assertEquals(model.mpp(), map.downsampleX() * GLAS_MPP, 0.05);
+        int sure = 0;
+        int undecided = 0;
+        for (int y = 0; y < unsure.getHeight(); y++) {
+            for (int x = 0; x < unsure.getWidth(); x++) {
+                int v = unsure.getRaster().getSample(x, y, 0);
+                sure += v < 26 ? 1 : 0;
+                undecided += v > 64 ? 1 : 0;
+            }
+        }
+        int total = unsure.getWidth() * unsure.getHeight();
+        assertTrue(sure > total / 2 && undecided > 0, "sure " + sure + ", unsure " + undecided + " of " + total);
+        // with a review threshold of 0.99 nearly every object falls below it and is flagged
+        long flagged = m.features().stream().filter(f -> f.name() != null && f.name().endsWith("(review)")).count();
+        assertTrue(flagged > 0, m.features().toString());
     }
 
     /** Fraction of tissue sample points where "inside a gland polygon" matches the mask. */

@@ -17,6 +17,7 @@ import javafx.beans.property.ReadOnlyBooleanProperty;
 import javafx.beans.property.ReadOnlyBooleanWrapper;
 import javafx.concurrent.Task;
 import org.roiseg.client.CancellationHandle;
+import org.roiseg.client.ConfidenceMap;
 import org.roiseg.client.FineTuneResult;
 import org.roiseg.client.ModelDescription;
 import org.roiseg.client.RoisegCancelledException;
@@ -53,6 +54,7 @@ public class RoisegCommand {
 
     private final QuPathGUI qupath;
     private final RoisegController controller;
+    private final ConfidenceOverlays confidence;
     private final ExecutorService pool = Executors.newSingleThreadExecutor(
             ThreadTools.createThreadFactory("roiseg", true));
     private final ReadOnlyBooleanWrapper running = new ReadOnlyBooleanWrapper(false);
@@ -61,6 +63,7 @@ public class RoisegCommand {
     public RoisegCommand(QuPathGUI qupath) {
         this.qupath = qupath;
         this.controller = new RoisegController(qupath.getStage());
+        this.confidence = new ConfidenceOverlays(qupath, RoisegPrefs.confidenceOverlayProperty());
     }
 
     /** True while a segmentation or a server call runs (the menu items are disabled then). */
@@ -152,7 +155,7 @@ public class RoisegCommand {
                 .pixelSizeMicrons(userPixelSize)
                 .nameObjectsByModel(compare)
                 .hierarchyThread(RoisegCommand::runOnFxThreadAndWait);
-        SegmentTask task = new SegmentTask(runner, rois);
+        SegmentTask task = new SegmentTask(runner, rois, imageData);
         double recordedPixelSize = userPixelSize;
         start(task, title, resources.getString("info.cancelled"), summary -> {
             Dialogs.showInfoNotification(title, String.format(Locale.ROOT, resources.getString("info.done"),
@@ -175,10 +178,12 @@ public class RoisegCommand {
         private final RoisegRunner runner;
         private final List<PathObject> rois;
         private final CancellationHandle handle = new CancellationHandle();
+        private final ImageData<BufferedImage> imageData;
 
-        SegmentTask(RoisegRunner runner, List<PathObject> rois) {
+        SegmentTask(RoisegRunner runner, List<PathObject> rois, ImageData<BufferedImage> imageData) {
             this.runner = runner;
             this.rois = List.copyOf(rois);
+            this.imageData = imageData;
             updateMessage(resources.getString("progress.starting"));
         }
 
@@ -194,6 +199,11 @@ public class RoisegCommand {
                 @Override
                 public void classesUsed(Set<PathClass> classes) {
                     ClassList.add(classes);
+                }
+
+                @Override
+                public void confidence(PathObject roi, List<ConfidenceMap> maps) {
+                    confidence.add(imageData, roi, maps);
                 }
             });
             return runner.run(rois, handle);
@@ -250,6 +260,9 @@ public class RoisegCommand {
             Dialogs.showInfoNotification(title, summary.describe());
             if (!summary.warnings().isEmpty()) {
                 Dialogs.showWarningNotification(title, String.join("\n", summary.warnings()));
+            }
+            if (!summary.efforts().isEmpty()) {
+                controller.showEffort(summary.efforts());
             }
         });
     }

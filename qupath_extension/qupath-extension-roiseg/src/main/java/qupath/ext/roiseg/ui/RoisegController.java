@@ -21,6 +21,7 @@ import javafx.scene.control.ListCell;
 import javafx.scene.control.ListView;
 import javafx.scene.control.PasswordField;
 import javafx.scene.control.ScrollPane;
+import javafx.scene.control.Spinner;
 import javafx.scene.control.TextField;
 import javafx.scene.control.TitledPane;
 import javafx.scene.layout.ColumnConstraints;
@@ -37,6 +38,8 @@ import org.roiseg.client.ClassDescription;
 import org.roiseg.client.Conventions;
 import org.roiseg.client.ModelDescription;
 import qupath.ext.roiseg.AreaSummary;
+import qupath.ext.roiseg.EffortTable;
+import qupath.ext.roiseg.FastTrackRunner;
 import qupath.ext.roiseg.ModelChoice;
 import qupath.ext.roiseg.PixelSizes;
 import qupath.ext.roiseg.ResultMapper;
@@ -202,9 +205,19 @@ class RoisegController {
         hysteresis.setSelected(RoisegPrefs.hysteresisProperty().get());
         CheckBox upsample = new CheckBox(resources.getString("models.allowUpsample"));
         upsample.setSelected(RoisegPrefs.allowUpsampleProperty().get());
+        CheckBox unsure = new CheckBox(resources.getString("models.confidence"));
+        unsure.setSelected(RoisegPrefs.confidenceOverlayProperty().get());
+        Spinner<Double> review = new Spinner<>(0.0, 1.0, RoisegPrefs.reviewBelowProperty().get(), 0.05);
+        review.setEditable(true);
+        review.setPrefWidth(90);
+        Label reviewLabel = new Label(resources.getString("models.reviewBelow"));
+        reviewLabel.setWrapText(true);
+        reviewLabel.setMaxWidth(560);
+        HBox reviewRow = new HBox(8, reviewLabel, review);
+        reviewRow.setAlignment(Pos.CENTER_LEFT);
 
         HBox top = new HBox(12, list, details);
-        VBox root = new VBox(10, top, background, hysteresis, upsample);
+        VBox root = new VBox(10, top, background, hysteresis, upsample, unsure, reviewRow);
         Dialog<ButtonType> dialog = dialog(resources.getString("title.models"), root);
         dialog.getDialogPane().lookupButton(ButtonType.OK).disableProperty()
                 .bind(list.getSelectionModel().selectedItemProperty().isNull());
@@ -215,6 +228,8 @@ class RoisegController {
         RoisegPrefs.includeBackgroundProperty().set(background.isSelected());
         RoisegPrefs.hysteresisProperty().set(hysteresis.isSelected());
         RoisegPrefs.allowUpsampleProperty().set(upsample.isSelected());
+        RoisegPrefs.confidenceOverlayProperty().set(unsure.isSelected());
+        RoisegPrefs.reviewBelowProperty().set(review.getValue() == null ? 0 : review.getValue());
         return Optional.ofNullable(list.getSelectionModel().getSelectedItem());
     }
 
@@ -253,8 +268,18 @@ class RoisegController {
 
     /** Shows the class areas of compared models. */
     void showComparison(AreaSummary areas) {
+        showTable(resources.getString("title.compare"), resources.getString("compare.table"), areas.rows());
+    }
+
+    /** Shows how much the pathologist corrected each submitted ROI (not modal). */
+    void showEffort(List<FastTrackRunner.RoiEffort> efforts) {
+        showTable(resources.getString("title.effort"), EffortTable.totals(efforts) + "\n"
+                + resources.getString("effort.table"), EffortTable.rows(efforts));
+    }
+
+    /** A table of texts, its first row and column in bold, under a caption (not modal). */
+    private void showTable(String title, String caption, List<List<String>> rows) {
         GridPane grid = grid();
-        List<List<String>> rows = areas.rows();
         for (int r = 0; r < rows.size(); r++) {
             List<String> row = rows.get(r);
             for (int c = 0; c < row.size(); c++) {
@@ -265,15 +290,25 @@ class RoisegController {
                 grid.add(cell, c, r);
             }
         }
-        VBox root = new VBox(10, new Label(resources.getString("compare.table")), grid);
+        Label text = new Label(caption);
+        text.setWrapText(true);
+        text.setMaxWidth(720);
+        VBox root = new VBox(10, text, grid);
         Dialog<ButtonType> dialog = new Dialog<>();
-        dialog.setTitle(resources.getString("title.compare"));
+        dialog.setTitle(title);
         if (owner != null) {
             dialog.initOwner(owner);
         }
         dialog.getDialogPane().setContent(root);
         dialog.getDialogPane().getButtonTypes().setAll(ButtonType.OK);
         dialog.setResizable(true);
+        if (owner != null) {  // over the viewer's middle, not in a corner of the screen
+            dialog.setOnShown(e -> {
+                Window window = dialog.getDialogPane().getScene().getWindow();
+                window.setX(owner.getX() + (owner.getWidth() - window.getWidth()) / 2);
+                window.setY(owner.getY() + (owner.getHeight() - window.getHeight()) / 3);
+            });
+        }
         dialog.show();
     }
 

@@ -3,6 +3,7 @@ package qupath.ext.roiseg.ui;
 import java.util.Collection;
 import java.util.List;
 import javafx.beans.property.BooleanProperty;
+import javafx.beans.property.DoubleProperty;
 import javafx.beans.property.IntegerProperty;
 import javafx.beans.property.StringProperty;
 import org.roiseg.client.RoisegClient;
@@ -47,6 +48,10 @@ public final class RoisegPrefs {
             "roiseg.hysteresis", false);
     private static final BooleanProperty allowUpsample = PathPrefs.createPersistentPreference(
             "roiseg.allowUpsample", false);
+    private static final BooleanProperty confidenceOverlay = PathPrefs.createPersistentPreference(
+            "roiseg.confidenceOverlay", false);
+    private static final DoubleProperty reviewBelow = PathPrefs.createPersistentPreference(
+            "roiseg.reviewBelow", 0.0);
 
     private RoisegPrefs() {
     }
@@ -100,6 +105,19 @@ public final class RoisegPrefs {
         return allowUpsample;
     }
 
+    /**
+     * Whether segmentations return where the model is unsure and the viewer shows it
+     * (Extensions &gt; roiseg &gt; Show where the model is unsure).
+     */
+    public static BooleanProperty confidenceOverlayProperty() {
+        return confidenceOverlay;
+    }
+
+    /** Objects whose mean class probability is below this are flagged for review; 0: none. */
+    public static DoubleProperty reviewBelowProperty() {
+        return reviewBelow;
+    }
+
     /** The segmentation options as stored, for these models (empty: the server's default). */
     public static SegmentOptions segmentOptions(Collection<String> modelIds) {
         return SegmentOptions.builder()
@@ -107,6 +125,8 @@ public final class RoisegPrefs {
                 .includeBackground(includeBackground.get())
                 .hysteresis(hysteresis.get())
                 .allowUpsample(allowUpsample.get())
+                .confidenceMap(confidenceOverlay.get())
+                .reviewBelow(reviewBelow.get() > 0 && reviewBelow.get() <= 1 ? reviewBelow.get() : null)
                 .build();
     }
 }
