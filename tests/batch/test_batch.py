@@ -25,6 +25,7 @@ from conftest import CMU_MPP, GLAS, REPO, same_segmentation
 from roiseg import cli
 from roiseg.batch.journal import Journal, summary_rows
 from roiseg.engine.models import DEFAULT_MODELS_DIR
+from roiseg.io import qupath_geojson
 from roiseg.io.qupath_geojson import MODEL_ID_KEY, is_roiseg_object
 from roiseg.io.qupath_project import ROI_KEY, roi_key
 from roiseg.server.service import SegmentationService, create_server
@@ -97,7 +98,7 @@ def check_features(path: Path) -> list[dict]:
         assert len(properties["classification"]["color"]) == 3
         assert is_roiseg_object(properties)
         assert properties["metadata"][MODEL_ID_KEY] == DEFAULT_MODEL
-        assert properties["measurements"]["Area µm^2"] > 0
+        assert properties["measurements"][qupath_geojson.AREA_MEASUREMENT] > 0
     return collection["features"]
 
 

@@ -97,6 +97,19 @@ def test_plain_image_needs_mpp(tmp_path, capsys):
     assert "Gland epithelium" in names
 
 
+def test_coarse_pixels_name_the_flag_that_accepts_them(tmp_path, capsys):
+    """An image coarser than the model: the error names --allow-upsample (a flag the command
+    has), and the flag works."""
+    image = GLAS / "images" / "train_1.png"
+    out = tmp_path / "glas.geojson"
+    argv = ["segment", str(image), "--mpp", "2.0", "--region", "0,0,300,200", "-o", str(out),
+            "--device", "cpu"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--allow-upsample" in err and "coarser target" not in err
+    assert main([*argv, "--allow-upsample"]) == 0
+
+
 def test_bad_region_is_a_clear_error(tmp_path, capsys):
     assert main(["segment", str(CMU), "--region", "10,10,0,5", "-o",
                  str(tmp_path / "x.geojson"), "--device", "cpu"]) == 2

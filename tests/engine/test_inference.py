@@ -210,6 +210,41 @@ def test_batch_size_does_not_change_the_result(tmp_path, he):
         np.testing.assert_array_equal(getattr(one, name), getattr(seven, name))
 
 
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_tiles_without_needed_pixels_are_not_run_and_needed_pixels_are_unchanged(tmp_path, he,
+                                                                                batch_size):
+    """Only the tiles holding a needed pixel (tissue in the ROI) reach the model; every needed
+    pixel gets the same blend as when all tiles run, the others class 0 with probability 0."""
+    image = np.ascontiguousarray(he[:300, :260])
+    model = _model(tmp_path / "context", _WithContext(), tile=64, overlap=16)
+    needed = np.zeros(image.shape[:2], bool)
+    needed[10:40, 20:90] = True     # top left
+    needed[250:256, 200:203] = True  # a speck near the far corner
+    seen = []
+    forward = model.probabilities
+    model.probabilities = lambda batch: (seen.append(len(batch)), forward(batch))[1]
+    full = predict(model, image, tumor_class=2, batch_size=batch_size)
+    run_all = sum(seen)
+    seen.clear()
+    part = predict(model, image, tumor_class=2, batch_size=batch_size, needed=needed)
+    ys, xs = tile_starts(300, 64, 16), tile_starts(260, 64, 16)
+    touching = sum(needed[y:y + 64, x:x + 64].any() for y in ys for x in xs)
+    assert run_all == full.tiles == len(ys) * len(xs)
+    assert sum(seen) == part.tiles == touching < run_all / 3
+    for name in ("class_map", "probability", "tumor_probability", "fallback_map"):
+        np.testing.assert_array_equal(getattr(part, name)[needed], getattr(full, name)[needed])
+    far = np.ones(needed.shape, bool)
+    for y in ys:
+        for x in xs:
+            if needed[y:y + 64, x:x + 64].any():
+                far[y:y + 64, x:x + 64] = False
+    assert far.any() and not part.probability[far].any() and not part.class_map[far].any()
+    nothing = predict(model, image, needed=np.zeros_like(needed))
+    assert nothing.tiles == 0 and not nothing.probability.any()
+    with pytest.raises(InvalidInput, match="mask"):
+        predict(model, image, needed=needed[:10])
+
+
 def test_accumulation_is_strip_wise(tmp_path, he):
     """No float array of the image's size is allocated: peak numpy memory stays below one
     float32 channel of the image on top of the uint8 outputs."""

@@ -99,7 +99,7 @@ def test_card_fields(tmp_path, smp_model):
     assert card.mean == (0.485, 0.456, 0.406) and card.std == (0.229, 0.224, 0.225)
     assert card.background_index == 2 and card.tumor_index == 1
     assert card.kept_on_glass == ()
-    assert card.description == "" and card.metrics == {"val_dice": "0.5", "epochs": "3"}
+    assert card.description == "" and card.metrics == {"val_dice": "0.5", "epochs": 3}
     assert card.extra == EXTRA
     assert card.training_split is None  # optional
     assert card.class_named("Tumor").index == 1

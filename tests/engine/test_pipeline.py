@@ -12,6 +12,7 @@ from conftest import CMU, CMU_MPP, GLAS
 from rasterio.features import rasterize
 from roiseg.engine import pipeline, postprocess, vectorize
 from roiseg.engine.models import DEFAULT_MODELS_DIR, ModelRegistry, select_device
+from roiseg.io import qupath_geojson
 from roiseg.io.classes import BACKGROUND_CLASS
 from shapely.geometry import Point, Polygon, box, shape
 
@@ -54,7 +55,8 @@ def test_min_sizes_in_square_micrometres(registry):
     (plain,) = _run(registry, roi)
     (cleaned,) = _run(registry, roi, min_area_um2=500.0, min_hole_um2=500.0)
     pixel_um2 = cleaned.mpp_x * cleaned.mpp_y
-    areas = [f["properties"]["measurements"]["Area µm^2"] for f in plain.features]
+    areas = [f["properties"]["measurements"][qupath_geojson.AREA_MEASUREMENT]
+             for f in plain.features]
     assert min(areas) < 500, "the region needs small objects for this test"
     for feature in cleaned.features:
         geometry = shape(feature["geometry"])
@@ -69,6 +71,25 @@ def test_glass_is_not_tissue(registry):
     names = {f["properties"]["classification"]["name"] for f in output.features}
     assert names == {BACKGROUND_CLASS}
 
+
+
+def test_glass_and_outside_the_roi_never_reach_the_model(registry, monkeypatch):
+    """A ROI of two squares at opposite corners of the slide, one on glass, one on tissue:
+    the tiles with no tissue inside the ROI are not run, and the result is the one of running
+    every tile of the bounding box."""
+    roi = box(100, 100, 500, 500).union(box(1600, 2300, 2150, 2900))
+    (skipping,) = _run(registry, roi, include_background=True, confidence_map=True)
+    monkeypatch.setattr(pipeline, "_needed", lambda *args, **kwargs: None)
+    (everything,) = _run(registry, roi, include_background=True, confidence_map=True)
+    assert skipping.tiles <= everything.tiles / 2
+    assert same(skipping.features) == same(everything.features)
+    np.testing.assert_array_equal(skipping.class_map, everything.class_map)
+    np.testing.assert_array_equal(skipping.confidence.image, everything.confidence.image)
+
+
+def same(features) -> list:
+    return sorted((f["properties"]["classification"]["name"], shape(f["geometry"]).wkt,
+                   f["properties"]["measurements"]) for f in features)
 
 
 def test_keep_on_glass_keeps_a_glands_lumen(tmp_path):

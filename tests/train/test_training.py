@@ -278,8 +278,9 @@ def test_roiseg_train_end_to_end(tmp_path):
     assert [c["name"] for c in card["classes"]] == ["Stroma", "Gland epithelium"]
     assert [c.get("keep_on_glass", False) for c in card["classes"]] == [False, True]
     assert card["mpp"] == 1.0 and card["tile_size"] == 512 and card["overlap"] == 128
-    assert card["metrics"]["val_images"] == "1"
-    assert 0.0 <= float(card["metrics"]["val_gland_dice"]) <= 1.0
+    assert card["metrics"]["val_images"] == 1  # numbers, not their text
+    assert isinstance(card["metrics"]["val_gland_dice"], float)
+    assert 0.0 <= card["metrics"]["val_gland_dice"] <= 1.0
     assert "2 for training, 1 held out" in card["trained_on"]
     names = [f"train_{i}" for i in (1, 2, 3)]
     training, held_out = train.split_by_image(names, 0.34, 0)
@@ -668,7 +669,7 @@ def test_fine_tuned_card_loads_in_the_server_and_segments(tmp_path, annotated):
     assert f"fine_tuned_from: {default.id}@{default.version} ({default.sha256})" \
         in card["trained_on"]
     assert [c["name"] for c in card["classes"]] == ["Stroma", "Gland epithelium"]
-    assert card["mpp"] == default.mpp and card["metrics"]["val_images"] == "1"
+    assert card["mpp"] == default.mpp and card["metrics"]["val_images"] == 1
     # Nearly the default model after 2 steps at a tiny learning rate: a good gland Dice on
     # the held-out image's annotated part.
     assert float(card["metrics"]["val_gland_dice"]) > 0.8
@@ -746,3 +747,13 @@ def test_validation_dice_is_evaluates_dice_nan_for_an_absent_class():
     assert math.isnan(result["dice"][2]) and math.isnan(result["dice_image_mean"][2])
     assert result["dice_image_mean"][1] == pytest.approx(expected[1])
     assert result["score"] == pytest.approx(expected[1])  # the absent class does not count
+
+
+def test_the_progress_bar_never_shows_a_best_dice_that_was_not_measured():
+    from roiseg.train.training import _best_text, _Progress
+
+    progress = _Progress()
+    assert _best_text(progress, validated=True) == "n/a"  # before the first validation
+    progress.best_score, progress.best_epoch = 0.9168, 1
+    assert _best_text(progress, validated=True) == "0.917"
+    assert _best_text(progress, validated=False) == "n/a"  # no validation set

@@ -83,7 +83,7 @@ def tile_weights(starts: Sequence[int], tile: int, length: int) -> list[np.ndarr
 
 
 def predict(model: LoadedModel, image: np.ndarray, *, tumor_class: int | None = None,
-            batch_size: int | None = None,
+            batch_size: int | None = None, needed: np.ndarray | None = None,
             progress: Callable[[int, int], None] | None = None,
             should_stop: Callable[[], bool] | None = None) -> Prediction:
     """Segment an image with a model, tile by tile.
@@ -94,6 +94,10 @@ def predict(model: LoadedModel, image: np.ndarray, *, tumor_class: int | None = 
         tumor_class: index of the class to report `tumor_probability` and
             `fallback_map` for, if any.
         batch_size: tiles per forward pass; the card's if None.
+        needed: (H, W) bool, the pixels whose results are used (tissue inside the ROI); tiles
+            holding none of them are not run, and their pixels come out as class 0 with
+            probability 0. Every needed pixel gets exactly the blend of all its tiles, as without
+            `needed`. None: every tile runs.
         progress: called with (tiles done, tiles in all) after each batch.
         should_stop: checked before each batch.
 
@@ -123,10 +127,29 @@ def predict(model: LoadedModel, image: np.ndarray, *, tumor_class: int | None = 
     weights_y = tile_weights(ys, tile_h, padded.shape[0])
     weights_x = tile_weights(xs, tile_w, padded.shape[1])
     tiles = [(j, i) for j in range(len(ys)) for i in range(len(xs))]
+    if needed is not None:
+        if needed.shape != (height, width):
+            raise InvalidInput(f"the needed pixels' mask is {needed.shape}, the image "
+                               f"{(height, width)}")
+        wanted = np.zeros(padded.shape[:2], bool)
+        wanted[:height, :width] = needed
+        tiles = [(j, i) for j, i in tiles
+                 if wanted[ys[j]:ys[j] + tile_h, xs[i]:xs[i] + tile_w].any()]
 
     outputs = _Outputs(height, width, tumor_class)
     strip = np.zeros((classes, tile_h, padded.shape[1]), np.float32)
     row = 0
+
+    def finish_rows_before(j: int) -> None:
+        """Writes the rows of tiles before row j, which no later tile touches."""
+        nonlocal row
+        while row < j:
+            done = ys[row + 1] - ys[row]
+            outputs.write(strip[:, :done], ys[row])
+            strip[:, :tile_h - done] = strip[:, done:]
+            strip[:, tile_h - done:] = 0
+            row += 1
+
     model_seconds = 0.0
     for first in range(0, len(tiles), batch_size):
         if should_stop is not None and should_stop():
@@ -138,16 +161,12 @@ def predict(model: LoadedModel, image: np.ndarray, *, tumor_class: int | None = 
         probabilities = model.probabilities(pixels).numpy()
         model_seconds += time.perf_counter() - started
         for (j, i), tile in zip(batch, probabilities):
-            while row < j:
-                done = ys[row + 1] - ys[row]
-                outputs.write(strip[:, :done], ys[row])
-                strip[:, :tile_h - done] = strip[:, done:]
-                strip[:, tile_h - done:] = 0
-                row += 1
+            finish_rows_before(j)
             tile *= np.outer(weights_y[j], weights_x[i])
             strip[:, :, xs[i]:xs[i] + tile_w] += tile
         if progress is not None:
             progress(first + len(batch), len(tiles))
+    finish_rows_before(len(ys) - 1)
     outputs.write(strip, ys[row])
     return Prediction(class_map=outputs.class_map, probability=outputs.probability,
                       tumor_probability=outputs.tumor_probability,

@@ -107,7 +107,8 @@ class ModelCard:
     background_class: str | None
     tumor_class: str | None
     trained_on: str
-    metrics: dict[str, str]
+    #: Validation figures: numbers (Dice, image counts) or, in older cards, their text.
+    metrics: dict[str, float | str]
     extra: dict[str, Any]
     card_path: Path
     ensemble: tuple[EnsembleMember, ...] = ()
@@ -403,11 +404,11 @@ class _CardReader:
                              + ", ".join(repr(n) for n in names))
         return value
 
-    def metrics(self, value: Any) -> dict[str, str]:
+    def metrics(self, value: Any) -> dict[str, float | str]:
         for key, item in self.object("metrics", value).items():
             if isinstance(item, bool) or not isinstance(item, (str, int, float)):
                 raise self.error(f"metrics.{key}", f"must be a string or number, got {item!r}")
-        return {key: str(item) for key, item in value.items()}
+        return dict(value)
 
 
 def write_card(directory: Path, fields: Mapping[str, Any]) -> dict[str, Any]:

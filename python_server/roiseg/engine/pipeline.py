@@ -230,6 +230,7 @@ def _segment(job: Job, card: ModelCard, registry: ModelRegistry, raster: _Raster
     progress(Progress(Stage.INFERENCE, card.id, 0, 0, f"running {card.name}"))
     t0 = time.perf_counter()
     prediction = predict(model, read.image, tumor_class=tumor,
+                         needed=_needed(card, raster, hysteresis=tumor is not None),
                          progress=lambda done, total: progress(
                              Progress(Stage.INFERENCE, card.id, done, total)),
                          should_stop=should_stop)
@@ -302,7 +303,7 @@ def _segment(job: Job, card: ModelCard, registry: ModelRegistry, raster: _Raster
         source_mpp=source_mpp, mpp_x=mpp_x, mpp_y=mpp_y, level=read.level,
         level_downsample=read.level_downsample, upsampled=read.upsampled,
         tiles=prediction.tiles, timings=timings, class_map=vector_map, transform=t,
-        confidence=_confidence(prediction.probability, raster.roi_mask, t)
+        confidence=_confidence(prediction.probability, class_map != postprocess.NO_CLASS, t)
         if options.confidence_map else None)
 
 
@@ -311,10 +312,20 @@ def _for_review(measurements: dict[str, float], review_below: float | None) -> b
     return review_below is not None and probability is not None and probability < review_below
 
 
-def _confidence(probability: np.ndarray, roi_mask: np.ndarray,
+def _needed(card: ModelCard, raster: _Raster, hysteresis: bool) -> np.ndarray | None:
+    """The pixels whose predictions a job uses: tissue inside the ROI; tissue anywhere in the
+    region for hysteresis (its tumour regions grow across the ROI's edge); the whole ROI for a
+    model whose classes are kept on glass (None: all, both)."""
+    if card.kept_on_glass:
+        return None if hysteresis else raster.roi_mask
+    return raster.tissue if hysteresis else raster.tissue & raster.roi_mask
+
+
+def _confidence(probability: np.ndarray, classified: np.ndarray,
                 transform: raster.RasterTransform) -> Confidence:
-    """255 - `probability` inside the ROI, averaged down to at most `CONFIDENCE_MAP_SIDE`."""
-    unsure: np.ndarray = np.where(roi_mask, 255 - probability, 0).astype(np.uint8)
+    """255 - `probability` where a class is returned (`classified`: not outside the ROI, not
+    glass), averaged down to at most `CONFIDENCE_MAP_SIDE`."""
+    unsure: np.ndarray = np.where(classified, 255 - probability, 0).astype(np.uint8)
     height, width = unsure.shape
     factor = max(1, math.ceil(max(height, width) / CONFIDENCE_MAP_SIDE))
     if factor > 1:

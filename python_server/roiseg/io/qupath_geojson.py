@@ -107,8 +107,8 @@ RUN_ID_KEY = "roiseg.run_id"
 PIXEL_SIZE_KEY = "roiseg.pixel_size_um"
 
 #: Measurement names, as QuPath shows them.
-AREA_MEASUREMENT = "Area µm^2"
-PROBABILITY_MEASUREMENT = "Mean class probability"
+AREA_MEASUREMENT = "roiseg: predicted area µm^2"
+PROBABILITY_MEASUREMENT = "roiseg: mean class probability"
 
 
 def classification(name: str, color: Sequence[int]) -> dict[str, Any]:

@@ -198,6 +198,13 @@ class Slide:
         return _to_rgb(_read_tiff_window(self._pages[level], x, y, w, h, self.path))
 
 
+
+#: What a user can do about pixels coarser than a model's resolution, in every client's words.
+UPSAMPLE_HINT = ("use a scan of higher resolution, or accept upsampling (less exact): "
+                 "roiseg --allow-upsample; in QuPath, Extensions > roiseg > Choose model… > "
+                 "Allow images coarser than the model; in a request, "
+                 "SegmentOptions.allow_upsample")
+
 def decode_image(data: bytes, max_pixels: int | None = None) -> np.ndarray:
     """Encoded PNG, JPEG or TIFF bytes as an (H, W, 3) uint8 RGB array; TooLarge if the
     image has more than `max_pixels` pixels (checked before decoding)."""
@@ -264,8 +271,7 @@ def resample(image: np.ndarray, width: int, height: int,
     if grows and not allow_upsample:
         raise InvalidInput(
             f"Reaching the target resolution needs upsampling the pixels ({in_width} x "
-            f"{in_height} -> {width} x {height}); choose a coarser target resolution or allow "
-            "upsampling.")
+            f"{in_height} -> {width} x {height}); {UPSAMPLE_HINT}")
     interpolation = cv2.INTER_LINEAR if grows else cv2.INTER_AREA
     return cv2.resize(np.ascontiguousarray(image), (width, height), interpolation=interpolation)
 
@@ -355,7 +361,7 @@ def _plan_region(bbox: tuple[float, float, float, float], grid_w: int, grid_h: i
     if upsampled and not allow_upsample:
         raise InvalidInput(
             f"The target resolution {target_mpp} µm/px is finer than the available pixels "
-            f"({ds_x * mpp:.4g} µm/px); choose a coarser target or allow upsampling.")
+            f"({ds_x * mpp:.4g} µm/px); {UPSAMPLE_HINT}")
     transform = RasterTransform(origin_x + u0 * ds_x, origin_y + v0 * ds_y,
                                 source_w * ds_x / out_w, source_h * ds_y / out_h)
     return _RegionPlan(u0, v0, source_w, source_h, out_w, out_h, transform, upsampled)

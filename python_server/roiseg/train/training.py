@@ -834,7 +834,7 @@ class _Trainer:
                 bar.update(1)
                 bar.set_postfix(epoch=progress.epoch + 1, loss=f"{losses[-1]:.3f}",
                                 lr=f"{options.lr * factor:.1e}",
-                                best=f"{max(progress.best_score, 0):.3f}", refresh=False)
+                                best=_best_text(progress, bool(val_set)), refresh=False)
                 self.on_progress(TrainProgress("training", progress.epoch, options.epochs,
                                                progress.step, total_steps, losses[-1]))
             if not losses:
@@ -866,6 +866,8 @@ class _Trainer:
                 "validated", progress.epoch, options.epochs, progress.step, total_steps,
                 record["loss"], record.get("val_score"),
                 progress.best_score if val_set else None))
+            bar.set_postfix(epoch=progress.epoch, loss=f"{record['loss']:.3f}",
+                            best=_best_text(progress, bool(val_set)))
             bar.write(f"epoch {progress.epoch}: loss {record['loss']:.4f}"
                       + (f", val Dice {record['val_score']:.4f} (best {progress.best_score:.4f}"
                          f" @ {progress.best_epoch})" if "val_score" in record else "")
@@ -924,16 +926,17 @@ class _Trainer:
         # Metrics of the model exactly as the server will run it: the card and float16
         # checkpoint just written, loaded by the server's loader, whole held-out images at
         # the model's resolution through the server's tiled inference.
-        metrics: dict[str, str] = {}
+        metrics: dict[str, float | str] = {}
         if val_set:
             exported = load_model(ModelCard.from_file(out_dir / CARD_FILE), config.device)
             result = evaluate(exported, val_set)
             keys = _metric_keys(config.card.classes)
             for key, spec in zip(keys, config.card.classes):
-                metrics[key] = f"{result['dice'][spec.index]:.3f}"
+                metrics[key] = round(float(result['dice'][spec.index]), 4)
             for key, spec in zip(keys, config.card.classes):
-                metrics[f"{key}_image_mean"] = f"{result['dice_image_mean'][spec.index]:.3f}"
-            metrics["val_images"] = str(len(val_set))
+                metrics[f"{key}_image_mean"] = round(float(result['dice_image_mean'][spec.index]),
+                                                     4)
+            metrics["val_images"] = len(val_set)
         card = self._card(train_set, val_set, progress, stop_reason, metrics, ensemble)
         write_card(out_dir, {**card, "checkpoint": written["checkpoint"],
                              "sha256": written["sha256"]})
@@ -947,7 +950,7 @@ class _Trainer:
         return ModelCard.from_file(out_dir / CARD_FILE)
 
     def _card(self, train_set: Sequence[Sample], val_set: Sequence[Sample],
-              progress: _Progress, stop_reason: str, metrics: dict[str, str],
+              progress: _Progress, stop_reason: str, metrics: dict[str, float | str],
               ensemble: Sequence[dict[str, Any]]) -> dict[str, Any]:
         options, config, trained = self.options, self.config, self.config.card
         model_id = options.model_id or re.sub(r"[^a-z0-9._-]+", "-",
@@ -1034,3 +1037,11 @@ class _Trainer:
                 else torch.cuda.get_device_name(device)
         threads = torch.get_num_threads()
         return f"CPU, {threads} thread{'s' if threads != 1 else ''}"
+
+
+def _best_text(progress: _Progress, validated: bool) -> str:
+    """The progress bar's best validation Dice: "n/a" before the first validation (or without
+    a validation set), never a 0 that was not measured."""
+    if not validated or progress.best_epoch < 0:
+        return "n/a"
+    return f"{progress.best_score:.3f}"

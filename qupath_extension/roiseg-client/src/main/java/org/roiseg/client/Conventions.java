@@ -28,9 +28,9 @@ public final class Conventions {
     public static final String RUN_ID_KEY = "roiseg.run_id";
 
     /** Measurement: the object's area in µm². */
-    public static final String AREA_MEASUREMENT = "Area \u00b5m^2";
+    public static final String AREA_MEASUREMENT = "roiseg: predicted area \u00b5m^2";
     /** Measurement: the model's mean probability of the object's class over the object. */
-    public static final String PROBABILITY_MEASUREMENT = "Mean class probability";
+    public static final String PROBABILITY_MEASUREMENT = "roiseg: mean class probability";
 
     /** Class name of the non-tissue area, returned on request. */
     public static final String BACKGROUND_CLASS = "Background";

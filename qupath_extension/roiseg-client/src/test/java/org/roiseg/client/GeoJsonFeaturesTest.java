@@ -19,14 +19,14 @@ class GeoJsonFeaturesTest {
             + "{\"type\":\"Feature\",\"geometry\":{\"type\":\"Polygon\",\"coordinates\":"
             + "[[[0,0],[10,0],[10,10],[0,10],[0,0]],[[2,2],[2,4],[4,4],[4,2],[2,2]]]},"
             + "\"properties\":{\"objectType\":\"annotation\",\"classification\":{\"name\":\"Gland epithelium\","
-            + "\"color\":[200,40,40]},\"isLocked\":false,\"measurements\":{\"Area \u00b5m^2\":96.0,"
-            + "\"Mean class probability\":0.9},\"metadata\":{\"roiseg.source\":\"roiseg\","
+            + "\"color\":[200,40,40]},\"isLocked\":false,\"measurements\":{\"roiseg: predicted area \u00b5m^2\":96.0,"
+            + "\"roiseg: mean class probability\":0.9},\"metadata\":{\"roiseg.source\":\"roiseg\","
             + "\"roiseg.model_id\":\"m\",\"roiseg.model_version\":\"1\"}}},"
             + "{\"type\":\"Feature\",\"geometry\":{\"type\":\"MultiPolygon\",\"coordinates\":"
             + "[[[[20,20],[30,20],[30,30],[20,30],[20,20]]],"
             + "[[[40,40],[60,40],[60,60],[40,60],[40,40]],[[45,45],[45,50],[50,50],[50,45],[45,45]]]]},"
             + "\"properties\":{\"classification\":{\"name\":\"Background\",\"color\":[255,255,255]},"
-            + "\"measurements\":{\"Area \u00b5m^2\":455.0},\"metadata\":{\"roiseg.source\":\"roiseg\"}}}]}";
+            + "\"measurements\":{\"roiseg: predicted area \u00b5m^2\":455.0},\"metadata\":{\"roiseg.source\":\"roiseg\"}}}]}";
 
     @Test
     void readsPolygonWithHoleAndMultiPolygon() {
