@@ -110,6 +110,18 @@ def test_coarse_pixels_name_the_flag_that_accepts_them(tmp_path, capsys):
     assert main([*argv, "--allow-upsample"]) == 0
 
 
+def test_a_roi_partly_outside_the_image_is_said_to_be(tmp_path, capsys):
+    """The part of a ROI beyond the image is not segmented, and the user is told how much."""
+    out = tmp_path / "out.geojson"
+    base = ["segment", str(CMU), "-o", str(out), "--device", "cpu", "--region"]
+    assert main([*base, "2000,100,400,300"]) == 0  # the slide is 2220 px wide
+    err = capsys.readouterr().err
+    assert "note: glas-unet-mobilenetv2: 45.0 % of the ROI lies outside the image " \
+           "(2220 x 2967 px) and was not segmented" in err
+    assert main([*base, "1000,100,400,300"]) == 0
+    assert "note:" not in capsys.readouterr().err
+
+
 def test_bad_region_is_a_clear_error(tmp_path, capsys):
     assert main(["segment", str(CMU), "--region", "10,10,0,5", "-o",
                  str(tmp_path / "x.geojson"), "--device", "cpu"]) == 2

@@ -342,6 +342,10 @@ class _Batch:
             if outcome.ok:
                 record["outputs"] = outputs
                 self.result.segmented += 1
+                for notice in dict.fromkeys(n for r in outcome.results.values()
+                                            for n in r.notices):
+                    print(f"{plan.name} / {roi_name(outcome.job.roi)}: note: {notice}",
+                          file=sys.stderr)
             else:
                 self.result.errors += 1
             records.append(record)
@@ -419,5 +423,6 @@ def _model_records(outcome: Outcome) -> list[dict]:
             "id": model_id, "version": result.model_version,
             "sha256": result.checkpoint_sha256, "features": result.feature_count,
             "areas_um2": {a.name: round(a.area_um2, 3) for a in result.class_areas},
-            "mpp_used": round(result.execution.mpp_used, 6)})
+            "mpp_used": round(result.execution.mpp_used, 6),
+            **({"notices": list(result.notices)} if result.notices else {})})
     return models

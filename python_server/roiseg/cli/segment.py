@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from roiseg.cli import options
@@ -86,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
         e = model_result.execution
         print(f"{model_id}: {model_result.feature_count} polygons at {e.mpp_used:.3f} µm/px "
               f"in {e.timings.total_s:.1f} s — {areas or 'nothing found'}")
+        for notice in model_result.notices:
+            print(f"roiseg segment: note: {model_id}: {notice}", file=sys.stderr)
     print("wrote " + ", ".join(map(str, written)))
     return 0
 

@@ -125,6 +125,8 @@ class Confidence:
     transform: raster.RasterTransform
 
 
+#: A ROI clipped by more than this fraction of its area is said to be.
+CLIPPED_NOTICE = 0.001
 #: Longest side of a confidence map; larger ROIs get a coarser map.
 CONFIDENCE_MAP_SIDE = 1024
 #: Metadata key (and name suffix) of objects flagged for review.
@@ -151,6 +153,8 @@ class ModelOutput:
     class_map: np.ndarray = field(repr=False)
     transform: raster.RasterTransform = field(repr=False)
     confidence: Confidence | None = field(default=None, repr=False)
+    #: What the user should know about the result (e.g. the part of the ROI not segmented).
+    notices: tuple[str, ...] = ()
 
     @property
     def feature_collection(self) -> dict:
@@ -180,20 +184,21 @@ class RoiPixels:
 def read_roi(job: Job, card: ModelCard, *, max_roi_pixels: int) -> RoiPixels:
     """The job's ROI read for `card` exactly as `run` reads it (pixel size, clipping, size
     limit, pyramid level and resampling), without segmenting it."""
-    with _opened(job) as (image, source_mpp, roi):
+    with _opened(job) as (image, source_mpp, roi, _):
         _check_size(roi, source_mpp, card, max_roi_pixels)
         return RoiPixels(_read(image, roi.bounds, source_mpp, card, job.options.allow_upsample),
                          roi, source_mpp)
 
 
 @contextmanager
-def _opened(job: Job) -> Iterator[tuple[Slide | PixelSource, float, BaseGeometry]]:
-    """The job's image (a slide opened for the block), its full-resolution µm/px and the ROI
-    clipped to it."""
+def _opened(job: Job) -> Iterator[tuple[Slide | PixelSource, float, BaseGeometry,
+                                         tuple[str, ...]]]:
+    """The job's image (a slide opened for the block), its full-resolution µm/px, the ROI
+    clipped to it and what the clipping left out, in words."""
     with ExitStack() as stack:
         image = stack.enter_context(Slide.open(job.source.path)) \
             if isinstance(job.source, SlideSource) else job.source
-        yield image, _source_mpp(job.source, image), _clip_to_image(job.roi, image)
+        yield image, _source_mpp(job.source, image), *_clip_to_image(job.roi, image)
 
 
 def run(job: Job, registry: ModelRegistry, *, max_roi_pixels: int,
@@ -202,19 +207,19 @@ def run(job: Job, registry: ModelRegistry, *, max_roi_pixels: int,
     """Runs the job model by model, yielding each model's output when it is done."""
     cards = [registry.card(model_id) for model_id in job.model_ids]
     _check_options(job.options, cards)
-    with _opened(job) as (image, source_mpp, roi):
+    with _opened(job) as (image, source_mpp, roi, notices):
         rasters: dict[float, _Raster] = {}
         for card in cards:
             _check_size(roi, source_mpp, card, max_roi_pixels)
             if card.mpp not in rasters:
                 rasters[card.mpp] = _raster(job, image, roi, source_mpp, card, progress,
                                             should_stop)
-            yield _segment(job, card, registry, rasters[card.mpp], source_mpp, progress,
+            yield _segment(job, card, registry, rasters[card.mpp], source_mpp, notices, progress,
                            should_stop)
 
 
 def _segment(job: Job, card: ModelCard, registry: ModelRegistry, raster: _Raster,
-             source_mpp: float, progress: Callable[[Progress], None],
+             source_mpp: float, notices: tuple[str, ...], progress: Callable[[Progress], None],
              should_stop: Callable[[], bool]) -> ModelOutput:
     """One model's output; its total time counts the (possibly shared) read and tissue
     stages once."""
@@ -304,7 +309,7 @@ def _segment(job: Job, card: ModelCard, registry: ModelRegistry, raster: _Raster
         level_downsample=read.level_downsample, upsampled=read.upsampled,
         tiles=prediction.tiles, timings=timings, class_map=vector_map, transform=t,
         confidence=_confidence(prediction.probability, class_map != postprocess.NO_CLASS, t)
-        if options.confidence_map else None)
+        if options.confidence_map else None, notices=notices)
 
 
 def _for_review(measurements: dict[str, float], review_below: float | None) -> bool:
@@ -379,8 +384,10 @@ def _source_mpp(source: PixelSource | SlideSource, image: Slide | PixelSource) -
     return mpp
 
 
-def _clip_to_image(roi: BaseGeometry, image: Slide | PixelSource) -> BaseGeometry:
-    """The ROI clipped to the image and, for client pixels, to the pixels sent."""
+def _clip_to_image(roi: BaseGeometry, image: Slide | PixelSource
+                   ) -> tuple[BaseGeometry, tuple[str, ...]]:
+    """The ROI clipped to the image and, for client pixels, to the pixels sent, and a notice
+    for each clipping that leaves out more than `CLIPPED_NOTICE` of the ROI."""
     extents = []
     if isinstance(image, Slide):
         extents.append((box(0, 0, image.width, image.height),
@@ -394,13 +401,19 @@ def _clip_to_image(roi: BaseGeometry, image: Slide | PixelSource) -> BaseGeometr
         sent = box(source.origin_x, source.origin_y, source.origin_x + w * source.downsample,
                    source.origin_y + h * source.downsample)
         extents.append((sent, "the pixels sent ({:g},{:g} to {:g},{:g})".format(*sent.bounds)))
+    notices = []
+    drawn = roi.area
     for extent, what in extents:
         clipped = roi.intersection(extent)
         if clipped.is_empty or clipped.area <= 0:
             x0, y0, x1, y1 = roi.bounds
             raise InvalidInput(f"the ROI ({x0:g},{y0:g} to {x1:g},{y1:g}) lies outside {what}")
+        outside = (roi.area - clipped.area) / drawn
+        if outside > CLIPPED_NOTICE:
+            notices.append(f"{100 * outside:.1f} % of the ROI lies outside {what} and was not "
+                           "segmented")
         roi = clipped
-    return roi
+    return roi, tuple(notices)
 
 
 def _check_size(roi: BaseGeometry, source_mpp: float, card: ModelCard, limit: int) -> None:

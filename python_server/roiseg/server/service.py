@@ -456,7 +456,7 @@ def _output_events(output: pipeline.ModelOutput, device: str) -> Iterator[pb.Seg
             timings=pb.Timings(read_s=t.read_s, tissue_s=t.tissue_s, inference_s=t.inference_s,
                                model_s=t.model_s, postprocess_s=t.postprocess_s,
                                vectorize_s=t.vectorize_s, total_s=t.total_s)),
-        confidence=_confidence_map(output.confidence)))
+        confidence=_confidence_map(output.confidence), notices=output.notices))
 
 
 class _Malformed:

@@ -251,6 +251,8 @@ public final class RoisegRunner {
                         roi.getImagePlane());
                 results.put(parent, created);
                 areas.add(result);
+                result.models().values().stream().flatMap(m -> m.notices().stream()).distinct()
+                        .forEach(notice -> warnings.add(prefix + notice + "."));
                 List<ConfidenceMap> maps = result.models().values().stream().map(ModelSegmentation::confidence)
                         .filter(Objects::nonNull).toList();
                 if (!maps.isEmpty()) {

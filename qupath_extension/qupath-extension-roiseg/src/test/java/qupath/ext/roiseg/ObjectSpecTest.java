@@ -61,9 +61,9 @@ class ObjectSpecTest {
     void resultsBecomeSpecsModelByModel() {
         ModelSegmentation a = new ModelSegmentation("a", "1", "", List.of(feature("Tumor", 1, Map.of()),
                 new SegmentedFeature(GF.createPolygon(), "Empty", 2, Map.of(), Map.of(), null)),
-                List.of(new ClassArea("Tumor", 100, 1)), null, null);
+                List.of(new ClassArea("Tumor", 100, 1)), null, null, List.of());
         ModelSegmentation b = new ModelSegmentation("b", "1", "", List.of(feature(" ", 3, Map.of())), List.of(),
-                null, null);
+                null, null, List.of());
         Map<String, ModelSegmentation> models = new LinkedHashMap<>();
         models.put("a", a);
         models.put("b", b);

@@ -631,7 +631,8 @@ public final class RoisegClient implements AutoCloseable {
         }
         return new ModelSegmentation(result.getModelId(), result.getModelVersion(), result.getCheckpointSha256(),
                 features, areas, ExecutionSummary.fromProto(result.getExecution()),
-                result.hasConfidence() ? ConfidenceMap.fromProto(result.getConfidence()) : null);
+                result.hasConfidence() ? ConfidenceMap.fromProto(result.getConfidence()) : null,
+                result.getNoticesList());
     }
 
     /** Settings of a {@link RoisegClient}; every setter returns the builder. */

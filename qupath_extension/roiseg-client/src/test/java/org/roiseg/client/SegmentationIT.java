@@ -230,6 +230,21 @@ class SegmentationIT {
         assertTrue(flagged > 0, m.features().toString());
     }
 
+    @Test
+    void aRoiPartlyOutsideTheImageIsSaidToBe() throws IOException {
+        BufferedImage image = glas("images", "train_1.png");
+        int width = image.getWidth();
+        RegionImage pixels = new RegionImage(image, 0, 0, 1, GLAS_MPP, width, image.getHeight());
+        ModelSegmentation inside = client.segmentRegion(pixels, RoisTest.box(100, 100, 400, 300),
+                SegmentOptions.defaults()).first();
+        assertEquals(List.of(), inside.notices());
+        // 400 px wide, the last 100 beyond the image's right edge
+        ModelSegmentation across = client.segmentRegion(pixels, RoisTest.box(width - 300, 100, width + 100, 300),
+                SegmentOptions.defaults()).first();
+        assertEquals(List.of("25.0 % of the ROI lies outside the image (" + width + " x " + image.getHeight()
+                + " px) and was not segmented"), across.notices());
+    }
+
     /** Fraction of tissue sample points where "inside a gland polygon" matches the mask. */
     static double agreement(Geometry roi, PreparedGeometry gland, PreparedGeometry background, BufferedImage mask,
                             double ox, double oy, double shiftX) {
