@@ -11,11 +11,13 @@ import cv2
 import numpy as np
 from conftest import GLAS, REPO, same_segmentation
 from roiseg.cli import main as roiseg_main
+from roiseg.io import overlay
 from shapely.geometry import box, shape
 
 CMU_EXAMPLE = REPO / "examples" / "data" / "cmu_small_region.svs"
 DEFAULT_ID, COARSE_ID = "glas-unet-mobilenetv2", "glas-coarse"
 TITLE_PX = 28  # overlay's title bar
+LEGEND_PX = overlay.LEGEND_PX  # and its key of the classes under each panel
 GLAND = "Gland epithelium"
 
 
@@ -57,12 +59,19 @@ def test_two_models_and_a_reference_on_a_real_region(models_dir, tmp_path, capsy
         == {COARSE_ID}
     # Sheet: 2 models + the reference, side by side, 600 px each at full resolution.
     picture = cv2.imread(str(out / f"{stem}.compare.png"))
-    assert picture.shape[:2] == (600 + TITLE_PX, 3 * 600)
+    assert picture.shape[:2] == (600 + TITLE_PX + LEGEND_PX, 3 * 600)
     first, second, third = _panels(out / f"{stem}.compare.png", 3)
     # Panel order follows --model; the reference (same polygons and colours as the default
     # model's) is drawn exactly like it, the coarse model differently.
     assert np.array_equal(first, third)
     assert np.mean(np.abs(first.astype(int) - second.astype(int))) > 5
+    # The errors against the reference, a panel per model: none for the default model (its own
+    # output is the reference), some for the coarse one.
+    errors = cv2.imread(str(out / f"{stem}.errors.png"))
+    assert errors.shape[:2] == (600 + TITLE_PX + LEGEND_PX, 2 * 600)
+    default_errors, coarse_errors = _panels(out / f"{stem}.errors.png", 2)
+    differ = np.abs(default_errors.astype(int) - coarse_errors.astype(int)).max(axis=2) > 40
+    assert differ.mean() > 0.01
     # Metrics: one row per model; the default model scores 1 against its own output.
     rows = {r["model"]: r for r in _rows(out / "compare.csv")}
     assert list(rows) == [DEFAULT_ID, COARSE_ID]
@@ -92,7 +101,7 @@ def test_through_a_server_with_a_sidecar_roi(address, tmp_path):
             assert roi.buffer(1e-6).contains(shape(feature["geometry"]))
     # 400 x 320 ROI at full resolution, two panels, no reference and no metrics.
     picture = cv2.imread(str(out / "train_3.compare.png"))
-    assert picture.shape[:2] == (320 + TITLE_PX, 2 * 400)
+    assert picture.shape[:2] == (320 + TITLE_PX + LEGEND_PX, 2 * 400)
     assert not (out / "compare.csv").exists()
 
 
@@ -116,7 +125,7 @@ def test_mask_references_over_several_images(models_dir, tmp_path, monkeypatch):
         assert int(next(r for r in rows if r["image"] == image.stem)["pixels"]) \
             == height * width
         picture = cv2.imread(str(out / f"{image.stem}.compare.png"))
-        assert picture.shape[:2] == (height + TITLE_PX, 3 * width)
+        assert picture.shape[:2] == (height + TITLE_PX + LEGEND_PX, 3 * width)
     table = (out / "compare.md").read_text()
     line = next(row for row in table.splitlines() if row.startswith(f"| {DEFAULT_ID} | 2 |"))
     assert "–" in line  # a confidence interval over the two images
@@ -158,3 +167,26 @@ def test_models_dir_adds_to_the_default_model_and_a_single_class_reference_is_fl
     # the reference holds glands only: every score would flatter, and the report says so
     assert "WARNING: the reference holds only the class" in capsys.readouterr().err
     assert "WARNING: the reference holds only the class" in (out / "compare.md").read_text()
+
+
+def test_error_maps_are_the_pixels_where_a_model_and_the_reference_disagree():
+    from roiseg.evaluation import compare
+    from roiseg.evaluation import metrics as ev
+    from shapely.geometry import box, mapping
+
+    def collection(*boxes):
+        return {"type": "FeatureCollection", "features": [
+            {"type": "Feature", "geometry": mapping(b),
+             "properties": {"classification": {"name": "Gland", "color": [0, 170, 200]}}}
+            for b in boxes]}
+
+    reference = ev.Annotation(None, features=[(box(10, 10, 50, 50), "Gland")])
+    classes = ev.EvalClasses()
+    scored = compare.score("img", {"same": collection(box(10, 10, 50, 50)),
+                                   "shifted": collection(box(20, 10, 60, 50))},
+                           reference, classes, "Gland", box(0, 0, 100, 100), 1.0, 0.5)
+    (fp_same, fn_same, _), (fp, fn, placement) = scored.errors["same"], scored.errors["shifted"]
+    assert not fp_same.any() and not fn_same.any()
+    assert (fp.sum(), fn.sum()) == (400, 400) and placement == (0.0, 0.0, 1.0, 1.0)
+    assert fp[30, 55] and fn[30, 15] and not fp[30, 30]
+    assert dict(scored.rows)["same"].metrics()["dsc"] == 1.0

@@ -353,7 +353,7 @@ def _overlay_png(plan: ImagePlan, features: Sequence[Mapping[str, Any]],
         pixels, origin, downsample = overlay_view(slide, geometry)
     picture = overlay.render(pixels, origin, downsample,
                              {m: feature_collection(f) for m, f in by_model.items()}, geometry,
-                             max_side=OVERLAY_SIDE)
+                             max_side=OVERLAY_SIDE, mpp=plan.mpp or None)
     ok, data = cv2.imencode(".png", np.ascontiguousarray(picture[..., ::-1]))
     if not ok:
         raise OSError(f"cannot encode the overlay of {plan.name}")

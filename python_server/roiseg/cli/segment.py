@@ -73,13 +73,15 @@ def run(args: argparse.Namespace) -> int:
         if args.overlay:
             pixels, origin, downsample = requests.overlay_view(slide, geometry)
             overlay.save_png(args.overlay, overlay.render(pixels, origin, downsample,
-                                                          result.feature_collections, geometry))
+                                                          result.feature_collections, geometry,
+                                                          mpp=mpp))
             written.append(args.overlay)
         if args.confidence:
             pixels, origin, downsample = requests.overlay_view(slide, geometry)
             overlay.save_png(args.confidence, overlay.render_confidence(
                 pixels, origin, downsample,
-                {m: requests.confidence_raster(r.confidence) for m, r in result.results.items()}))
+                {m: requests.confidence_raster(r.confidence) for m, r in result.results.items()},
+                mpp=mpp))
             written.append(args.confidence)
     for model_id, model_result in result.results.items():
         areas = ", ".join(f"{a.name} {a.area_um2 / 1e6:.3f} mm² ({a.features})"

@@ -139,15 +139,17 @@ def _compare(options: CompareOptions) -> Comparison:
                     result = client.segment(request, bar.update)
                 collections = {m: result.feature_collections[m] for m in models
                                if m in result.feature_collections}
-                written += _write_image(options.out, job, slide, geometry, collections,
-                                        reference, colors)
                 extent = geometry.intersection(box(0, 0, slide.width, slide.height))
+                scored = _Scored()
+                if reference is not None:
+                    scored = score(job.image.stem, collections, reference, classes, positive,
+                                   extent, options.downsample or max(1.0, target_mpp / mpp), mpp)
+                    rows += scored.rows
+                written += _write_image(options.out, job, slide, geometry, collections,
+                                        reference, colors, mpp, scored, positive)
             for model_id, model_result in result.results.items():
                 print(f"{job.image.stem} {model_id}: {model_result.feature_count} polygons at "
                       f"{model_result.execution.mpp_used:.3f} µm/px")
-            if reference is not None:
-                rows += score(job.image.stem, collections, reference, classes, positive, extent,
-                              options.downsample or max(1.0, target_mpp / mpp), mpp)
     if not rows:
         return Comparison(None, tuple(cautions), tuple(written))
     # The contract's ModelInfo has the card's trained_on text only: the split is read from
@@ -175,27 +177,48 @@ def _chosen_models(available: Sequence[pb.ModelInfo], model_ids: Sequence[str]
 
 def _write_image(out: Path, job: _Job, slide: Slide, geometry: BaseGeometry,
                  collections: Mapping[str, dict], reference: ev.Annotation | None,
-                 colors: Mapping[str, Sequence[int]]) -> list[Path]:
-    """Each model's GeoJSON and the side-by-side sheet (with the reference when given)."""
+                 colors: Mapping[str, Sequence[int]], mpp: float, scored: _Scored,
+                 positive: str) -> list[Path]:
+    """Each model's GeoJSON and the side-by-side sheet (with the reference when given, each
+    model's Dice in its title); against a reference, the sheet of each model's errors too."""
     stem = job.image.stem
     written = [write_atomic(out / f"{stem}.{model_id}.geojson", json.dumps(collection))
                for model_id, collection in collections.items()]
-    panels = dict(collections)
+    dice = {m: result.metrics()["dsc"] for m, result in scored.rows}
+    panels = {f"{m}: Dice {ev.fmt(dice[m])}" if m in dice else m: collection
+              for m, collection in collections.items()}
     if reference is not None and job.reference is not None:
         title = REFERENCE_TITLE if REFERENCE_TITLE not in panels \
             else f"{REFERENCE_TITLE} ({job.reference.name})"
         panels[title] = reference_collection(reference, geometry, colors)
     view, view_origin, view_downsample = overlay_view(slide, geometry)
     sheet = out / f"{stem}.compare.png"
-    overlay.save_png(sheet, overlay.render(view, view_origin, view_downsample, panels, geometry))
-    return [*written, sheet]
+    overlay.save_png(sheet, overlay.render(view, view_origin, view_downsample, panels, geometry,
+                                           mpp=mpp))
+    written.append(sheet)
+    if scored.errors:
+        errors = out / f"{stem}.errors.png"
+        overlay.save_png(errors, overlay.render_errors(view, view_origin, view_downsample,
+                                                       scored.errors, positive, mpp=mpp))
+        written.append(errors)
+    return written
+
+
+@dataclass(frozen=True)
+class _Scored:
+    """The models' results against the reference on one image, and where each model's
+    positive class disagrees with it: (false positives, false negatives, placement)."""
+
+    rows: list[tuple[str, ev.ImageResult]] = field(default_factory=list)
+    errors: dict[str, tuple[np.ndarray, np.ndarray, tuple[float, float, float, float]]] = \
+        field(default_factory=dict)
 
 
 def score(name: str, collections: Mapping[str, dict], reference: ev.Annotation,
           classes: ev.EvalClasses, positive: str, roi: BaseGeometry,
-          downsample: float, mpp: float | None = None) -> list[tuple[str, ev.ImageResult]]:
-    """(model, result) for every model's FeatureCollection against the reference, inside
-    the ROI: on the reference mask's grid, else on a grid at `downsample` over the ROI."""
+          downsample: float, mpp: float | None = None) -> _Scored:
+    """Every model's FeatureCollection against the reference, inside the ROI: on the reference
+    mask's grid, else on a grid at `downsample` over the ROI."""
     grid = _mask_window(reference.mask, roi) if reference.mask is not None \
         else ev.Grid.covering(roi.bounds, downsample)
     valid = grid.roi_mask(roi)
@@ -203,8 +226,13 @@ def score(name: str, collections: Mapping[str, dict], reference: ev.Annotation,
     preds = {m: ev.labels_on_grid(ev.Annotation(None, features=ev.geojson_features(c)), grid,
                                   classes) for m, c in collections.items()}
     positive_index = classes.index(positive)
-    return [(m, ev.evaluate_labels(name, labels, truth, positive_index, len(classes), valid,
-                                   grid.pixel_area_um2(mpp))) for m, labels in preds.items()]
+    placement = (grid.origin_x, grid.origin_y, grid.downsample, grid.downsample)
+    expected = (truth == positive_index) & valid
+    return _Scored(
+        [(m, ev.evaluate_labels(name, labels, truth, positive_index, len(classes), valid,
+                                grid.pixel_area_um2(mpp))) for m, labels in preds.items()],
+        {m: ((labels == positive_index) & valid & ~expected,
+             expected & (labels != positive_index), placement) for m, labels in preds.items()})
 
 
 def reference_collection(reference: ev.Annotation, roi: BaseGeometry,

@@ -1,13 +1,17 @@
-"""Overlay pictures: returned polygons drawn over the region they were segmented from."""
+"""Overlay pictures: returned polygons drawn over the region they were segmented from, each
+panel with a title, a key of its classes, the region's full-resolution coordinates and, given
+the pixel size, a scale bar."""
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import cv2
 import numpy as np
 import shapely
+from PIL import Image, ImageDraw, ImageFont
 from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 
@@ -18,12 +22,21 @@ FILL_ALPHA = 0.35
 UNSURE_COLOR, UNSURE_ALPHA, UNSURE_FULL_AT = (255, 230, 0), 0.85, 128
 _SHIFT = 4  # sub-pixel bits for OpenCV drawing
 _TITLE_PX = 28
+#: Height of the key under each panel.
+LEGEND_PX = 26
+#: A scale bar takes one of these lengths (µm), the longest within `_SCALE_FRACTION` of the
+#: panel's width.
+SCALE_LENGTHS_UM = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+_SCALE_FRACTION = 0.25
+_SCALE_COLOR = (0, 0, 0)
 
 
 def render(image: np.ndarray, origin: tuple[float, float], downsample: float,
            feature_collections: Mapping[str, dict], roi: BaseGeometry | None = None,
-           max_side: int = 1600) -> np.ndarray:
-    """One panel per model, side by side: class fills and outlines on the image.
+           max_side: int = 1600, mpp: float | None = None) -> np.ndarray:
+    """One panel per model, side by side: class fills and outlines on the image, a key of the
+    classes and the region's coordinates under it, and a scale bar when `mpp` (full-resolution
+    µm/px) is given.
 
     `image` covers full-resolution pixels from `origin` at `downsample` (RGB uint8).
     """
@@ -31,14 +44,22 @@ def render(image: np.ndarray, origin: tuple[float, float], downsample: float,
     base = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) \
         if scale < 1 else image.copy()
     to_panel = (np.array([1.0, 1.0]) / downsample * scale, np.array(origin, dtype=float))
-    panels = [_panel(base, name, collection, roi, to_panel)
-              for name, collection in feature_collections.items()]
+    um_per_px = mpp * downsample / scale if mpp else None
+    extent = _extent(origin, downsample / scale, base.shape)
+    panels = []
+    for name, collection in feature_collections.items():
+        panel = _panel(base, name, collection, roi, to_panel)
+        _scale_bar(panel, um_per_px)
+        key = [(tuple(int(c) for c in color), class_name)
+               for class_name, color in _classes(collection).items()]
+        panels.append(np.concatenate([_title(name, panel.shape[1]), panel,
+                                      _legend(key, extent, panel.shape[1])], axis=0))
     return np.concatenate(panels, axis=1) if panels else base
 
 
 def render_confidence(image: np.ndarray, origin: tuple[float, float], downsample: float,
                       maps: Mapping[str, tuple[np.ndarray, tuple[float, float, float, float]]],
-                      max_side: int = 1600) -> np.ndarray:
+                      max_side: int = 1600, mpp: float | None = None) -> np.ndarray:
     """One panel per model: where it is unsure, as a heat map over the image.
 
     `maps` holds per model an uncertainty raster (uint8, 255 = unsure) and its placement
@@ -47,22 +68,68 @@ def render_confidence(image: np.ndarray, origin: tuple[float, float], downsample
     scale = min(1.0, max_side / max(image.shape[:2]))
     base = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) \
         if scale < 1 else image.copy()
+    um_per_px = mpp * downsample / scale if mpp else None
+    extent = _extent(origin, downsample / scale, base.shape)
+    key = [(UNSURE_COLOR, "unsure (1 − probability of the most probable class); clear: sure")]
     panels = []
-    for title, (unsure, (x0, y0, dx, dy)) in maps.items():
-        # panel pixel (i, j) -> map pixel: full = origin + (i + 0.5) * downsample / scale
-        step = downsample / scale
-        to_map = np.array([[step / dx, 0, (origin[0] + step / 2 - x0) / dx - 0.5],
-                           [0, step / dy, (origin[1] + step / 2 - y0) / dy - 0.5]])
-        placed = cv2.warpAffine(unsure, to_map, (base.shape[1], base.shape[0]),
-                                flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+    for title, (unsure, placement) in maps.items():
+        placed = _placed(unsure, placement, base.shape, origin, downsample / scale,
+                         cv2.INTER_LINEAR)
         alpha = np.clip(placed.astype(np.float32) / UNSURE_FULL_AT, 0, 1)[..., None] \
             * UNSURE_ALPHA
         panel = (base * (1 - alpha) + np.array(UNSURE_COLOR) * alpha).astype(np.uint8)
-        bar = np.full((_TITLE_PX, panel.shape[1], 3), 255, np.uint8)
-        cv2.putText(bar, f"{title}: where it is unsure", (6, _TITLE_PX - 9),
-                    cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
-        panels.append(np.concatenate([bar, panel], axis=0))
+        _scale_bar(panel, um_per_px)
+        panels.append(np.concatenate([_title(f"{title}: where it is unsure", panel.shape[1]),
+                                      panel, _legend(key, extent, panel.shape[1])], axis=0))
     return np.concatenate(panels, axis=1) if panels else base
+
+
+#: Colours of a model's errors against a reference: predicted where the reference has none
+#: (false positive), and missed (false negative).
+FALSE_POSITIVE_COLOR, FALSE_NEGATIVE_COLOR = (230, 0, 160), (255, 140, 0)
+
+
+def render_errors(image: np.ndarray, origin: tuple[float, float], downsample: float,
+                  errors: Mapping[str, tuple[np.ndarray, np.ndarray,
+                                             tuple[float, float, float, float]]],
+                  positive: str, max_side: int = 1600, mpp: float | None = None) -> np.ndarray:
+    """One panel per model: where it disagrees with the reference on the `positive` class.
+
+    `errors` holds per panel title the false-positive and false-negative masks (bool, same
+    shape) and their placement (origin x, origin y, downsample x, downsample y).
+    """
+    scale = min(1.0, max_side / max(image.shape[:2]))
+    base = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) \
+        if scale < 1 else image.copy()
+    um_per_px = mpp * downsample / scale if mpp else None
+    extent = _extent(origin, downsample / scale, base.shape)
+    key = [(FALSE_POSITIVE_COLOR, "predicted, not in the reference"),
+           (FALSE_NEGATIVE_COLOR, "in the reference, missed")]
+    panels = []
+    for title, (false_positive, false_negative, placement) in errors.items():
+        panel = base.copy()
+        for mask, color in ((false_positive, FALSE_POSITIVE_COLOR),
+                            (false_negative, FALSE_NEGATIVE_COLOR)):
+            placed = _placed(mask.astype(np.uint8), placement, base.shape, origin,
+                             downsample / scale, cv2.INTER_NEAREST) > 0
+            panel[placed] = (0.35 * panel[placed] + 0.65 * np.array(color)).astype(np.uint8)
+        _scale_bar(panel, um_per_px)
+        panels.append(np.concatenate([_title(f"{title}: {positive} against the reference",
+                                             panel.shape[1]),
+                                      panel, _legend(key, extent, panel.shape[1])], axis=0))
+    return np.concatenate(panels, axis=1) if panels else base
+
+
+def _placed(raster: np.ndarray, placement: tuple[float, float, float, float],
+            shape: tuple[int, ...], origin: tuple[float, float], step: float,
+            interpolation: int) -> np.ndarray:
+    """`raster` (placed at origin x, y and downsample x, y in full-resolution pixels) resampled
+    onto a panel of `shape` whose pixel (i, j) covers full-resolution `origin` + (i, j) * step."""
+    x0, y0, dx, dy = placement
+    to_map = np.array([[step / dx, 0, (origin[0] + step / 2 - x0) / dx - 0.5],
+                       [0, step / dy, (origin[1] + step / 2 - y0) / dy - 0.5]])
+    return cv2.warpAffine(raster, to_map, (shape[1], shape[0]),
+                          flags=interpolation | cv2.WARP_INVERSE_MAP)
 
 
 def save_png(path: str | Path, image: np.ndarray) -> None:
@@ -86,10 +153,100 @@ def _panel(base: np.ndarray, title: str, collection: dict, roi: BaseGeometry | N
     if roi is not None:
         cv2.polylines(panel, _rings(roi, to_panel), True, (20, 20, 20), 2,
                       lineType=cv2.LINE_AA, shift=_SHIFT)
-    bar = np.full((_TITLE_PX, panel.shape[1], 3), 255, np.uint8)
-    cv2.putText(bar, title, (6, _TITLE_PX - 9), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1,
-                cv2.LINE_AA)
-    return np.concatenate([bar, panel], axis=0)
+    return panel
+
+
+def _title(text: str, width: int) -> np.ndarray:
+    bar = np.full((_TITLE_PX, width, 3), 255, np.uint8)
+    _text(bar, (6, 5), text, 15)
+    return bar
+
+
+def _classes(collection: dict) -> dict[str, Sequence[int]]:
+    """Each class of a collection's features, once, with its colour, in order."""
+    found: dict[str, Sequence[int]] = {}
+    for feature in collection.get("features", []):
+        classification = feature["properties"]["classification"]
+        found.setdefault(classification["name"], classification["color"])
+    return found
+
+
+def _extent(origin: tuple[float, float], px: float, shape: tuple[int, ...]) -> str:
+    """The full-resolution pixels a panel covers, in words."""
+    x0, y0 = origin
+    return (f"x {x0:,.0f}–{x0 + shape[1] * px:,.0f}, y {y0:,.0f}–{y0 + shape[0] * px:,.0f} px "
+            "(full resolution)")
+
+
+def _legend(key: Sequence[tuple[Sequence[int], str]], extent: str, width: int) -> np.ndarray:
+    """A strip naming each colour of the panel and, at the right, the region's coordinates."""
+    strip = np.full((LEGEND_PX, width, 3), 255, np.uint8)
+    x = 6
+    for color, name in key:
+        cv2.rectangle(strip, (x, 6), (x + 14, LEGEND_PX - 7), tuple(int(c) for c in color), -1)
+        cv2.rectangle(strip, (x, 6), (x + 14, LEGEND_PX - 7), (90, 90, 90), 1)
+        x = _text(strip, (x + 19, 5), name, 13) + 14
+    if x + 6 + _text_width(extent, 12) <= width - 6:  # where there is room
+        _text(strip, (x + 6, 5), extent, 12, right_to=width - 6)
+    return strip
+
+
+def scale_length_um(um_per_px: float, width_px: int) -> float:
+    """The scale bar's length in µm for a panel `width_px` wide at `um_per_px`."""
+    longest = _SCALE_FRACTION * width_px * um_per_px
+    fitting = [length for length in SCALE_LENGTHS_UM if length <= longest]
+    return fitting[-1] if fitting else SCALE_LENGTHS_UM[0]
+
+
+def _scale_bar(panel: np.ndarray, um_per_px: float | None) -> None:
+    """Draws a bar of a round length in µm at the panel's lower left, on a white label."""
+    if not um_per_px:
+        return
+    height, width = panel.shape[:2]
+    length_um = scale_length_um(um_per_px, width)
+    length_px = max(1, round(length_um / um_per_px))
+    label = f"{length_um:g} µm" if length_um < 1000 else f"{length_um / 1000:g} mm"
+    left, bottom = 10, height - 10
+    cv2.rectangle(panel, (left - 6, bottom - 30), (left + max(length_px, 60) + 6, bottom + 5),
+                  (255, 255, 255), -1)
+    cv2.rectangle(panel, (left, bottom - 5), (left + length_px - 1, bottom), _SCALE_COLOR, -1)
+    _text(panel, (left, bottom - 26), label, 13)
+
+
+@lru_cache(maxsize=8)
+def _font(size: int) -> tuple[ImageFont.FreeTypeFont | ImageFont.ImageFont, bool]:
+    """DejaVu Sans when the system has it (µ, –), else Pillow's own font (ASCII); and whether
+    the font has the µ sign."""
+    try:
+        return ImageFont.truetype("DejaVuSans.ttf", size), True
+    except OSError:
+        return ImageFont.load_default(size), False
+
+
+def _drawable(text: str, unicode: bool) -> str:
+    return text if unicode else text.replace("µ", "u").replace("–", "-").replace("−", "-")
+
+
+def _text_width(text: str, size: int) -> int:
+    font, unicode = _font(size)
+    return int(font.getlength(_drawable(text, unicode)))
+
+
+def _text(image: np.ndarray, xy: tuple[int, int], text: str, size: int,
+          right_to: int | None = None) -> int:
+    """Writes black text on `image` in place (right-aligned to `right_to` when given and there
+    is room); returns where it ends on x."""
+    font, unicode = _font(size)
+    text = _drawable(text, unicode)
+    picture = Image.fromarray(image)
+    draw = ImageDraw.Draw(picture)
+    width = int(draw.textlength(text, font=font))
+    x, y = xy
+    if right_to is not None:
+        x = max(x, right_to - width)
+    draw.text((x, y), text, font=font, fill=(0, 0, 0))
+    image[...] = np.asarray(picture)
+    return x + width
 
 
 def _rings(geometry: BaseGeometry, to_panel: tuple[np.ndarray, np.ndarray]) -> list[np.ndarray]:
