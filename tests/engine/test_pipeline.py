@@ -126,3 +126,22 @@ def test_keep_on_glass_keeps_a_glands_lumen(tmp_path):
         return 2 * np.count_nonzero(drawn & reference) / (drawn.sum() + reference.sum())
 
     assert gland_dice(outputs[True]) > gland_dice(outputs[False]) + 0.02
+
+
+def test_outlines_lose_the_pixel_staircase_by_default_and_keep_the_class_map(registry):
+    """Default simplification (one model pixel): far fewer vertices than the pixel edges
+    (simplify 0), the pixels drawn back still in their class, neighbours sharing edges."""
+    roi = box(700, 900, 1900, 2500)
+    (smooth,) = _run(registry, roi)
+    (stairs,) = _run(registry, roi, simplify_um=0.0)
+    vertices = [sum(len(shape(f["geometry"]).exterior.coords) for f in output.features
+                    if shape(f["geometry"]).geom_type == "Polygon")
+                for output in (smooth, stairs)]
+    assert vertices[0] < 0.6 * vertices[1], vertices
+    inside = vectorize.roi_mask(smooth.transform.geometry_to_raster(roi), smooth.class_map.shape)
+    drawn = _rasterized(smooth)
+    assert np.mean(drawn[inside] == smooth.class_map[inside]) >= 0.998
+    polygons = [shape(f["geometry"]) for f in smooth.features]
+    overlap = sum(a.intersection(b).area for i, a in enumerate(polygons)
+                  for b in polygons[i + 1:])
+    assert overlap < 1e-3 * sum(p.area for p in polygons)

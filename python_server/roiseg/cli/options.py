@@ -56,7 +56,10 @@ def add_segment_arguments(parser: argparse.ArgumentParser, classes: bool = True,
         group.add_argument("--classes", nargs="+", default=[], help="class names to return")
     group.add_argument("--min-area", type=float, help="drop regions below this many µm²")
     group.add_argument("--min-hole", type=float, help="fill holes below this many µm²")
-    group.add_argument("--simplify", type=float, help="simplification tolerance in µm")
+    group.add_argument("--simplify", type=float, metavar="UM",
+                       help="outline simplification tolerance in µm, neighbours keeping their "
+                            "shared edges (default: one model pixel, which takes the pixel "
+                            "staircase out; 0: the pixel edges)")
     group.add_argument("--hysteresis", action="store_true",
                        help="hysteresis thresholding of the tumour class (paper 003)")
     if background:

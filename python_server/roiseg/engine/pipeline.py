@@ -32,8 +32,10 @@ DEFAULT_HYSTERESIS_LOW = 85 / 255
 DEFAULT_HYSTERESIS_HIGH = 229 / 255
 #: The pixel sizes, in µm/px, a whole-slide or microscope image can have.
 MIN_MPP, MAX_MPP = 0.01, 100.0
-#: Default simplification tolerance, in pixels at model resolution.
-DEFAULT_SIMPLIFY_PX = 0.5
+#: Default simplification tolerance, in pixels at model resolution: one pixel takes the
+#: staircase out of the outlines (half the vertices of the pixel edges on the demo ROI) and
+#: keeps 99.9 % of the pixels in their class; 0.5 or less keeps the pixel edges.
+DEFAULT_SIMPLIFY_PX = 1.0
 
 
 class Stage:

@@ -88,7 +88,7 @@ public final class SegmentOptions {
         return optional(minHoleMicrons2);
     }
 
-    /** Polygon simplification tolerance in µm; empty: half a model pixel. */
+    /** Polygon simplification tolerance in µm; empty: one model pixel (the server's default). */
     public OptionalDouble simplifyMicrons() {
         return optional(simplifyMicrons);
     }
@@ -231,7 +231,7 @@ public final class SegmentOptions {
             return this;
         }
 
-        /** Simplification tolerance in µm; null unsets (server default: half a model pixel). */
+        /** Simplification tolerance in µm; null unsets (server default: one model pixel). */
         public Builder simplifyMicrons(Double value) {
             simplifyMicrons = nonNegative("simplification tolerance", value);
             return this;
