@@ -122,6 +122,19 @@ def test_a_roi_partly_outside_the_image_is_said_to_be(tmp_path, capsys):
     assert "note:" not in capsys.readouterr().err
 
 
+def test_rename_gives_the_model_classes_the_users_names(tmp_path, capsys):
+    out = tmp_path / "out.geojson"
+    assert main(["segment", str(GLAS / "images" / "train_1.png"), "--mpp", "0.62", "--region",
+                 "0,0,400,300", "-o", str(out), "--device", "cpu", "--rename",
+                 "Stroma=Other tissue"]) == 0
+    names = {f["properties"]["classification"]["name"]
+             for f in json.loads(out.read_text())["features"]}
+    assert names == {"Other tissue", "Gland epithelium"}
+    assert main(["segment", str(GLAS / "images" / "train_1.png"), "--mpp", "0.62", "-o",
+                 str(out), "--rename", "Stroma"]) == 2
+    assert '--rename needs "MODEL CLASS=NAME"' in capsys.readouterr().err
+
+
 def test_bad_region_is_a_clear_error(tmp_path, capsys):
     assert main(["segment", str(CMU), "--region", "10,10,0,5", "-o",
                  str(tmp_path / "x.geojson"), "--device", "cpu"]) == 2

@@ -374,6 +374,39 @@ def test_the_loop_measures_the_correction_effort(fast, fast_registry, capsys, fa
         fast.remove_example(example.example_id)
 
 
+def test_classes_renamed_at_segment_come_back_as_corrections_of_the_models_classes(fast):
+    """--rename: the result names the model's classes as asked, its class areas too; the
+    corrections in those names, sent with the same renaming, train the model's classes."""
+    image, _ = glas("train_5")
+    renaming = {STROMA: "Other tissue", GLAND: "My gland"}
+    options = pb.SegmentOptions(class_names=renaming)
+    result = fast.segment(segment_request(ROI_A, pixels_of(image), (), options))
+    (collection,) = result.feature_collections.values()
+    names = {qupath_geojson.class_name(f["properties"]) for f in collection["features"]}
+    assert names == {"Other tissue", "My gland"}
+    (model_result,) = result.results.values()
+    assert {a.name for a in model_result.class_areas} == {"Other tissue", "My gland"}
+    corrected = json.dumps(collection)
+    refused_ = refused(lambda: submit(fast, pixels_of(image), ROI_A, corrected,
+                                      image_id="glas/train_5"))
+    assert refused_.code == grpc.StatusCode.INVALID_ARGUMENT and "My gland" in refused_.message
+    stored = submit(fast, pixels_of(image), ROI_A, corrected, image_id="glas/train_5",
+                    class_names=renaming).example
+    assert {a.name for a in stored.class_areas} == {STROMA, GLAND}
+    assert stored.effort.measured and stored.effort.classes[-1].kept == \
+        stored.effort.classes[-1].predicted_objects
+    fast.remove_example(stored.example_id)
+    # an unknown class, or two classes to one name on the way back: clear refusals
+    unknown = refused(lambda: fast.segment(segment_request(
+        ROI_A, pixels_of(image), (), pb.SegmentOptions(class_names={"Tumour": "x"}))))
+    assert unknown.code == grpc.StatusCode.INVALID_ARGUMENT and "Tumour" in unknown.message \
+        and STROMA in unknown.message
+    merged = refused(lambda: submit(fast, pixels_of(image), ROI_A, corrected,
+                                    image_id="glas/train_5",
+                                    class_names={STROMA: "Tissue", GLAND: "Tissue"}))
+    assert "the same name 'Tissue'" in merged.message
+
+
 # ---------------------------------------------------------------------- versions
 
 

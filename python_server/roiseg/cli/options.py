@@ -67,6 +67,9 @@ def add_segment_arguments(parser: argparse.ArgumentParser, classes: bool = True,
                            help="also return the non-tissue area as 'Background'")
     group.add_argument("--allow-upsample", action="store_true",
                        help="accept images coarser than the model's resolution")
+    group.add_argument("--rename", action="append", default=[], metavar='"CLASS=NAME"',
+                       help='give a model class another name in the result, e.g. '
+                            '"Stroma=Other tissue" or one of your QuPath classes (repeatable)')
     group.add_argument("--review-below", type=float, metavar="P",
                        help="flag objects whose mean class probability is below P (0..1) for "
                             "review: metadata roiseg.review and ' (review)' after their name")
@@ -139,9 +142,11 @@ def model_source(args: argparse.Namespace) -> ModelSource:
 
 def segment_options(args: argparse.Namespace) -> pb.SegmentOptions:
     """The contract's options from `add_segment_arguments`' arguments."""
+    from roiseg.evaluation.metrics import parse_map
     from roiseg.v1 import segmentation_pb2 as pb
 
-    segment = pb.SegmentOptions(classes=getattr(args, "classes", []),
+    renamed = parse_map(args.rename, '--rename needs "MODEL CLASS=NAME"')
+    segment = pb.SegmentOptions(classes=getattr(args, "classes", []), class_names=renamed,
                                 include_background=getattr(args, "include_background", False),
                                 allow_upsample=args.allow_upsample,
                                 hysteresis=pb.Hysteresis(enabled=args.hysteresis))

@@ -37,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--predicted", type=Path,
                         help="roiseg's GeoJSON that was corrected, to measure the correction "
                              "effort against (default: the server's record of the run)")
+    parser.add_argument("--rename", action="append", default=[], metavar='"CLASS=NAME"',
+                        help="the --rename given to roiseg segment: corrections in those names "
+                             "count as the model's classes (repeatable)")
     parser.add_argument("--model", dest="model_id", default="",
                         help="model id whose examples these are; default: the server's default")
     parser.add_argument("--mpp", type=float, default=0.0,
@@ -90,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _submit(args: argparse.Namespace, server) -> int:
     from roiseg.cli.segment import roi_of
+    from roiseg.evaluation.metrics import parse_map
     from roiseg.io.slides import Slide
 
     with Slide.open(args.image) as slide:  # a wrong path is told before torch is imported
@@ -113,7 +117,8 @@ def _submit(args: argparse.Namespace, server) -> int:
                 geometry, source, geojson, model_id=args.model_id,
                 image_id=args.image_id or str(args.image.resolve()), roi_key=args.roi_key,
                 predicted_by=args.predicted_by, allow_upsample=args.allow_upsample,
-                predicted_geojson=predicted))
+                predicted_geojson=predicted,
+                class_names=parse_map(args.rename, '--rename needs "MODEL CLASS=NAME"')))
     print(("replaced " if response.replaced else "stored ") + _describe(response.example))
     print(requests.effort_text(response.example.effort))
     return 0

@@ -9,7 +9,7 @@ import logging
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import cv2
 import grpc
@@ -115,13 +115,16 @@ def corrections_request(geometry: BaseGeometry, image: pb.ImageSource, geojson: 
                         model_id: str = "", image_id: str = "", roi_key: str = "",
                         predicted_by: str = "",
                         allow_upsample: bool = False,
-                        predicted_geojson: str = "") -> pb.SubmitCorrectionsRequest:
+                        predicted_geojson: str = "",
+                        class_names: Mapping[str, str] | None = None
+                        ) -> pb.SubmitCorrectionsRequest:
     """A SubmitCorrections request: the corrected annotations (QuPath GeoJSON text) of an ROI
     in full-resolution pixels, and optionally the pre-annotations they correct."""
     return pb.SubmitCorrectionsRequest(
         model_id=model_id, image=image, roi=roi.to_proto(geometry), geojson=geojson,
         image_id=image_id, roi_key=roi_key, predicted_by=predicted_by,
         allow_upsample=allow_upsample, predicted_geojson=predicted_geojson,
+        class_names=dict(class_names or {}),
         client_contract_major=CONTRACT_MAJOR, client_contract_minor=CONTRACT_MINOR)
 
 

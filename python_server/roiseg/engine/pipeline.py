@@ -12,7 +12,7 @@ import uuid
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -67,6 +67,8 @@ class Options:
     allow_upsample: bool = False
     confidence_map: bool = False
     review_below: float | None = None
+    #: Model class -> the name it gets in the result.
+    class_names: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -270,7 +272,8 @@ def _segment(job: Job, card: ModelCard, registry: ModelRegistry, raster: _Raster
     progress(Progress(Stage.VECTORIZING, card.id))
     t0 = time.perf_counter()
     wanted = _wanted_classes(card, options.classes)
-    palette = {spec.index: (spec.name, spec.color) for spec in card.classes}
+    palette = {spec.index: (options.class_names.get(spec.name, spec.name).strip(), spec.color)
+               for spec in card.classes}
     vector_map = class_map
     if options.include_background:
         background = len(card.classes)
@@ -435,6 +438,15 @@ def _check_options(options: Options, cards: Sequence[ModelCard]) -> None:
     if unknown:
         raise InvalidInput(f"unknown class(es) {', '.join(echo(n) for n in unknown[:20])}; the "
                            f"models have: {', '.join(sorted(known))}")
+    unknown = [name for name in options.class_names if name not in known]
+    if unknown:
+        raise InvalidInput(f"class_names renames unknown class(es) "
+                           f"{', '.join(echo(n) for n in unknown[:20])}; the models have: "
+                           f"{', '.join(sorted(known))}")
+    blank = [name for name, new in options.class_names.items() if not new.strip()]
+    if blank:
+        raise InvalidInput(f"class_names gives {', '.join(echo(n) for n in blank[:20])} an "
+                           "empty name")
     if options.review_below is not None and not 0 <= options.review_below <= 1:
         raise InvalidInput(f"review_below is a class probability from 0 to 1, got "
                            f"{options.review_below}")

@@ -264,13 +264,15 @@ def single_class_reference(references: Iterable[Annotation], classes: EvalClasse
 # --------------------------------------------------------------------------- classes
 
 
-def parse_map(items: Sequence[str]) -> dict[str, str]:
-    """``["Gland epithelium=tumour", ...]`` -> {source name: evaluation class}."""
+def parse_map(items: Sequence[str], flag: str = '--map needs "CLASS=EVALUATION CLASS"'
+              ) -> dict[str, str]:
+    """``["Gland epithelium=tumour", ...]`` -> {source name: evaluation class}; `flag` says
+    what an item must look like."""
     mapping: dict[str, str] = {}
     for item in items:
         source, sep, target = item.rpartition("=")
         if not sep or not source.strip() or not target.strip():
-            raise InvalidInput(f'--map needs "CLASS=EVALUATION CLASS", got {item!r}')
+            raise InvalidInput(f"{flag}, got {item!r}")
         mapping[source.strip()] = target.strip()
     return mapping
 

@@ -147,7 +147,8 @@ class FastTrack:
             job = self.service.job_from_request(segment, model_ids, should_stop)
             roi_pixels = pipeline.read_roi(job, card,
                                            max_roi_pixels=self.service.limits.max_roi_pixels)
-            labels = example_store.parse_corrections(request.geojson, card, roi_pixels.roi)
+            labels = example_store.parse_corrections(request.geojson, card, roi_pixels.roi,
+                                                     dict(request.class_names))
             image_id = request.image_id or (str(job.source.path) if isinstance(
                 job.source, pipeline.SlideSource) else "")
             measured = self._effort(request, card, roi_pixels.roi, roi_pixels.source_mpp)

@@ -257,6 +257,8 @@ class SegmentationService(pb_grpc.SegmentationServicer):
         check_contract(request.client_contract_major, request.client_contract_minor)
         _check_names("model ids", request.model_ids)
         _check_names("class names", request.options.classes)
+        _check_names("class names", [*request.options.class_names,
+                                     *request.options.class_names.values()])
         model_ids = tuple(dict.fromkeys(request.model_ids)) or (self.registry.default_id,)
         for model_id in model_ids:
             self.registry.card(model_id)
@@ -419,7 +421,8 @@ def _options(message: pb.SegmentOptions) -> pipeline.Options:
         include_background=message.include_background,
         allow_upsample=message.allow_upsample,
         confidence_map=message.confidence_map,
-        review_below=message.review_below if message.HasField("review_below") else None)
+        review_below=message.review_below if message.HasField("review_below") else None,
+        class_names=dict(message.class_names))
 
 
 def _confidence_map(confidence: pipeline.Confidence | None) -> pb.ConfidenceMap | None:

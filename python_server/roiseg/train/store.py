@@ -28,7 +28,7 @@ import shutil
 import threading
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -106,8 +106,11 @@ class Labels:
     predicted_by: str
 
 
-def parse_corrections(text: str, card: ModelCard, roi: BaseGeometry) -> Labels:
-    """The classified polygons of QuPath GeoJSON `text`, clipped to `roi`.
+def parse_corrections(text: str, card: ModelCard, roi: BaseGeometry,
+                      class_names: Mapping[str, str] | None = None) -> Labels:
+    """The classified polygons of QuPath GeoJSON `text`, clipped to `roi`; names that
+    `class_names` (model class -> name, as Segment was given them) gave are read back as the
+    model's classes.
 
     Unclassified objects, points, lines and roiseg's own "Background" objects are left out;
     so are polygons outside the ROI.
@@ -122,6 +125,8 @@ def parse_corrections(text: str, card: ModelCard, roi: BaseGeometry) -> Labels:
     except (ValueError, RecursionError) as error:
         raise InvalidInput(f"the corrections are not JSON: {str(error)[:200]}") from None
     annotations, skipped = parse_annotations(data, "the corrections", MAX_REPAIR_VERTICES)
+    back = _model_names(class_names or {})
+    annotations = [replace(a, name=back.get(a.name, a.name)) for a in annotations]
     if len(annotations) > MAX_ANNOTATIONS:
         raise TooLarge(f"the corrections hold {len(annotations)} annotations; at most "
                        f"{MAX_ANNOTATIONS} are accepted per ROI")
@@ -155,6 +160,18 @@ def parse_corrections(text: str, card: ModelCard, roi: BaseGeometry) -> Labels:
     provenance, predicted_by = _provenance(data)
     return Labels(kept, {reason: n for reason, n in sorted(skipped.items()) if n}, provenance,
                   predicted_by)
+
+
+def _model_names(class_names: Mapping[str, str]) -> dict[str, str]:
+    """Given name -> model class; InvalidInput when two classes were given one name."""
+    back: dict[str, str] = {}
+    for model_class, name in class_names.items():
+        name = name.strip()
+        if back.get(name, model_class) != model_class:
+            raise InvalidInput(f"class_names gives {back[name]!r} and {model_class!r} the same "
+                               f"name {name!r}: corrections in it cannot be told apart")
+        back[name] = model_class
+    return back
 
 
 def _provenance(data: Any) -> tuple[dict[str, int], str]:
