@@ -3,7 +3,10 @@ package org.roiseg.client;
 import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.Collection;
+import java.util.Collections;
+import java.util.LinkedHashMap;
 import java.util.List;
+import java.util.Map;
 import java.util.OptionalDouble;
 import org.roiseg.proto.v1.Hysteresis;
 
@@ -28,6 +31,7 @@ public final class SegmentOptions {
     private final boolean allowUpsample;
     private final boolean confidenceMap;
     private final Double reviewBelow;
+    private final Map<String, String> classNames;
 
     private SegmentOptions(Builder b) {
         modelIds = List.copyOf(b.modelIds);
@@ -42,6 +46,7 @@ public final class SegmentOptions {
         allowUpsample = b.allowUpsample;
         confidenceMap = b.confidenceMap;
         reviewBelow = b.reviewBelow;
+        classNames = Collections.unmodifiableMap(new LinkedHashMap<>(b.classNames));
     }
 
     /** A builder with every option unset. */
@@ -59,6 +64,7 @@ public final class SegmentOptions {
         Builder b = new Builder().modelIds(modelIds).classes(classes).includeBackground(includeBackground)
                 .allowUpsample(allowUpsample).confidenceMap(confidenceMap);
         b.reviewBelow = reviewBelow;
+        b.classNames.putAll(classNames);
         b.minAreaMicrons2 = minAreaMicrons2;
         b.minHoleMicrons2 = minHoleMicrons2;
         b.simplifyMicrons = simplifyMicrons;
@@ -128,12 +134,18 @@ public final class SegmentOptions {
         return optional(reviewBelow);
     }
 
+    /** Names the result gives the models' classes (model class to name); classes not named keep theirs. */
+    public Map<String, String> classNames() {
+        return classNames;
+    }
+
     org.roiseg.proto.v1.SegmentOptions toProto() {
         org.roiseg.proto.v1.SegmentOptions.Builder b = org.roiseg.proto.v1.SegmentOptions.newBuilder()
                 .addAllClasses(classes)
                 .setIncludeBackground(includeBackground)
                 .setAllowUpsample(allowUpsample)
-                .setConfidenceMap(confidenceMap);
+                .setConfidenceMap(confidenceMap)
+                .putAllClassNames(classNames);
         if (reviewBelow != null) {
             b.setReviewBelow(reviewBelow);
         }
@@ -166,7 +178,7 @@ public final class SegmentOptions {
                 + ", minHole=" + minHoleMicrons2 + ", simplify=" + simplifyMicrons + ", hysteresis=" + hysteresis
                 + "(" + hysteresisLow + ", " + hysteresisHigh + "), background=" + includeBackground
                 + ", upsample=" + allowUpsample + ", confidenceMap=" + confidenceMap + ", reviewBelow="
-                + reviewBelow + "}";
+                + reviewBelow + ", classNames=" + classNames + "}";
     }
 
     /** Collects {@link SegmentOptions}; every setter returns the builder. */
@@ -184,6 +196,7 @@ public final class SegmentOptions {
         private boolean allowUpsample;
         private boolean confidenceMap;
         private Double reviewBelow;
+        private final Map<String, String> classNames = new LinkedHashMap<>();
 
         private Builder() {
         }
@@ -289,6 +302,21 @@ public final class SegmentOptions {
                         + threshold);
             }
             reviewBelow = threshold;
+            return this;
+        }
+
+        /**
+         * Names to give the models' classes in the result (replaces earlier ones), e.g. a QuPath class of the
+         * user's: {@code Map.of("Stroma", "Other tissue")}.
+         */
+        public Builder classNames(Map<String, String> names) {
+            for (var e : names.entrySet()) {
+                if (e.getKey() == null || e.getKey().isBlank() || e.getValue() == null || e.getValue().isBlank()) {
+                    throw new IllegalArgumentException("a class and its new name cannot be empty: " + e);
+                }
+            }
+            classNames.clear();
+            classNames.putAll(names);
             return this;
         }
 

@@ -16,6 +16,7 @@ import java.io.IOException;
 import java.net.ServerSocket;
 import java.time.Duration;
 import java.util.List;
+import java.util.Map;
 import java.util.Random;
 import java.util.concurrent.CopyOnWriteArrayList;
 import java.util.concurrent.CountDownLatch;
@@ -140,7 +141,7 @@ class RoisegClientTest {
         BufferedImage image = noise(64, 48, 3);
         SegmentOptions options = SegmentOptions.builder().modelIds("m1", "m2").classes("Stroma")
                 .minAreaMicrons2(50.0).simplifyMicrons(0.0).hysteresis(true, null, 0.9).includeBackground(true)
-                .build();
+                .confidenceMap(true).reviewBelow(0.7).classNames(Map.of("Stroma", "Other tissue")).build();
         try (RoisegClient client = server.client().build()) {
             client.segmentRegion(new RegionImage(image, 1000.5, 2000, 2, 0.25).withFullImageSize(40000, 30000), ROI,
                     options);
@@ -170,6 +171,9 @@ class RoisegClientTest {
         assertEquals(0.9, o.getHysteresis().getHigh());
         assertTrue(o.getIncludeBackground());
         assertFalse(o.getAllowUpsample());
+        assertTrue(o.getConfidenceMap());
+        assertEquals(0.7, o.getReviewBelow());
+        assertEquals(Map.of("Stroma", "Other tissue"), o.getClassNamesMap());
         assertTrue(service.uploadChunkSizes.isEmpty());
     }
 
