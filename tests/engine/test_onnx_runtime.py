@@ -4,6 +4,7 @@ cached, refused when the export disagrees with torch."""
 from __future__ import annotations
 
 import logging
+import os
 
 import cv2
 import numpy as np
@@ -76,3 +77,15 @@ def test_runtime_and_threads_are_checked():
         registry("tensorrt")
     with pytest.raises(ValueError, match="--threads must be 1 or more"):
         registry("torch", threads=0)
+
+
+def test_the_cache_keeps_the_most_recently_used_exports(tmp_path):
+    for age in range(onnx_runtime.MAX_CACHED + 5):
+        for suffix in (".onnx", ".json"):
+            path = tmp_path / f"export{age:02d}{suffix}"
+            path.write_text("x")
+            os.utime(path, (1_000_000 + age, 1_000_000 + age))
+    onnx_runtime._prune(tmp_path)
+    kept = sorted(p.stem for p in tmp_path.glob("*.onnx"))
+    assert kept == [f"export{age:02d}" for age in range(5, onnx_runtime.MAX_CACHED + 5)]
+    assert sorted(p.stem for p in tmp_path.glob("*.json")) == kept
