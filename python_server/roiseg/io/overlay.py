@@ -207,10 +207,10 @@ def _scale_bar(panel: np.ndarray, um_per_px: float | None) -> None:
     length_px = max(1, round(length_um / um_per_px))
     label = f"{length_um:g} µm" if length_um < 1000 else f"{length_um / 1000:g} mm"
     left, bottom = 10, height - 10
-    cv2.rectangle(panel, (left - 6, bottom - 30), (left + max(length_px, 60) + 6, bottom + 5),
-                  (255, 255, 255), -1)
+    top, right = max(0, bottom - 30), left + max(length_px, 60) + 6
+    cv2.rectangle(panel, (left - 6, top), (right, bottom + 5), (255, 255, 255), -1)
     cv2.rectangle(panel, (left, bottom - 5), (left + length_px - 1, bottom), _SCALE_COLOR, -1)
-    _text(panel, (left, bottom - 26), label, 13)
+    _text(panel[top:bottom - 5, left:right], (0, bottom - 26 - top), label, 13)
 
 
 @lru_cache(maxsize=8)

@@ -151,7 +151,8 @@ class FastTrack:
                                                      dict(request.class_names))
             image_id = request.image_id or (str(job.source.path) if isinstance(
                 job.source, pipeline.SlideSource) else "")
-            measured = self._effort(request, card, roi_pixels.roi, roi_pixels.source_mpp)
+            measured = self._effort(request, labels.geojson, card, roi_pixels.roi,
+                                    roi_pixels.source_mpp)
             record, replaced = store.put(
                 card, example_store.RoiImage(roi_pixels.read.image, roi_pixels.read.transform,
                                              roi_pixels.roi, roi_pixels.source_mpp),
@@ -166,11 +167,11 @@ class FastTrack:
         if self.predictions is not None:
             self.predictions.add(run_id, output.features)
 
-    def _effort(self, request: pb.SubmitCorrectionsRequest, card: ModelCard,
+    def _effort(self, request: pb.SubmitCorrectionsRequest, corrected: Any, card: ModelCard,
                 roi: BaseGeometry, mpp: float) -> dict[str, Any]:
-        """How much the corrections changed the pre-annotations: those the request gives, else
-        the recorded predictions of the runs the corrected objects name (`effort_record`)."""
-        corrected = json.loads(request.geojson)  # parse_corrections has read it
+        """How much the `corrected` GeoJSON changed the pre-annotations: those the request
+        gives, else the recorded predictions of the runs the corrected objects name
+        (`effort_record`)."""
         fixed = effort.side_of(corrected, Path("corrections"))
         runs: Iterable[str] = ()
         if request.predicted_geojson.strip():

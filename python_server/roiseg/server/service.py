@@ -239,8 +239,8 @@ class SegmentationService(pb_grpc.SegmentationServicer):
                 for output in pipeline.run(job, self.registry,
                                            max_roi_pixels=self.limits.max_roi_pixels,
                                            progress=emit, should_stop=stop):
+                    emit(output)  # the client first; the record is for later submissions
                     self.fast_track.record(output, job.run_id)
-                    emit(output)
 
         for item in threaded(work, should_stop, "roiseg-job"):
             if isinstance(item, pipeline.Progress):

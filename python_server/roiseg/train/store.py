@@ -104,6 +104,8 @@ class Labels:
     provenance: dict[str, int]
     #: `id@version` of the model whose pre-annotations were corrected, from their metadata.
     predicted_by: str
+    #: The corrections as parsed (for measuring them against the predictions).
+    geojson: Any = None
 
 
 def parse_corrections(text: str, card: ModelCard, roi: BaseGeometry,
@@ -159,7 +161,7 @@ def parse_corrections(text: str, card: ModelCard, roi: BaseGeometry,
                            + ", ".join(spec.name for spec in card.classes) + ")")
     provenance, predicted_by = _provenance(data)
     return Labels(kept, {reason: n for reason, n in sorted(skipped.items()) if n}, provenance,
-                  predicted_by)
+                  predicted_by, data)
 
 
 def _model_names(class_names: Mapping[str, str]) -> dict[str, str]:
