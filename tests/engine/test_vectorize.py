@@ -143,9 +143,9 @@ def test_junction_vertices_make_an_edge_matched_coverage():
     rng = np.random.default_rng(6)
     m = rng.integers(0, 4, (24, 30)).astype(np.uint8)
     m[m == 3] = NO_CLASS
-    labels, _ = vectorize._label_classes(m)
-    _, plain = vectorize._polygons(labels, labels > 0)
-    _, matched = vectorize._polygons(labels, labels > 0, m)
+    zeros = np.zeros_like(m)
+    plain = vectorize._components(m, zeros, None, junctions=False).polygons
+    matched = vectorize._components(m, zeros, None, junctions=True).polygons
     assert not shapely.coverage_is_valid(plain)  # polygonize skips junction corners
     assert shapely.coverage_is_valid(matched)
     assert shapely.equals(plain, matched).all()
@@ -241,3 +241,63 @@ def test_many_regions():
     assert len(regions) == count
     raster = rasterize_regions(regions, m.shape)
     assert (raster == m).mean() > 0.99
+
+
+def _random_blocks(seed: int) -> np.ndarray:
+    """Blocks of 2..5 values (the last one NO_CLASS) with ragged, touching, nested shapes."""
+    rng = np.random.default_rng(seed)
+    h, w = rng.integers(5, 90, 2)
+    values = int(rng.integers(2, 6))
+    coarse = rng.integers(0, values, (max(1, h // rng.integers(1, 8)),
+                                      max(1, w // rng.integers(1, 8)))).astype(np.uint8)
+    m = cv2.resize(coarse, (int(w), int(h)), interpolation=cv2.INTER_NEAREST)
+    m[m == values - 1] = NO_CLASS
+    return m
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_bands_of_rows_give_the_polygons_of_the_whole_map(monkeypatch, seed, glas_map):
+    """Vectorising band by band (memory of one band) gives, vertex for vertex, the polygons
+    and means of the whole map at once, whatever the band height: regions crossing seams
+    are united without seam vertices, junction corners kept."""
+    from roiseg.engine import vectorize
+
+    m = glas_map if seed == 0 else _random_blocks(seed)
+    h, w = m.shape
+    p = np.random.default_rng(seed).integers(0, 256, m.shape).astype(np.uint8)
+    rois = (box(0, 0, w, h), Point(w / 2, h / 2).buffer(min(w, h) / 2.2))
+    cases = [(roi, tolerance, wanted) for roi in rois for tolerance in (0.0, 1.0, 2.0)
+             for wanted in (None, [1])]
+    whole = [class_regions(m, p, *case) for case in cases]
+    assert sum(map(len, whole)) > 0
+    for rows in (1, 7, 13, h - 1):
+        monkeypatch.setattr(vectorize, "_BAND_PIXELS", rows * w)
+        for case, expected in zip(cases, whole):
+            banded = class_regions(m, p, *case)
+            assert [(r.class_index, r.geometry.wkb, r.area_px, r.mean_probability)
+                    for r in banded] == [
+                (r.class_index, r.geometry.wkb, r.area_px, r.mean_probability)
+                for r in expected], (rows, case[1:])
+
+
+def test_vectorising_needs_the_memory_of_a_band_not_of_the_map():
+    """Peak traced memory of vectorising a 6000 x 6000 px map is about that of a 2000 x 2000
+    px one (9 times smaller): whole-map int32 labels would make it 9 times larger."""
+    import tracemalloc
+
+    def peak(side: int) -> int:
+        rng = np.random.default_rng(1)
+        m = cv2.resize(rng.integers(0, 3, (side // 100, side // 100)).astype(np.uint8),
+                       (side, side), interpolation=cv2.INTER_NEAREST)
+        p = np.full(m.shape, 200, np.uint8)
+        tracemalloc.start()
+        try:
+            regions = class_regions(m, p, box(0, 0, side, side), 1.0)
+            _, used = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert sum(r.area_px for r in regions) == pytest.approx(m.size)
+        return used
+
+    small, large = peak(2000), peak(6000)
+    assert large < 1.5 * small, f"{small / 2**20:.0f} MiB -> {large / 2**20:.0f} MiB"

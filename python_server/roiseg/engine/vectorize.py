@@ -11,6 +11,8 @@ import cv2
 import numpy as np
 import rasterio.errors
 import rasterio.features
+import scipy.sparse
+import scipy.sparse.csgraph
 import shapely
 from affine import Affine
 from shapely.geometry import Polygon
@@ -25,8 +27,9 @@ _IDENTITY = Affine.identity()
 _MIN_PART_AREA = 1e-9
 #: Smallest area (px²) of a triangle of three non-collinear pixel corners.
 _MIN_TRIANGLE_AREA = 0.5
-#: Rows per band when looking for junctions (bounds temporary memory).
-_JUNCTION_BAND = 2048
+#: Pixels per band of rows labelled and polygonised at once: memory stays that of one band
+#: (int32 labels and a few masks) whatever the map's size.
+_BAND_PIXELS = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -73,42 +76,40 @@ def class_regions(class_map: np.ndarray, probability: np.ndarray, roi: BaseGeome
     if class_map.size == 0 or roi is None or roi.is_empty:
         return []
 
-    labels, label_class = _label_classes(class_map)
-    if label_class.size <= 1:
-        return []
-    mean = _label_means(labels, probability, label_class.size)
-
     wanted = np.ones(256, dtype=bool)
     if classes is not None:
         wanted[:] = False
         wanted[[int(c) for c in classes if 0 <= int(c) < 256]] = True
     wanted[NO_CLASS] = False
-    wanted_label = wanted[label_class]
 
     # Pixel-corner vertices have integer coordinates, so every vertex triangle but a
     # collinear one has an area >= 0.5 px²: below this tolerance simplification cannot
     # change a shape and is skipped.
     simplify = simplify_px * simplify_px >= _MIN_TRIANGLE_AREA
+    # Simplified: the whole coverage (every class), so that shared edges stay shared and
+    # shapes do not depend on `classes`.
+    components = _components(class_map, probability, None if simplify else wanted,
+                             junctions=simplify)
+    if components.ids.size == 0:
+        return []
+    ids, polygons = components.ids, components.polygons
     if simplify:
-        # The whole coverage (every class), so that shared edges stay shared and shapes
-        # do not depend on `classes`.
-        ids, polygons = _polygons(labels, labels > 0, class_map)
         polygons = shapely.coverage_simplify(polygons, simplify_px, simplify_boundary=True)
+        keep = wanted[components.classes]
+        ids, polygons = ids[keep], polygons[keep]
+        label_class, mean = components.classes[keep], components.means[keep]
     else:
-        ids, polygons = _polygons(labels, wanted_label[labels])
-    keep = wanted_label[ids]
-    ids, polygons = ids[keep], polygons[keep]
+        label_class, mean = components.classes, components.means
 
     polygons = _make_valid(polygons)
     polygons = _clip(polygons, roi)
-    order = np.argsort(ids, kind="stable")
     regions = []
-    for label, geometry in zip(ids[order], polygons[order]):
+    for index, geometry in enumerate(polygons):
         for part in _polygon_parts(geometry):
             area = part.area
             if area > _MIN_PART_AREA:
-                regions.append(Region(int(label_class[label]), part, float(area),
-                                      float(mean[label])))
+                regions.append(Region(int(label_class[index]), part, float(area),
+                                      float(mean[index])))
     return regions
 
 
@@ -144,21 +145,86 @@ def _quiet() -> Iterator[None]:
         yield
 
 
-#: Pixels per block when averaging probabilities per label.
-_MEANS_BLOCK_PIXELS = 1 << 22
+@dataclass(frozen=True)
+class _Components:
+    """The 4-connected regions of a class map, one polygon each, ordered by class, then by
+    the raster scan position of their first pixel."""
+
+    ids: np.ndarray
+    polygons: np.ndarray
+    classes: np.ndarray
+    #: Mean probability (0..1) of each region's pixels.
+    means: np.ndarray
 
 
-def _label_classes(class_map: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Int32 labels of the 4-connected regions of every class (0 on NO_CLASS), numbered
-    class by class, and the class of each label (index 0 unused)."""
-    labels = np.zeros(class_map.shape, dtype=np.int32)
+def _components(class_map: np.ndarray, probability: np.ndarray, wanted: np.ndarray | None,
+                junctions: bool) -> _Components:
+    """Exact pixel-edge polygons of the 4-connected regions of every class (of `wanted`
+    classes only: a (256,) bool table), made band of rows by band of rows so that memory
+    stays that of one band whatever the map's size.
+
+    A region crossing the bands' seams is the union of its bands' pieces, with the vertices
+    the seams added taken out again: the polygons are those of the whole map at once. With
+    `junctions`, every ring also gets a vertex at each pixel corner where three or more
+    values meet, so that the polygons form an edge-matched coverage (polygonize leaves such
+    corners out of a ring that runs straight through them).
+    """
+    height, width = class_map.shape
+    rows = max(1, _BAND_PIXELS // max(1, width))
+    corners = _junctions(class_map, rows) if junctions else None
     label_class = [np.array([NO_CLASS], dtype=np.uint8)]
+    sums, sizes = [np.zeros(1)], [np.zeros(1, dtype=np.int64)]
+    ids: list[np.ndarray] = []
+    polygons: list[np.ndarray] = []
+    links: list[np.ndarray] = []
     offset = 0
-    present = present_values(class_map)
-    for value in present:
+    above: tuple[np.ndarray, np.ndarray] | None = None
+    for top in range(0, height, rows):
+        band = class_map[top:top + rows]
+        labels, band_class = _label_band(band, offset)
+        count = band_class.size
+        label_class.append(band_class)
+        band_sums, band_sizes = _label_sums(labels, probability[top:top + rows], offset, count)
+        sums.append(band_sums)
+        sizes.append(band_sizes)
+        if above is not None:
+            links.append(_seam_links(*above, labels[0], band[0]))
+        above = (labels[-1].copy(), band[-1])
+        if count:
+            mask = labels > 0 if wanted is None else wanted[band]
+            band_ids, band_polygons = _polygons(labels, mask, top, corners)
+            ids.append(band_ids)
+            polygons.append(band_polygons)
+        offset += count
+        del labels
+    if not ids:
+        return _Components(*(np.zeros(0, dtype=t) for t in (np.int64, object, np.uint8,
+                                                           np.float64)))
+    classes = np.concatenate(label_class)
+    total = np.concatenate(sums)
+    pixels = np.concatenate(sizes)
+    piece_ids, piece_polygons = np.concatenate(ids), np.concatenate(polygons)
+    group = _groups(offset + 1, links)
+    region_sums = np.bincount(group, weights=total)
+    if probability.dtype == np.uint8:
+        region_sums /= 255.0
+    region_sizes = np.bincount(group, weights=pixels)
+    means = region_sums / np.maximum(region_sizes, 1)
+    merged_ids, merged = _merge_pieces(piece_ids, piece_polygons, group, rows, height, corners)
+    order = np.lexsort((merged_ids, classes[merged_ids]))
+    merged_ids, merged = merged_ids[order], merged[order]
+    return _Components(merged_ids, merged, classes[merged_ids], means[merged_ids])
+
+
+def _label_band(band: np.ndarray, offset: int) -> tuple[np.ndarray, np.ndarray]:
+    """Int32 labels (from offset + 1; 0 on NO_CLASS) of the 4-connected regions of every
+    class in a band, numbered class by class, and the class of each label."""
+    labels = np.zeros(band.shape, dtype=np.int32)
+    label_class = []
+    for value in present_values(band):
         if value == NO_CLASS:
             continue
-        mask = class_map == value
+        mask = band == value
         count, lab = cv2.connectedComponents(mask.view(np.uint8), connectivity=4,
                                              ltype=cv2.CV_32S)
         count -= 1
@@ -166,33 +232,95 @@ def _label_classes(class_map: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         np.copyto(labels, lab, where=mask)
         label_class.append(np.full(count, value, dtype=np.uint8))
         offset += count
-    return labels, np.concatenate(label_class)
+    return labels, (np.concatenate(label_class) if label_class
+                    else np.zeros(0, dtype=np.uint8))
 
 
-def _label_means(labels: np.ndarray, probability: np.ndarray, count: int) -> np.ndarray:
-    """Mean probability (0..1) of each label, summed in row blocks so that no full-size
-    float array is made."""
-    sums = np.zeros(count, dtype=np.float64)
-    sizes = np.zeros(count, dtype=np.int64)
-    rows = max(1, _MEANS_BLOCK_PIXELS // max(1, labels.shape[1]))
-    for top in range(0, labels.shape[0], rows):
-        block = labels[top:top + rows].ravel()
-        sums += np.bincount(block, weights=probability[top:top + rows].ravel(), minlength=count)
-        sizes += np.bincount(block, minlength=count)
-    if probability.dtype == np.uint8:
-        sums /= 255.0
-    return sums / np.maximum(sizes, 1)
+def _label_sums(labels: np.ndarray, probability: np.ndarray, offset: int, count: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Sum of `probability` and pixel count of labels offset + 1 .. offset + count."""
+    flat = labels.ravel()
+    sums = np.bincount(flat, weights=probability.ravel(), minlength=offset + count + 1)
+    sizes = np.bincount(flat, minlength=offset + count + 1)
+    return sums[offset + 1:], sizes[offset + 1:]
 
 
-def _polygons(labels: np.ndarray, mask: np.ndarray, class_map: np.ndarray | None = None
+def _seam_links(labels_above: np.ndarray, classes_above: np.ndarray,
+                labels_below: np.ndarray, classes_below: np.ndarray) -> np.ndarray:
+    """(n, 2) pairs of labels on both sides of a seam that belong to one region."""
+    joined = (classes_above == classes_below) & (classes_above != NO_CLASS)
+    pairs = np.stack([labels_above[joined], labels_below[joined]], axis=1).astype(np.int64)
+    return np.unique(pairs, axis=0)
+
+
+def _groups(count: int, links: list[np.ndarray]) -> np.ndarray:
+    """The region of each of `count` labels: the smallest label linked to it."""
+    if not links or not sum(link.shape[0] for link in links):
+        return np.arange(count)
+    pairs = np.concatenate(links)
+    graph = scipy.sparse.coo_matrix((np.ones(len(pairs), dtype=np.int8),
+                                     (pairs[:, 0], pairs[:, 1])), shape=(count, count))
+    _, component = scipy.sparse.csgraph.connected_components(graph, directed=False)
+    first = np.full(component.max() + 1, count, dtype=np.int64)
+    np.minimum.at(first, component, np.arange(count))
+    return first[component]
+
+
+def _merge_pieces(ids: np.ndarray, polygons: np.ndarray, group: np.ndarray, rows: int,
+                  height: int, corners: _Corners | None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """One polygon per region: pieces of a region cut by seams united, with the ring
+    vertices the seams made removed and the rings started and turned as polygonize does."""
+    regions = group[ids]
+    order = np.argsort(regions, kind="stable")
+    regions, polygons = regions[order], polygons[order]
+    unique, first, counts = np.unique(regions, return_index=True, return_counts=True)
+    merged = polygons[first].copy()
+    seams = np.arange(rows, height, rows)
+    for index in np.flatnonzero(counts > 1):
+        pieces = polygons[first[index]:first[index] + counts[index]]
+        merged[index] = _as_polygonized(shapely.union_all(pieces), seams, corners)
+    return unique, merged
+
+
+def _as_polygonized(polygon: BaseGeometry, seams: np.ndarray,
+                    corners: _Corners | None) -> BaseGeometry:
+    """A united region as polygonize gives it: no vertex on a seam row where the ring runs
+    straight on (unless it is a junction corner), exterior rings from their top-left vertex
+    downwards, holes from their top-left vertex rightwards."""
+    if not isinstance(polygon, Polygon):
+        return polygon
+    shell = _polygonized_ring(np.asarray(polygon.exterior.coords), seams, corners, down=True)
+    holes = sorted((_polygonized_ring(np.asarray(ring.coords), seams, corners, down=False)
+                    for ring in polygon.interiors), key=lambda ring: (ring[0, 1], ring[0, 0]))
+    return Polygon(shell, holes)
+
+
+def _polygonized_ring(ring: np.ndarray, seams: np.ndarray,
+                      corners: _Corners | None, down: bool) -> np.ndarray:
+    points = ring[:-1]
+    before, after = np.roll(points, 1, axis=0), np.roll(points, -1, axis=0)
+    straight = ((before[:, 0] - points[:, 0]) * (after[:, 1] - points[:, 1])
+                == (before[:, 1] - points[:, 1]) * (after[:, 0] - points[:, 0]))
+    drop = straight & np.isin(points[:, 1], seams)
+    if corners is not None and drop.any():
+        keys = points[:, 1].astype(np.int64) * (corners.width + 1) + points[:, 0].astype(np.int64)
+        drop &= ~np.isin(keys, corners.by_row)
+    points = points[~drop]
+    start = np.lexsort((points[:, 0], points[:, 1]))[0]
+    points = np.roll(points, -start, axis=0)
+    goes_down = points[1, 0] == points[0, 0] if len(points) > 1 else True
+    if goes_down != down:
+        points = np.concatenate([points[:1], points[:0:-1]])
+    return np.concatenate([points, points[:1]])
+
+
+def _polygons(labels: np.ndarray, mask: np.ndarray, top: int = 0,
+              corners: _Corners | None = None
               ) -> tuple[np.ndarray, np.ndarray]:
     """Exact pixel-edge polygons of the labels under `mask` (one per 4-connected label
-    region).
-
-    With `class_map`, every ring also gets a vertex at each pixel corner where three or
-    more values meet, so that the polygons form an edge-matched coverage (polygonize
-    leaves such corners out of a ring that runs straight through them).
-    """
+    region) of a band whose first row is row `top` of the map; with `corners` (from
+    `_junctions`), junction corners are inserted into the rings."""
     ids: list[int] = []
     ring_coords: list[np.ndarray] = []  # arrays, not Python tuples: 16 bytes a vertex
     ring_sizes: list[int] = []
@@ -209,42 +337,55 @@ def _polygons(labels: np.ndarray, mask: np.ndarray, class_map: np.ndarray | None
     if not ids:
         return np.zeros(0, dtype=np.int64), np.empty(0, dtype=object)
     xy = np.concatenate(ring_coords)
+    xy[:, 1] += top
     sizes = np.asarray(ring_sizes, dtype=np.int64)
-    if class_map is not None:
-        xy, sizes = _insert_junctions(xy, sizes, class_map)
+    if corners is not None:
+        xy, sizes = _insert_junctions(xy, sizes, corners)
     # Build all rings and polygons in bulk: far faster than one shapely object at a time.
     rings = shapely.linearrings(xy, indices=np.repeat(np.arange(sizes.size), sizes))
     polygons = shapely.polygons(rings, indices=np.repeat(np.arange(len(ids)), polygon_rings))
     return np.asarray(ids, dtype=np.int64), polygons
 
 
-def _junctions(class_map: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel corners where >= 3 values meet (outside the map counts as NO_CLASS), as sorted
-    keys y * (W + 1) + x (row-major) and x * (H + 1) + y (column-major)."""
+@dataclass(frozen=True)
+class _Corners:
+    """Pixel corners where >= 3 values meet, as sorted keys y * (W + 1) + x (row-major) and
+    x * (H + 1) + y (column-major) of an (H, W) map."""
+
+    by_row: np.ndarray
+    by_column: np.ndarray
+    width: int
+    height: int
+
+
+def _junctions(class_map: np.ndarray, rows: int) -> _Corners:
+    """The junction corners of a map (outside it counts as NO_CLASS), found band of `rows`
+    rows by band."""
     height, width = class_map.shape
-    padded = np.pad(class_map, 1, constant_values=NO_CLASS)
-    rows = []
-    for top in range(0, height + 1, _JUNCTION_BAND):
-        band = padded[top:min(top + _JUNCTION_BAND, height + 1) + 1]
+    found = []
+    for top in range(0, height + 1, rows):
+        bottom = min(top + rows, height + 1)  # corner rows top .. bottom - 1
+        band = class_map[max(top - 1, 0):min(bottom, height)]
+        band = np.pad(band, ((int(top == 0), int(bottom == height + 1)), (1, 1)),
+                      constant_values=NO_CLASS)
         a, b = band[:-1, :-1], band[:-1, 1:]
         c, d = band[1:, :-1], band[1:, 1:]
         distinct = ((a != b).astype(np.uint8) + ((c != a) & (c != b))
                     + ((d != a) & (d != b) & (d != c)))
         ys, xs = np.nonzero(distinct >= 2)
-        rows.append((ys + top).astype(np.int64) * (width + 1) + xs)
-    by_row = np.concatenate(rows)
+        found.append((ys + top).astype(np.int64) * (width + 1) + xs)
+    by_row = np.concatenate(found)
     ys, xs = np.divmod(by_row, width + 1)
-    by_column = np.sort(xs * (height + 1) + ys)
-    return by_row, by_column
+    return _Corners(by_row, np.sort(xs * (height + 1) + ys), width, height)
 
 
-def _insert_junctions(xy: np.ndarray, sizes: np.ndarray, class_map: np.ndarray
+def _insert_junctions(xy: np.ndarray, sizes: np.ndarray, corners: _Corners
                       ) -> tuple[np.ndarray, np.ndarray]:
     """Adds the junction corners lying inside ring segments (all axis-aligned) to rings."""
-    by_row, by_column = _junctions(class_map)
+    by_row, by_column = corners.by_row, corners.by_column
     if by_row.size == 0:
         return xy, sizes
-    height, width = class_map.shape
+    height, width = corners.height, corners.width
     ixy = np.rint(xy).astype(np.int64)
     x0, y0 = ixy[:-1, 0], ixy[:-1, 1]
     x1, y1 = ixy[1:, 0], ixy[1:, 1]
