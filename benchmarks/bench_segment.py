@@ -2,14 +2,15 @@
 server's peak memory for a 16,000 x 16,000 px ROI.
 
     python benchmarks/bench_segment.py [--device auto] [--runtime auto] [--size 2048]
-        [--large 16000] [--runtimes 1024]
+        [--large 16000 ...] [--runtimes 1024]
 
 1. A 2048 x 2048 px region at model resolution (real H&E from the demo slide, mirrored to
    size) is segmented through a real gRPC server on loopback. The same tiles are then run
    through the model alone, in the same process, and the ratio is printed.
 2. A 16,000 x 16,000 px tiled JPEG TIFF at the model's 1 µm/px, made of the same tissue, is
    segmented by a `roiseg serve` process reading the file itself; its peak resident memory
-   (VmHWM) is printed. `--large 0` skips this part.
+   (VmHWM) is printed (`--large 4096 8192 16000`: one server per size). `--large 0` skips
+   this part.
 3. On the CPU, the model's forward passes over the tiles of a `--runtimes` x `--runtimes` px
    region with torch and with ONNX Runtime, at 1 thread and at 2, interleaved; the speed-ups
    are printed. `--runtimes 0` skips this part.
@@ -149,8 +150,9 @@ def large_roi_memory(device: str, size: int) -> None:
     (model_result,) = result.results.values()
     print(f"{size} x {size} px ROI: {model_result.execution.tiles} tiles, "
           f"{model_result.feature_count} polygons in {wall:.0f} s")
-    print(f"server peak RSS: {peak:.0f} MiB (after a small warm-up request: {idle:.0f} MiB); "
-          f"the RGB region alone is {size * size * 3 / 2**20:.0f} MiB")
+    print(f"server peak RSS: {peak:.0f} MiB (after a small warm-up request: {idle:.0f} MiB): "
+          f"{(peak - idle) * 2**20 / size**2:.1f} bytes per ROI pixel above it; the RGB region "
+          f"alone is {size * size * 3 / 2**20:.0f} MiB")
 
 
 def _peak_rss_mib(pid: int) -> float:
@@ -170,14 +172,17 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--size", type=int, default=2048)
     parser.add_argument("--runtime", default="auto", choices=("auto", "torch", "onnx"))
-    parser.add_argument("--large", type=int, default=16000)
+    parser.add_argument("--large", type=int, nargs="*", default=[16000],
+                        help="sides of the large ROIs whose peak memory is measured")
     parser.add_argument("--runtimes", type=int, default=1024)
     args = parser.parse_args()
-    end_to_end(args.device, args.runtime, args.size)
+    if args.size:
+        end_to_end(args.device, args.runtime, args.size)
     if args.runtimes:
         runtimes(args.runtimes)
-    if args.large:
-        large_roi_memory(args.device, args.large)
+    for size in args.large:
+        if size:
+            large_roi_memory(args.device, size)
 
 
 if __name__ == "__main__":

@@ -9,12 +9,12 @@ tile touches are turned into uint8 outputs before moving on.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from roiseg.engine.batching import Pending
 from roiseg.engine.models import LoadedModel
 from roiseg.errors import Cancelled, InvalidInput
 
@@ -38,7 +38,8 @@ class Prediction:
     """Most probable class other than the tumour class, if one was requested."""
     tiles: int
     model_seconds: float
-    """Time spent in the model's forward passes, copies to and from the device included."""
+    """Time of the model's forward passes that ran the tiles (copies to and from the device
+    included; a pass shared with another request counts whole)."""
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -150,16 +151,25 @@ def predict(model: LoadedModel, image: np.ndarray, *, tumor_class: int | None = 
             strip[:, tile_h - done:] = 0
             row += 1
 
+    def submit(first: int) -> Pending | None:
+        """Queues the batch of tiles from `first` (None past the last)."""
+        if first >= len(tiles):
+            return None
+        return model.submit(np.stack([padded[ys[j]:ys[j] + tile_h, xs[i]:xs[i] + tile_w]
+                                      for j, i in tiles[first:first + batch_size]]), request)
+
+    # Each batch is queued while the one before it runs: the device never waits for tiles.
+    request = object()
     model_seconds = 0.0
+    following = submit(0)
     for first in range(0, len(tiles), batch_size):
         if should_stop is not None and should_stop():
             raise Cancelled("segmentation cancelled")
+        pending, following = following, submit(first + batch_size)
+        assert pending is not None
+        probabilities = model.batches.result(pending).numpy()
+        model_seconds += pending.seconds
         batch = tiles[first:first + batch_size]
-        pixels = np.stack([padded[ys[j]:ys[j] + tile_h, xs[i]:xs[i] + tile_w]
-                           for j, i in batch])
-        started = time.perf_counter()
-        probabilities = model.probabilities(pixels).numpy()
-        model_seconds += time.perf_counter() - started
         for (j, i), tile in zip(batch, probabilities):
             finish_rows_before(j)
             tile *= np.outer(weights_y[j], weights_x[i])

@@ -11,7 +11,7 @@ import logging
 import math
 import re
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ import numpy as np
 import segmentation_models_pytorch as smp
 import torch
 
+from roiseg.engine.batching import Pending, SharedBatches
 from roiseg.engine.training_split import TrainingSplit
 from roiseg.errors import FailedPrecondition, InvalidInput, NotFound, echo
 from roiseg.io.classes import confusable_builtin_class
@@ -453,6 +454,10 @@ def select_device(name: str = "auto") -> torch.device:
     return torch.device("cuda", index)
 
 
+#: On a GPU, the most batches of concurrent requests run in one forward pass.
+SHARED_BATCHES = 4
+
+
 class LoadedModel:
     """A model ready for inference on one device.
 
@@ -469,25 +474,40 @@ class LoadedModel:
         self.onnx: Any = None
         self._mean = torch.tensor(card.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
         self._std = torch.tensor(card.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        #: Concurrent requests' tiles run through here, one pass at a time: on a GPU up to
+        #: `SHARED_BATCHES` of the card's batches in one pass, on the CPU one batch (a larger
+        #: batch costs more per tile there).
+        self.batches = SharedBatches(self._forward, card.batch_size * (
+            SHARED_BATCHES if device.type == "cuda" else 1))
 
     def probabilities(self, batch: np.ndarray) -> torch.Tensor:
-        """Class probabilities for a batch of tiles.
+        """Class probabilities for a batch of tiles (see `submit`)."""
+        return self.batches.result(self.submit(batch, object()))
+
+    def submit(self, batch: np.ndarray, owner: Hashable) -> Pending:
+        """Queues a batch of tiles of one request (`owner`) for its class probabilities,
+        computed in one forward pass with other requests' tiles when they come at the same
+        time; `batches.result` waits for them.
 
         Args:
             batch: (N, H, W, 3) uint8 RGB, H and W multiples of 32.
 
         Returns:
-            (N, C, H, W) float32 softmax probabilities on the CPU (copying them back
-            synchronises the device), C = len(card.classes).
+            the queued batch, whose result is (N, C, H, W) float32 softmax probabilities on
+            the CPU (copying them back synchronises the device), C = len(card.classes).
 
         Raises:
             InvalidInput: a malformed batch.
-            ValueError: the model outputs another number of channels than the card's classes.
+            ValueError (from `batches.result`): the model outputs another number of channels
+                than the card's classes.
         """
         if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[3] != 3 \
                 or batch.shape[1] % 32 or batch.shape[2] % 32:
             raise InvalidInput(f"expected an (N, H, W, 3) uint8 batch with H and W multiples "
                                f"of 32, got {batch.dtype} {batch.shape}")
+        return self.batches.submit(batch, owner)
+
+    def _forward(self, batch: np.ndarray) -> torch.Tensor:
         if self.onnx is not None:
             return torch.from_numpy(self.onnx.probabilities(batch))
         pixels = torch.from_numpy(np.ascontiguousarray(batch))

@@ -256,13 +256,7 @@ def _segment(job: Job, card: ModelCard, registry: ModelRegistry, raster: _Raster
                                                options.hysteresis.low, options.hysteresis.high)
         class_map = np.where(tumorous, np.uint8(tumor),
                              np.where(class_map == tumor, prediction.fallback_map, class_map))
-    glass = ~raster.tissue
-    if card.kept_on_glass:
-        glass &= ~np.isin(class_map, card.kept_on_glass)
-    no_class = glass | ~raster.roi_mask
-    if card.background_index is not None:
-        no_class |= class_map == card.background_index
-    class_map = np.where(no_class, np.uint8(postprocess.NO_CLASS), class_map).astype(np.uint8)
+    _mark_no_class(class_map, card, raster)
     pixel_um2 = mpp_x * mpp_y
     class_map = postprocess.enforce_min_sizes(class_map, math.sqrt(pixel_um2),
                                               options.min_area_um2, options.min_hole_um2)
@@ -315,6 +309,25 @@ def _segment(job: Job, card: ModelCard, registry: ModelRegistry, raster: _Raster
         tiles=prediction.tiles, timings=timings, class_map=vector_map, transform=t,
         confidence=_confidence(prediction.probability, class_map != postprocess.NO_CLASS, t)
         if options.confidence_map else None, notices=notices)
+
+
+#: Pixels per band of rows when marking pixels of no class (bounds the temporary masks).
+_BAND_PIXELS = 1 << 22
+
+
+def _mark_no_class(class_map: np.ndarray, card: ModelCard, raster: _Raster) -> None:
+    """Sets NO_CLASS, in place and band of rows by band, where a pixel gets no class: outside
+    the ROI, on glass (unless its class is kept on glass), the card's background class."""
+    rows = max(1, _BAND_PIXELS // max(1, class_map.shape[1]))
+    for top in range(0, class_map.shape[0], rows):
+        band = class_map[top:top + rows]
+        no_class = ~raster.tissue[top:top + rows]
+        if card.kept_on_glass:
+            no_class &= ~np.isin(band, card.kept_on_glass)
+        no_class |= ~raster.roi_mask[top:top + rows]
+        if card.background_index is not None:
+            no_class |= band == card.background_index
+        band[no_class] = postprocess.NO_CLASS
 
 
 def _for_review(measurements: dict[str, float], review_below: float | None) -> bool:

@@ -205,9 +205,9 @@ def _components(class_map: np.ndarray, probability: np.ndarray, wanted: np.ndarr
     pixels = np.concatenate(sizes)
     piece_ids, piece_polygons = np.concatenate(ids), np.concatenate(polygons)
     group = _groups(offset + 1, links)
-    region_sums = np.bincount(group, weights=total)
+    region_sums: np.ndarray = np.bincount(group, weights=total)
     if probability.dtype == np.uint8:
-        region_sums /= 255.0
+        region_sums = region_sums / 255.0
     region_sizes = np.bincount(group, weights=pixels)
     means = region_sums / np.maximum(region_sizes, 1)
     merged_ids, merged = _merge_pieces(piece_ids, piece_polygons, group, rows, height, corners)
