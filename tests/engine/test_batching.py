@@ -155,3 +155,17 @@ def test_a_failed_pass_fails_the_requests_in_it_and_the_next_ones_still_run():
 def test_a_limit_below_one_tile_is_refused():
     with pytest.raises(ValueError, match="max_tiles"):
         SharedBatches(lambda tiles: torch.zeros(len(tiles)), max_tiles=0)
+
+
+def test_the_pass_thread_ends_when_idle_and_comes_back(monkeypatch):
+    """An idle model keeps no thread (which would keep a retired model in memory)."""
+    from roiseg.engine import batching
+
+    monkeypatch.setattr(batching, "IDLE_S", 0.05)
+    batches = SharedBatches(lambda tiles: torch.from_numpy(tiles.sum(axis=1)), max_tiles=4)
+    assert torch.equal(batches.run(np.ones((2, 3))), torch.tensor([3.0, 3.0]))
+    worker = batches._worker
+    assert worker is not None
+    worker.join(5)
+    assert not worker.is_alive() and batches._worker is None
+    assert torch.equal(batches.run(np.ones((1, 2))), torch.tensor([2.0]))

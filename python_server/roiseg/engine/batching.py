@@ -20,7 +20,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-__all__ = ["SharedBatches"]
+__all__ = ["Pending", "SharedBatches"]
+
+#: Seconds the pass thread waits for work before it ends.
+IDLE_S = 5.0
 
 
 @dataclass(eq=False)
@@ -77,10 +80,15 @@ class SharedBatches:
         return self.result(self.submit(tiles, object()))
 
     def _serve(self) -> None:
+        """Runs passes while batches are queued; ends after `IDLE_S` without any (so that a
+        model no longer used can be freed), `submit` starts it again."""
         while True:
             with self._changed:
-                while not self._queue:
-                    self._changed.wait()
+                if not self._queue:
+                    self._changed.wait(IDLE_S)
+                if not self._queue:
+                    self._worker = None
+                    return
                 taken = self._take()
             self._run(taken)
 
