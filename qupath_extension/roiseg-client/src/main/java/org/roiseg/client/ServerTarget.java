@@ -49,11 +49,20 @@ public record ServerTarget(String text, List<HostPort> addresses, boolean dns) {
     }
 
     /**
-     * Reads a target.
+     * Reads a target; entries without a port get {@value RoisegClient#DEFAULT_PORT}.
      *
      * @throws IllegalArgumentException with a message for the user when it is malformed
      */
     public static ServerTarget parse(String text) {
+        return parse(text, RoisegClient.DEFAULT_PORT);
+    }
+
+    /**
+     * Reads a target; entries without a port get {@code defaultPort}.
+     *
+     * @throws IllegalArgumentException with a message for the user when it is malformed
+     */
+    public static ServerTarget parse(String text, int defaultPort) {
         String t = text == null ? "" : text.strip();
         if (t.isEmpty()) {
             throw new IllegalArgumentException("No server given: " + HINT + ".");
@@ -62,14 +71,15 @@ public record ServerTarget(String text, List<HostPort> addresses, boolean dns) {
             if (!t.startsWith("dns:///") || t.contains(",")) {
                 throw new IllegalArgumentException("\"" + t + "\" is not a DNS target: write dns:///name:port.");
             }
-            return new ServerTarget(t, List.of(hostPort(t.substring("dns:///".length()))), true);
+            return new ServerTarget(t, List.of(hostPort(t.substring("dns:///".length()), defaultPort)), true);
         }
         if (t.contains("://")) {
-            throw new IllegalArgumentException("\"" + t + "\" has a scheme roiseg does not know: " + HINT + ".");
+            throw new IllegalArgumentException("\"" + t + "\" is not a host:port, a list of them or dns:///name:port "
+                    + "(leave out http:// and the like): " + HINT + ".");
         }
         Set<HostPort> addresses = new LinkedHashSet<>();
         for (String entry : t.split(",", -1)) {
-            addresses.add(hostPort(entry));
+            addresses.add(hostPort(entry, defaultPort));
         }
         return new ServerTarget(t, new ArrayList<>(addresses), false);
     }
@@ -81,11 +91,11 @@ public record ServerTarget(String text, List<HostPort> addresses, boolean dns) {
 
     /**
      * {@code host:port}, {@code [v6]:port}, {@code host} or a bare IPv6 address; the port defaults to
-     * {@value RoisegClient#DEFAULT_PORT}.
+     * {@code defaultPort}.
      *
      * @throws IllegalArgumentException when it is not a server address
      */
-    public static HostPort hostPort(String entry) {
+    public static HostPort hostPort(String entry, int defaultPort) {
         String e = entry.strip();
         String host;
         String port;
@@ -111,7 +121,7 @@ public record ServerTarget(String text, List<HostPort> addresses, boolean dns) {
             throw new IllegalArgumentException("\"" + e + "\" is not a server address: " + HINT + ".");
         }
         if (port.isEmpty()) {
-            return new HostPort(host, RoisegClient.DEFAULT_PORT);
+            return new HostPort(host, defaultPort);
         }
         if (!port.matches("[0-9]{1,5}") || Integer.parseInt(port) < 1 || Integer.parseInt(port) > 65535) {
             throw new IllegalArgumentException("The port in \"" + e + "\" must be a number from 1 to 65535.");
@@ -135,16 +145,17 @@ public record ServerTarget(String text, List<HostPort> addresses, boolean dns) {
             return "dns:///" + addresses.get(0);
         }
         try {
-            return new URI(AddressListNameResolverProvider.SCHEME, "", "/" + text, null, null).toASCIIString();
+            return new URI(AddressListNameResolverProvider.SCHEME, "", "/" + this, null, null).toASCIIString();
         } catch (URISyntaxException e) {
             throw new IllegalArgumentException("\"" + text + "\" is not a server list: " + HINT + ".", e);
         }
     }
 
-    /** The target as written, e.g. for messages. */
+    /** The target with every port written out: {@code host:port}, a list of them, or {@code dns:///name:port}. */
     @Override
     public String toString() {
-        return addresses.size() == 1 && !dns ? addresses.get(0).toString() : text;
+        List<String> written = addresses.stream().map(HostPort::toString).toList();
+        return (dns ? "dns:///" : "") + String.join(",", written);
     }
 
     static boolean isLoopback(String host) {

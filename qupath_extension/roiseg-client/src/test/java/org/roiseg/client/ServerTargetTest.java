@@ -31,9 +31,11 @@ class ServerTargetTest {
         assertEquals(3, t.addresses().size());
         URI uri = URI.create(t.channelTarget());
         assertEquals(AddressListNameResolverProvider.SCHEME, uri.getScheme());
-        assertEquals("/127.0.0.1:1, [::1]:2,gpu:3", uri.getPath());
+        assertEquals("/127.0.0.1:1,[::1]:2,gpu:3", uri.getPath());
         assertEquals(1, ServerTarget.parse("a:1,a:1").addresses().size());
         assertFalse(ServerTarget.parse("127.0.0.1:1,gpu:3").loopback());
+        assertEquals("gpu1:9000,gpu2:9001", ServerTarget.parse("gpu1, gpu2:9001", 9000).toString());
+        assertEquals("dns:///roiseg:9000", ServerTarget.parse("dns:///roiseg", 9000).toString());
     }
 
     @Test
