@@ -206,7 +206,8 @@ class Client:
         self._pinned_channel: grpc.Channel | None = None
         self._pinned_stub: pb_grpc.SegmentationStub | None = None
         self._pinned_lock = threading.Lock()
-        #: The last upload (id, bytes), sent again if its server is gone when it is used.
+        #: With several servers, the last upload (id, bytes), sent again if its server is gone
+        #: when it is used.
         self._last_upload: tuple[str, bytes] | None = None
 
     def _open(self, service_config: str) -> grpc.Channel:
@@ -237,6 +238,7 @@ class Client:
         self.close()
 
     def close(self) -> None:
+        self._last_upload = None
         self._channel.close()
         if self._pinned_channel is not None:
             self._pinned_channel.close()
@@ -254,7 +256,8 @@ class Client:
             for start in range(0, len(data), UPLOAD_CHUNK_BYTES):
                 yield pb.UploadImageRequest(chunk=data[start:start + UPLOAD_CHUNK_BYTES])
         upload_id = self._call(self._pinned().UploadImage, messages()).upload_id
-        self._last_upload = (upload_id, data)
+        if self._target.several:
+            self._last_upload = (upload_id, data)
         return upload_id
 
     def pixels_source(self, encoded: bytes, **fields: Any) -> pb.ImageSource:
@@ -286,8 +289,8 @@ class Client:
             return call(stub, request)
         except grpc.RpcError as error:
             last = self._last_upload
-            if not (error.code() == grpc.StatusCode.NOT_FOUND and self._target.several
-                    and last is not None and last[0] == upload_id):
+            if not (error.code() == grpc.StatusCode.NOT_FOUND and last is not None
+                    and last[0] == upload_id and upload_id in (error.details() or "")):
                 raise _error(error) from None
         log.info("upload %s is gone with its server; uploading the image again", upload_id)
         again = type(request)()
