@@ -41,7 +41,9 @@ def add_server_arguments(parser: argparse.ArgumentParser, help_text: str,
         parser.add_argument("--server", action="append", default=[], metavar="HOST:PORT",
                             help=help_text)
     else:
-        parser.add_argument("--server", metavar="HOST:PORT", help=help_text)
+        parser.add_argument("--server", metavar="TARGET",
+                            help=f"{help_text}; several servers, balanced: HOST:PORT,HOST:PORT "
+                                 "or dns:///NAME:PORT (docs/serving-several.md)")
     parser.add_argument("--tls", action="store_true", help="connect to the server over TLS")
     parser.add_argument("--tls-ca", type=Path, help="PEM certificate(s) to trust for --tls")
     parser.add_argument("--token-file", type=Path,
@@ -170,6 +172,14 @@ def positive_float(text: str) -> float:
     value = float(text)
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a number above 0, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """An argparse type: a finite number from 0 up."""
+    value = float(text)
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number from 0 up, got {text}")
     return value
 
 

@@ -52,6 +52,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token-file", type=Path,
                         help="file holding a bearer token that clients must send "
                              "(also read from the ROISEG_TOKEN environment variable)")
+    parser.add_argument("--drain-seconds", type=options.non_negative_float, default=1.0,
+                        help="on SIGTERM or Ctrl-C, report NOT_SERVING to health checks this "
+                             "long while still answering calls, so balancing clients move to "
+                             "other servers, then stop (calls under way get 5 s more; "
+                             "default 1)")
     parser.add_argument("--ready-file", type=Path,
                         help="write HOST:PORT here once the server listens")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -61,10 +66,12 @@ def run(args: argparse.Namespace) -> int:
     import logging
     import signal
     import threading
+    import time
 
     from roiseg import __version__
     from roiseg.client.connection import in_process_service
-    from roiseg.server.service import Limits, create_server
+    from roiseg.server.health import Health
+    from roiseg.server.service import SERVICE_NAME, Limits, create_server
 
     limits = Limits(max_upload_bytes=int(args.max_upload_mb * 2**20),
                     upload_capacity_bytes=int(2 * args.max_upload_mb * 2**20),
@@ -80,7 +87,9 @@ def run(args: argparse.Namespace) -> int:
     tls = (args.tls_cert.read_bytes(), args.tls_key.read_bytes()) if args.tls_cert else None
     token = options.token(args)
     logging.getLogger("roiseg.access").setLevel(logging.INFO)  # a line per call, always
-    server, port = create_server(service, f"{args.host}:{args.port}", tls=tls, token=token)
+    health = Health((SERVICE_NAME,))
+    server, port = create_server(service, f"{args.host}:{args.port}", tls=tls, token=token,
+                                 health=health)
     server.start()
     address = f"{args.host}:{port}"
     if args.ready_file:
@@ -93,5 +102,9 @@ def run(args: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: done.set())
     done.wait()
+    health.drain()
+    if args.drain_seconds:
+        print(f"draining: NOT_SERVING for {args.drain_seconds:g} s, then stopping", flush=True)
+        time.sleep(args.drain_seconds)
     server.stop(grace=5).wait()
     return 0

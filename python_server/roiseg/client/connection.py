@@ -3,9 +3,9 @@ which gives one or the other."""
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +17,12 @@ import numpy as np
 from shapely.geometry.base import BaseGeometry
 
 from roiseg import CONTRACT_MAJOR, CONTRACT_MINOR
+from roiseg.client.targets import (
+    Target,
+    balanced_service_config,
+    parse_target,
+    pinned_service_config,
+)
 from roiseg.errors import RoisegError
 from roiseg.io import roi
 from roiseg.server.status import status_of
@@ -58,19 +64,6 @@ class ModelSource:
     device: str = "auto"
     runtime: str = "auto"
     threads: int | None = None
-
-
-def is_loopback(target: str) -> bool:
-    """Whether a gRPC target ("host:port", "dns:///host:port", "unix:...") is this machine."""
-    if target.startswith("unix"):
-        return True
-    host = target.rpartition("/")[2].rpartition(":")[0].strip("[]") or target
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class SegmentationError(Exception):
@@ -185,29 +178,58 @@ def collect(events: Iterable[pb.SegmentEvent],
 
 
 class Client:
-    """A connection to a roiseg server, e.g. `Client("127.0.0.1:50051")`."""
+    """A connection to one roiseg server or several, e.g. `Client("127.0.0.1:50051")`,
+    `Client("gpu1:50051,gpu2:50051")` or `Client("dns:///roiseg.lab.svc.cluster.local:50051")`
+    (the forms: `roiseg.client.targets`). Calls to several servers are balanced over those that
+    report healthy, and go to another one when a server is unavailable."""
 
     def __init__(self, target: str, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  timeout_s: float | None = None, tls: bool = False,
                  root_certificates: bytes | None = None, token: str | None = None) -> None:
         """`tls` (or `root_certificates`, PEM, to trust a private CA) connects over TLS;
-        `token` is sent as `authorization: Bearer <token>` on every call."""
+        `token` is sent as `authorization: Bearer <token>` on every call. A malformed target
+        raises `roiseg.client.targets.TargetError`."""
         self.target = target
         self.timeout_s = timeout_s
         self.max_message_bytes = max_message_bytes
-        options = [("grpc.max_receive_message_length", max_message_bytes),
-                   ("grpc.max_send_message_length", max_message_bytes)]
-        if tls or root_certificates:
-            self._channel = grpc.secure_channel(
-                target, grpc.ssl_channel_credentials(root_certificates), options)
-        else:
-            if token and not is_loopback(target):
-                log.warning("the access token is sent unencrypted to %s: anyone on the network "
-                            "can read it; serve with --tls-cert/--tls-key and connect with --tls",
-                            target)
-            self._channel = grpc.insecure_channel(target, options)
+        self._target: Target = parse_target(target)
+        self._credentials = (grpc.ssl_channel_credentials(root_certificates)
+                             if tls or root_certificates else None)
+        if token and not self._credentials and not self._target.loopback:
+            log.warning("the access token is sent unencrypted to %s: anyone on the network "
+                        "can read it; serve with --tls-cert/--tls-key and connect with --tls",
+                        target)
+        self._channel = self._open(balanced_service_config())
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._stub = pb_grpc.SegmentationStub(self._channel)
+        #: Uploads and the requests naming them stay on one server (see `_pinned`).
+        self._pinned_channel: grpc.Channel | None = None
+        self._pinned_stub: pb_grpc.SegmentationStub | None = None
+        self._pinned_lock = threading.Lock()
+        #: With several servers, the last upload (id, bytes), sent again if its server is gone
+        #: when it is used.
+        self._last_upload: tuple[str, bytes] | None = None
+
+    def _open(self, service_config: str) -> grpc.Channel:
+        options = [("grpc.max_receive_message_length", self.max_message_bytes),
+                   ("grpc.max_send_message_length", self.max_message_bytes),
+                   ("grpc.service_config", service_config),
+                   ("grpc.enable_retries", 1)]
+        if self._credentials:
+            return grpc.secure_channel(self._target.grpc_target, self._credentials, options)
+        return grpc.insecure_channel(self._target.grpc_target, options)
+
+    def _pinned(self) -> pb_grpc.SegmentationStub:
+        """The stub for uploads and the requests that name them: with several servers, a
+        second channel that keeps to one server (an upload lives on the server that received
+        it), else the only one."""
+        if not self._target.several:
+            return self._stub
+        with self._pinned_lock:
+            if self._pinned_stub is None:
+                self._pinned_channel = self._open(pinned_service_config())
+                self._pinned_stub = pb_grpc.SegmentationStub(self._pinned_channel)
+            return self._pinned_stub
 
     def __enter__(self) -> "Client":
         return self
@@ -216,7 +238,10 @@ class Client:
         self.close()
 
     def close(self) -> None:
+        self._last_upload = None
         self._channel.close()
+        if self._pinned_channel is not None:
+            self._pinned_channel.close()
 
     def server_info(self) -> pb.ServerInfo:
         return self._call(self._stub.GetServerInfo, pb.GetServerInfoRequest())
@@ -230,7 +255,10 @@ class Client:
             yield pb.UploadImageRequest(header=pb.UploadHeader(total_bytes=len(data)))
             for start in range(0, len(data), UPLOAD_CHUNK_BYTES):
                 yield pb.UploadImageRequest(chunk=data[start:start + UPLOAD_CHUNK_BYTES])
-        return self._call(self._stub.UploadImage, messages()).upload_id
+        upload_id = self._call(self._pinned().UploadImage, messages()).upload_id
+        if self._target.several:
+            self._last_upload = (upload_id, data)
+        return upload_id
 
     def pixels_source(self, encoded: bytes, **fields: Any) -> pb.ImageSource:
         """Pixels inline when they fit in one message, else uploaded first."""
@@ -240,16 +268,38 @@ class Client:
 
     def segment(self, request: pb.SegmentRequest,
                 on_progress: ProgressCallback | None = None) -> SegmentResult:
-        try:
-            return collect(self._stub.Segment(request, timeout=self.timeout_s,
-                                              metadata=self._metadata), on_progress)
-        except grpc.RpcError as error:
-            raise _error(error) from None
+        def call(stub: pb_grpc.SegmentationStub, request: pb.SegmentRequest) -> SegmentResult:
+            return collect(stub.Segment(request, timeout=self.timeout_s,
+                                        metadata=self._metadata), on_progress)
+        return self._with_pixels(request, call)
 
     def submit_corrections(
             self, request: pb.SubmitCorrectionsRequest) -> pb.SubmitCorrectionsResponse:
         """Stores the corrections as a training example (see `corrections_request`)."""
-        return self._call(self._stub.SubmitCorrections, request)
+        return self._with_pixels(request, lambda stub, r: stub.SubmitCorrections(
+            r, timeout=self.timeout_s, metadata=self._metadata))
+
+    def _with_pixels(self, request: Any, call: Callable[[Any, Any], Any]) -> Any:
+        """`call(stub, request)` on the server that holds the request's upload, if it names
+        one; when that server no longer has it (it stopped, and the pinned channel moved to
+        another), the client's last upload is sent again and the call repeated once."""
+        upload_id = request.image.pixels.upload_id if request.image.HasField("pixels") else ""
+        stub = self._pinned() if upload_id else self._stub
+        try:
+            return call(stub, request)
+        except grpc.RpcError as error:
+            last = self._last_upload
+            if not (error.code() == grpc.StatusCode.NOT_FOUND and last is not None
+                    and last[0] == upload_id and upload_id in (error.details() or "")):
+                raise _error(error) from None
+        log.info("upload %s is gone with its server; uploading the image again", upload_id)
+        again = type(request)()
+        again.CopyFrom(request)
+        again.image.pixels.upload_id = self.upload(last[1])
+        try:
+            return call(stub, again)
+        except grpc.RpcError as error:
+            raise _error(error) from None
 
     def list_examples(self, model_id: str = "") -> list[pb.Example]:
         return list(self._call(self._stub.ListExamples,

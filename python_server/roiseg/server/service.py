@@ -19,7 +19,6 @@ import cv2
 import grpc
 from google.protobuf.message import DecodeError
 from google.protobuf.message_factory import GetMessageClass
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from shapely.geometry.base import BaseGeometry
 
@@ -39,6 +38,7 @@ from roiseg.errors import (
 )
 from roiseg.io import roi
 from roiseg.io.slides import decode_image, image_size
+from roiseg.server.health import HEALTH_SERVICE_NAME, Health
 from roiseg.server.status import status_of
 from roiseg.server.uploads import UploadStore
 from roiseg.v1 import segmentation_pb2 as pb
@@ -579,10 +579,12 @@ def _refusal(handler: grpc.RpcMethodHandler, code: grpc.StatusCode,
 
 def create_server(service: SegmentationService, address: str = "127.0.0.1:0",
                   tls: tuple[bytes, bytes] | None = None,
-                  token: str | None = None) -> tuple[grpc.Server, int]:
+                  token: str | None = None,
+                  health: Health | None = None) -> tuple[grpc.Server, int]:
     """A server with the service, health checking and reflection, not yet started; returns
     it with the bound port. `tls` is (PEM certificate chain, PEM private key); `token`
-    makes the Segmentation calls require `authorization: Bearer <token>`."""
+    makes the Segmentation calls require `authorization: Bearer <token>`; `health` (default: a
+    new one) reports the server SERVING, and NOT_SERVING once drained."""
     size = service.limits.max_message_bytes
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=service.limits.rpc_threads,
                                                     thread_name_prefix="roiseg-rpc"),
@@ -590,13 +592,9 @@ def create_server(service: SegmentationService, address: str = "127.0.0.1:0",
                          options=[("grpc.max_receive_message_length", size),
                                   ("grpc.max_send_message_length", size)])
     server.add_generic_rpc_handlers((_segmentation_handlers(service),))
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for name in ("", SERVICE_NAME):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    (health or Health((SERVICE_NAME,))).add_to(server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-         reflection.SERVICE_NAME), server)
+        (SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server)
     if tls:
         certificate_chain, private_key = tls
         port = server.add_secure_port(

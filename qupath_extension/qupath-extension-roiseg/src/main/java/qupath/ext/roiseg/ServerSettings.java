@@ -4,15 +4,16 @@ import java.io.File;
 import java.time.Duration;
 import java.util.ArrayList;
 import java.util.List;
-import java.util.Locale;
 import org.roiseg.client.RoisegClient;
+import org.roiseg.client.ServerTarget;
 
 /**
  * How to reach the roiseg server, as set in Extensions &gt; roiseg &gt; Server settings. Plain Java,
  * no QuPath classes: {@link #clientBuilder()} maps it to a {@link RoisegClient.Builder}.
  *
- * @param host              host name or IP address
- * @param port              port, 1..65535
+ * @param host              host name or IP address; or several servers, balanced:
+ *                          {@code host1:port1,host2:port2} or {@code dns:///name:port} (see {@link ServerTarget})
+ * @param port              port, 1..65535, of the servers written without one
  * @param tls               whether to connect with TLS
  * @param trustCertificate  PEM certificate (or CA) to trust with TLS; blank: the JDK's authorities
  * @param bearerToken       access token sent as {@code authorization: Bearer}; blank: none
@@ -47,9 +48,22 @@ public record ServerSettings(String host, int port, boolean tls, String trustCer
                 false, "", "");
     }
 
-    /** The server's address as host:port, for messages. */
+    /** The server's address as host:port (or the servers' target, every port written out), for messages. */
     public String target() {
-        return (host.contains(":") ? "[" + host + "]" : host) + ":" + port;
+        try {
+            return serverTarget().toString();
+        } catch (IllegalArgumentException e) {
+            return host + ":" + port;
+        }
+    }
+
+    /**
+     * The server or servers to connect to.
+     *
+     * @throws IllegalArgumentException with a message for the user when the host or port is malformed
+     */
+    public ServerTarget serverTarget() {
+        return ServerTarget.parse(host, port);
     }
 
     /** Whether an access token is set. */
@@ -64,15 +78,17 @@ public record ServerSettings(String host, int port, boolean tls, String trustCer
      */
     public List<String> problems() {
         List<String> problems = new ArrayList<>();
-        if (host.isEmpty()) {
-            problems.add("Enter the server's host name or IP address (127.0.0.1 for this computer).");
-        } else if (host.chars().anyMatch(Character::isWhitespace) || host.contains("/")) {
-            problems.add("The host \"" + host + "\" is not a host name or IP address (leave out http:// "
-                    + "and the port).");
-        }
         if (port < 1 || port > 65535) {
             problems.add("The port must be between 1 and 65535 (roiseg's default is "
                     + RoisegClient.DEFAULT_PORT + ").");
+        } else if (host.isEmpty()) {
+            problems.add("Enter the server's host name or IP address (127.0.0.1 for this computer).");
+        } else {
+            try {
+                serverTarget();
+            } catch (IllegalArgumentException e) {
+                problems.add(e.getMessage());
+            }
         }
         if (!trustCertificate.isEmpty()) {
             if (!tls) {
@@ -102,10 +118,13 @@ public record ServerSettings(String host, int port, boolean tls, String trustCer
         return warnings;
     }
 
-    /** Whether the host is this computer. */
+    /** Whether the host (every host) is this computer. */
     public boolean isLoopback() {
-        String h = host.toLowerCase(Locale.ROOT);
-        return h.equals("localhost") || h.startsWith("127.") || h.equals("::1") || h.equals("[::1]");
+        try {
+            return serverTarget().loopback();
+        } catch (IllegalArgumentException e) {
+            return false;
+        }
     }
 
     /**
@@ -119,8 +138,7 @@ public record ServerSettings(String host, int port, boolean tls, String trustCer
             throw new IllegalArgumentException(problems.get(0) + " (Extensions > roiseg > Server settings)");
         }
         return RoisegClient.builder()
-                .host(host)
-                .port(port)
+                .target(serverTarget().toString())
                 .tls(tls)
                 .trustCertificate(trustCertificate.isEmpty() ? null : new File(trustCertificate))
                 .bearerToken(bearerToken.isEmpty() ? null : bearerToken)

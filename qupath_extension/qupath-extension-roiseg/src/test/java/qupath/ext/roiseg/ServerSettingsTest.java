@@ -59,6 +59,22 @@ class ServerSettingsTest {
     }
 
     @Test
+    void theHostMayNameSeveralServers() {
+        ServerSettings list = settings("gpu1, gpu2:9001", 9000, false, "", "", 10);
+        assertTrue(list.problems().isEmpty(), list.problems().toString());
+        assertEquals("gpu1:9000,gpu2:9001", list.target());
+        assertTrue(list.serverTarget().several());
+        try (RoisegClient client = list.clientBuilder().build()) {
+            assertEquals("gpu1:9000,gpu2:9001", client.target());
+        }
+        ServerSettings dns = settings("dns:///roiseg.lab.svc.cluster.local", 50051, false, "", "", 10);
+        assertEquals("dns:///roiseg.lab.svc.cluster.local:50051", dns.target());
+        assertTrue(settings("127.0.0.1:1,localhost:2", 50051, false, "", "t", 10).isLoopback());
+        assertFalse(settings("127.0.0.1:1,gpu:2", 50051, false, "", "t", 10).isLoopback());
+        assertTrue(settings("gpu1,,gpu2", 50051, false, "", "", 10).problems().get(0).contains("host:port"));
+    }
+
+    @Test
     void problemsAreReportedForTheUser() {
         assertTrue(settings("", 50051, false, "", "", 10).problems().get(0).contains("host"));
         assertTrue(settings("http://x", 50051, false, "", "", 10).problems().get(0).contains("not a host"));

@@ -59,8 +59,16 @@ import org.roiseg.proto.v1.UploadImageRequest;
 import org.roiseg.proto.v1.UploadImageResponse;
 
 /**
- * A connection to one roiseg server. Thread-safe: one client can serve several calls at once.
- * Close it when done.
+ * A connection to one roiseg server or several ({@link ServerTarget}: {@code host1:port1,host2:port2}
+ * or {@code dns:///name:port}). Thread-safe: one client can serve several calls at once. Close it
+ * when done.
+ *
+ * <p>Calls to several servers are spread by gRPC's round_robin policy over the servers whose
+ * health check reports SERVING (a draining server gets no new calls); calls that are safe to send
+ * again are retried on another server when one is unavailable. An upload and the segmentation or
+ * submission that uses it go over a second channel that keeps to one server (uploads live on the
+ * server that received them); if that server is gone before they are used, the image is uploaded
+ * again to another.
  *
  * <pre>{@code
  * try (RoisegClient client = RoisegClient.builder().host("127.0.0.1").port(50051).build()) {
@@ -85,21 +93,31 @@ public final class RoisegClient implements AutoCloseable {
     /** Longest wait for the small calls (server info, model list), whatever the deadline. */
     static final Duration INFO_DEADLINE = Duration.ofSeconds(30);
 
+    /** Calls sent again to another server after UNAVAILABLE (Segment only before its first event). */
+    static final List<String> RETRIED_METHODS = List.of("GetServerInfo", "ListModels", "UploadImage", "Segment",
+            "ListExamples");
+
     private final String target;
+    private final boolean several;
     private final ManagedChannel channel;
+    private final ManagedChannel pinnedChannel;
     private final Duration deadline;
     private final int maxMessageBytes;
     private final SegmentationGrpc.SegmentationBlockingStub blocking;
-    private final SegmentationGrpc.SegmentationStub async;
+    private final SegmentationGrpc.SegmentationBlockingStub pinnedBlocking;
+    private final SegmentationGrpc.SegmentationStub pinnedAsync;
     private volatile ServerInfo compatibleServer;
 
-    private RoisegClient(Builder b, ManagedChannel channel) {
-        this.target = b.target();
+    private RoisegClient(Builder b, ManagedChannel channel, ManagedChannel pinnedChannel) {
+        this.target = b.target.toString();
+        this.several = b.target.several();
         this.channel = channel;
+        this.pinnedChannel = pinnedChannel;
         this.deadline = b.deadline;
         this.maxMessageBytes = b.maxMessageBytes;
         this.blocking = SegmentationGrpc.newBlockingStub(channel);
-        this.async = SegmentationGrpc.newStub(channel);
+        this.pinnedBlocking = SegmentationGrpc.newBlockingStub(pinnedChannel);
+        this.pinnedAsync = SegmentationGrpc.newStub(pinnedChannel);
     }
 
     /** A builder for a plaintext connection to 127.0.0.1:{@value #DEFAULT_PORT}. */
@@ -107,7 +125,7 @@ public final class RoisegClient implements AutoCloseable {
         return new Builder();
     }
 
-    /** The server's address as host:port. */
+    /** The server's address as host:port, or the servers' target as given. */
     public String target() {
         return target;
     }
@@ -154,7 +172,8 @@ public final class RoisegClient implements AutoCloseable {
         ProgressListener progress = listener == null ? ProgressListener.NONE : listener;
         return cancellable(cancel, () -> {
             Deadline end = Deadline.after(deadline.toNanos(), TimeUnit.NANOSECONDS);
-            return segment(request(pixelsSource(image, end, progress), roiMessage, options), end, progress);
+            return withPixels(image, end, progress,
+                    (stub, source) -> segment(stub, request(source, roiMessage, options), end, progress));
         });
     }
 
@@ -184,7 +203,8 @@ public final class RoisegClient implements AutoCloseable {
         return cancellable(cancel, () -> {
             Deadline end = Deadline.after(deadline.toNanos(), TimeUnit.NANOSECONDS);
             compatibleServer();
-            return segment(request(slideSource(serverPath, pixelSizeMicronsOrZero), roiMessage, options), end, progress);
+            return segment(blocking, request(slideSource(serverPath, pixelSizeMicronsOrZero), roiMessage, options), end,
+                    progress);
         });
     }
 
@@ -214,7 +234,8 @@ public final class RoisegClient implements AutoCloseable {
         ProgressListener progress = listener == null ? ProgressListener.NONE : listener;
         return cancellable(cancel, true, () -> {
             Deadline end = Deadline.after(deadline.toNanos(), TimeUnit.NANOSECONDS);
-            return submit(pixelsSource(image, end, progress), roiMessage, corrections, end);
+            return withPixels(image, end, progress,
+                    (stub, source) -> submit(stub, source, roiMessage, corrections, end));
         });
     }
 
@@ -236,7 +257,7 @@ public final class RoisegClient implements AutoCloseable {
         return cancellable(cancel, true, () -> {
             Deadline end = Deadline.after(deadline.toNanos(), TimeUnit.NANOSECONDS);
             compatibleServer();
-            return submit(slideSource(serverPath, pixelSizeMicronsOrZero), roiMessage, corrections, end);
+            return submit(blocking, slideSource(serverPath, pixelSizeMicronsOrZero), roiMessage, corrections, end);
         });
     }
 
@@ -313,13 +334,17 @@ public final class RoisegClient implements AutoCloseable {
     @Override
     public void close() {
         channel.shutdown();
+        pinnedChannel.shutdown();
         try {
-            if (!channel.awaitTermination(2, TimeUnit.SECONDS)) {
-                channel.shutdownNow();
-                channel.awaitTermination(2, TimeUnit.SECONDS);
+            for (ManagedChannel c : List.of(channel, pinnedChannel)) {
+                if (!c.awaitTermination(2, TimeUnit.SECONDS)) {
+                    c.shutdownNow();
+                    c.awaitTermination(2, TimeUnit.SECONDS);
+                }
             }
         } catch (InterruptedException e) {
             channel.shutdownNow();
+            pinnedChannel.shutdownNow();
             Thread.currentThread().interrupt();
         }
     }
@@ -352,11 +377,19 @@ public final class RoisegClient implements AutoCloseable {
                 .setSlide(SlideFile.newBuilder().setPath(serverPath).setPixelSizeUm(pixelSize)).build();
     }
 
+    /** A call given the stub to use and the image source. */
+    @FunctionalInterface
+    private interface PixelsCall<T> {
+        T run(SegmentationGrpc.SegmentationBlockingStub stub, ImageSource source);
+    }
+
     /**
-     * Pixels the client read, as PNG: in the request when it fits in half a message, else uploaded
-     * first in chunks.
+     * {@code call} with the pixels the client read, as PNG: in the request when it fits in half a
+     * message, else uploaded first in chunks, and then called on the server that holds the upload.
+     * With several servers, if that server is gone (the upload is NOT_FOUND), the image is uploaded
+     * again, to the next server, and the call repeated once.
      */
-    private ImageSource pixelsSource(RegionImage image, Deadline end, ProgressListener progress)
+    private <T> T withPixels(RegionImage image, Deadline end, ProgressListener progress, PixelsCall<T> call)
             throws InterruptedException {
         ServerInfo info = compatibleServer();
         byte[] png = Png.encode(image.image());
@@ -368,16 +401,26 @@ public final class RoisegClient implements AutoCloseable {
                 .setPixelSizeUm(pixelSize > 0 && Double.isFinite(pixelSize) ? pixelSize : 0)
                 .setImageWidth(image.fullImageWidth())
                 .setImageHeight(image.fullImageHeight());
-        if (png.length > inlineLimit(info)) {
-            pixels.setUploadId(upload(png, end, progress));
-        } else {
+        if (png.length <= inlineLimit(info)) {
             pixels.setEncoded(UnsafeByteOperations.unsafeWrap(png));
+            return call.run(blocking, ImageSource.newBuilder().setPixels(pixels).build());
         }
-        return ImageSource.newBuilder().setPixels(pixels).build();
+        pixels.setUploadId(upload(png, end, progress));
+        try {
+            return call.run(pinnedBlocking, ImageSource.newBuilder().setPixels(pixels).build());
+        } catch (StatusRuntimeException e) {
+            if (!several || e.getStatus().getCode() != Status.Code.NOT_FOUND
+                    || !Objects.toString(e.getStatus().getDescription(), "").contains(pixels.getUploadId())) {
+                throw e;
+            }
+        }
+        pixels.setUploadId(upload(png, end, progress));
+        return call.run(pinnedBlocking, ImageSource.newBuilder().setPixels(pixels).build());
     }
 
-    private SubmittedCorrections submit(ImageSource source, Roi roi, Corrections corrections, Deadline end) {
-        SubmitCorrectionsResponse response = blocking.withDeadline(end).submitCorrections(
+    private SubmittedCorrections submit(SegmentationGrpc.SegmentationBlockingStub stub, ImageSource source, Roi roi,
+                                        Corrections corrections, Deadline end) {
+        SubmitCorrectionsResponse response = stub.withDeadline(end).submitCorrections(
                 SubmitCorrectionsRequest.newBuilder()
                         .setModelId(corrections.modelId())
                         .setImage(source)
@@ -497,7 +540,7 @@ public final class RoisegClient implements AutoCloseable {
         int chunks = (data.length + UPLOAD_CHUNK_BYTES - 1) / UPLOAD_CHUNK_BYTES;
         AtomicInteger sent = new AtomicInteger();
         CompletableFuture<UploadImageResponse> done = new CompletableFuture<>();
-        async.withDeadline(end).uploadImage(new ClientResponseObserver<UploadImageRequest, UploadImageResponse>() {
+        pinnedAsync.withDeadline(end).uploadImage(new ClientResponseObserver<UploadImageRequest, UploadImageResponse>() {
             private ClientCallStreamObserver<UploadImageRequest> requests;
             private int next = -1;
             private boolean finished;
@@ -575,8 +618,9 @@ public final class RoisegClient implements AutoCloseable {
     }
 
     /** Runs a Segment call and assembles its events into per-model results. */
-    private SegmentResult segment(SegmentRequest request, Deadline end, ProgressListener progress) {
-        Iterator<SegmentEvent> events = blocking.withDeadline(end).segment(request);
+    private SegmentResult segment(SegmentationGrpc.SegmentationBlockingStub stub, SegmentRequest request, Deadline end,
+                                  ProgressListener progress) {
+        Iterator<SegmentEvent> events = stub.withDeadline(end).segment(request);
         Map<String, ByteArrayOutputStream> chunks = new HashMap<>();
         Map<String, ModelSegmentation> models = new LinkedHashMap<>();
         while (events.hasNext()) {
@@ -638,8 +682,7 @@ public final class RoisegClient implements AutoCloseable {
     /** Settings of a {@link RoisegClient}; every setter returns the builder. */
     public static final class Builder {
 
-        private String host = "127.0.0.1";
-        private int port = DEFAULT_PORT;
+        private ServerTarget target = ServerTarget.of("127.0.0.1", DEFAULT_PORT);
         private boolean tls;
         private File trustCertificate;
         private String bearerToken;
@@ -654,7 +697,7 @@ public final class RoisegClient implements AutoCloseable {
             if (host == null || host.isBlank()) {
                 throw new IllegalArgumentException("the server host cannot be empty");
             }
-            this.host = host.strip();
+            this.target = ServerTarget.of(host.strip(), target.addresses().get(0).port());
             return this;
         }
 
@@ -663,7 +706,18 @@ public final class RoisegClient implements AutoCloseable {
             if (port < 1 || port > 65535) {
                 throw new IllegalArgumentException("the server port must be between 1 and 65535, got " + port);
             }
-            this.port = port;
+            this.target = ServerTarget.of(target.addresses().get(0).host(), port);
+            return this;
+        }
+
+        /**
+         * One server or several: {@code host:port}, {@code host1:port1,host2:port2} or
+         * {@code dns:///name:port} (see {@link ServerTarget}); replaces {@link #host} and {@link #port}.
+         *
+         * @throws IllegalArgumentException with a message for the user when the target is malformed
+         */
+        public Builder target(String target) {
+            this.target = ServerTarget.parse(target);
             return this;
         }
 
@@ -727,9 +781,23 @@ public final class RoisegClient implements AutoCloseable {
          * @throws IllegalArgumentException if a trust certificate is given without TLS, or cannot be read
          */
         public RoisegClient build() {
-            NettyChannelBuilder channel = NettyChannelBuilder.forAddress(host, port)
+            if (bearerToken != null && !tls && !target.loopback()) {
+                System.getLogger(RoisegClient.class.getName()).log(System.Logger.Level.WARNING,
+                        "the roiseg access token is sent unencrypted to " + target + ": anyone on the "
+                                + "network can read it; run the server with TLS and turn TLS on");
+            }
+            AddressListNameResolverProvider.register();
+            ManagedChannel balanced = channel(balancedServiceConfig());
+            return new RoisegClient(this, balanced, target.several() ? channel(pinnedServiceConfig()) : balanced);
+        }
+
+        private ManagedChannel channel(Map<String, ?> serviceConfig) {
+            NettyChannelBuilder channel = NettyChannelBuilder.forTarget(target.channelTarget())
                     .maxInboundMessageSize(maxMessageBytes)
-                    .userAgent("roiseg-java-client");
+                    .userAgent("roiseg-java-client")
+                    .defaultServiceConfig(serviceConfig)
+                    .disableServiceConfigLookUp()
+                    .enableRetry();
             if (tls) {
                 SslContextBuilder ssl = GrpcSslContexts.forClient();
                 if (trustCertificate != null) {
@@ -753,33 +821,35 @@ public final class RoisegClient implements AutoCloseable {
                 channel.usePlaintext();
             }
             if (bearerToken != null) {
-                if (!tls && !isLoopback(host)) {
-                    System.getLogger(RoisegClient.class.getName()).log(System.Logger.Level.WARNING,
-                            "the roiseg access token is sent unencrypted to " + target() + ": anyone on the "
-                                    + "network can read it; run the server with TLS and turn TLS on");
-                }
                 channel.intercept(new BearerTokenInterceptor(bearerToken));
             }
-            return new RoisegClient(this, channel.build());
+            return channel.build();
         }
+    }
 
-        /** Whether a host name or IP literal is this machine (names are not looked up). */
-        static boolean isLoopback(String host) {
-            if (host.equalsIgnoreCase("localhost")) {
-                return true;
-            }
-            if (!host.contains(":") && !host.matches("[0-9.]+")) {
-                return false;
-            }
-            try {
-                return java.net.InetAddress.getByName(host).isLoopbackAddress();
-            } catch (java.net.UnknownHostException e) {
-                return false;
-            }
-        }
+    /**
+     * The balanced channel's service config: round_robin over the servers that report SERVING for
+     * the roiseg service, retries on UNAVAILABLE. The same as the Python client's.
+     */
+    static Map<String, ?> balancedServiceConfig() {
+        return Map.of("loadBalancingConfig", List.of(Map.of("round_robin", Map.of())),
+                "healthCheckConfig", Map.of("serviceName", SegmentationGrpc.SERVICE_NAME),
+                "methodConfig", List.of(retryConfig()));
+    }
 
-        String target() {
-            return (host.contains(":") ? "[" + host + "]" : host) + ":" + port;
+    /** The pinned channel's: one server at a time (each client its own, at random), retries on UNAVAILABLE. */
+    static Map<String, ?> pinnedServiceConfig() {
+        return Map.of("loadBalancingConfig", List.of(Map.of("pick_first", Map.of("shuffleAddressList", true))),
+                "methodConfig", List.of(retryConfig()));
+    }
+
+    private static Map<String, ?> retryConfig() {
+        List<Map<String, ?>> names = new ArrayList<>();
+        for (String method : RETRIED_METHODS) {
+            names.add(Map.of("service", SegmentationGrpc.SERVICE_NAME, "method", method));
         }
+        return Map.of("name", names,
+                "retryPolicy", Map.of("maxAttempts", 3.0, "initialBackoff", "0.2s", "maxBackoff", "2s",
+                        "backoffMultiplier", 2.0, "retryableStatusCodes", List.of("UNAVAILABLE")));
     }
 }

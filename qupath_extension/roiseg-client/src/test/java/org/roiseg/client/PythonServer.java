@@ -21,18 +21,17 @@ final class PythonServer implements AutoCloseable {
     static final long START_SECONDS = 240;
 
     final Path repo;
-    final String host;
-    final int port;
     private final Process process;
     private final Path log;
+    private final Path ready;
+    String host;
+    int port;
 
-    private PythonServer(Path repo, Process process, Path log, String address) {
+    private PythonServer(Path repo, Process process, Path log, Path ready) {
         this.repo = repo;
         this.process = process;
         this.log = log;
-        int colon = address.lastIndexOf(':');
-        this.host = address.substring(0, colon);
-        this.port = Integer.parseInt(address.substring(colon + 1).strip());
+        this.ready = ready;
     }
 
     static Path repo() {
@@ -58,6 +57,34 @@ final class PythonServer implements AutoCloseable {
      * fast-track calls, docs/fast-track.md) when it is not null.
      */
     static PythonServer start(Path datasetDir) throws IOException, InterruptedException {
+        List<String> options = datasetDir == null ? List.of()
+                : List.of("--dataset-dir", datasetDir.toAbsolutePath().toString());
+        return launch(datasetDir == null ? "roiseg-server-it" : "roiseg-server-fast-track-it", options).awaitReady();
+    }
+
+    /**
+     * Starts {@code count} servers at once, each with {@code options} and its log in
+     * {@code target/<name>-<i>.log}, and waits until all listen.
+     */
+    static List<PythonServer> startSeveral(int count, String name, List<String> options)
+            throws IOException, InterruptedException {
+        List<PythonServer> servers = new ArrayList<>();
+        try {
+            for (int i = 0; i < count; i++) {
+                servers.add(launch(name + "-" + i, options));
+            }
+            for (PythonServer server : servers) {
+                server.awaitReady();
+            }
+            return servers;
+        } catch (IOException | InterruptedException | RuntimeException | AssertionError e) {
+            servers.forEach(PythonServer::close);
+            throw e;
+        }
+    }
+
+    /** Starts {@code roiseg serve} with the slide roots and {@code options}; the log in target/{@code name}.log. */
+    private static PythonServer launch(String name, List<String> options) throws IOException {
         Path repo = repo();
         String python = System.getProperty("roiseg.python", repo.resolve(".venv/bin/python").toString());
         if (!Files.isExecutable(Path.of(python))) {
@@ -66,8 +93,7 @@ final class PythonServer implements AutoCloseable {
         }
         Path ready = Files.createTempFile("roiseg-ready", ".txt");
         Files.delete(ready);
-        Path log = Path.of("target", datasetDir == null ? "roiseg-server-it.log" : "roiseg-server-fast-track-it.log")
-                .toAbsolutePath();
+        Path log = Path.of("target", name + ".log").toAbsolutePath();
         Files.createDirectories(log.getParent());
         List<String> command = new ArrayList<>(List.of(python, "-m", "roiseg.cli", "serve", "--port", "0",
                 "--device", "cpu", "--ready-file", ready.toString()));
@@ -75,23 +101,26 @@ final class PythonServer implements AutoCloseable {
             command.add("--slide-root");
             command.add(root.toString());
         }
-        if (datasetDir != null) {
-            command.add("--dataset-dir");
-            command.add(datasetDir.toAbsolutePath().toString());
-        }
+        command.addAll(options);
         ProcessBuilder builder = new ProcessBuilder(command).directory(repo.toFile())
                 .redirectErrorStream(true).redirectOutput(log.toFile());
         String pythonPath = repo.resolve("python_server").toString();
         String existing = builder.environment().get("PYTHONPATH");
         builder.environment().put("PYTHONPATH", existing == null || existing.isEmpty() ? pythonPath
                 : pythonPath + File.pathSeparator + existing);
-        Process process = builder.start();
+        return new PythonServer(repo, builder.start(), log, ready);
+    }
+
+    private PythonServer awaitReady() throws IOException, InterruptedException {
         long end = System.nanoTime() + TimeUnit.SECONDS.toNanos(START_SECONDS);
         while (System.nanoTime() < end) {
             if (Files.exists(ready) && Files.size(ready) > 0) {
                 String address = Files.readString(ready, StandardCharsets.UTF_8).strip();
                 Files.deleteIfExists(ready);
-                return new PythonServer(repo, process, log, address);
+                int colon = address.lastIndexOf(':');
+                host = address.substring(0, colon);
+                port = Integer.parseInt(address.substring(colon + 1).strip());
+                return this;
             }
             if (!process.isAlive()) {
                 fail("The roiseg server exited with code " + process.exitValue() + " before it listened:\n"
@@ -123,6 +152,27 @@ final class PythonServer implements AutoCloseable {
         } catch (IOException e) {
             return "(no log: " + e + ")";
         }
+    }
+
+    /** Segment calls this server answered, from the access log in its log. */
+    long segmentsAnswered() throws IOException {
+        return Files.readAllLines(log, StandardCharsets.UTF_8).stream()
+                .filter(line -> line.contains(" Segment ") && line.endsWith(" OK")).count();
+    }
+
+    /** Kills the server at once (SIGKILL), as a crash would, and waits until it is gone. */
+    void kill() throws InterruptedException {
+        process.destroyForcibly();
+        process.waitFor(30, TimeUnit.SECONDS);
+    }
+
+    /** Asks the server to stop (SIGTERM): it drains, then stops; does not wait. */
+    void terminate() {
+        process.destroy();
+    }
+
+    boolean isAlive() {
+        return process.isAlive();
     }
 
     /** Stops the server: SIGTERM, then a kill after 15 s. */

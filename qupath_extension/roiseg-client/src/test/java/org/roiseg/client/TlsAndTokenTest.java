@@ -140,10 +140,10 @@ class TlsAndTokenTest {
     @Test
     void onlyLoopbackHostsCountAsThisMachineForAPlaintextToken() {
         for (String host : List.of("localhost", "127.0.0.1", "127.1.2.3", "::1")) {
-            assertTrue(RoisegClient.Builder.isLoopback(host), host);
+            assertTrue(ServerTarget.isLoopback(host), host);
         }
         for (String host : List.of("10.0.0.5", "gpu-server.lab", "192.168.1.1", "example.org")) {
-            assertTrue(!RoisegClient.Builder.isLoopback(host), host);
+            assertTrue(!ServerTarget.isLoopback(host), host);
         }
     }
 }

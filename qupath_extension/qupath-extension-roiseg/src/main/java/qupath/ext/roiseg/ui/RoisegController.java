@@ -24,6 +24,7 @@ import javafx.scene.control.ScrollPane;
 import javafx.scene.control.Spinner;
 import javafx.scene.control.TextField;
 import javafx.scene.control.TitledPane;
+import javafx.scene.control.Tooltip;
 import javafx.scene.layout.ColumnConstraints;
 import javafx.scene.layout.GridPane;
 import javafx.scene.layout.HBox;
@@ -69,6 +70,8 @@ class RoisegController {
     Optional<ServerSettings> editServerSettings(ServerSettings current,
                                                 BiConsumer<ServerSettings, Consumer<String>> tester) {
         TextField host = new TextField(current.host());
+        host.setPromptText(resources.getString("settings.host.prompt"));
+        host.setTooltip(new Tooltip(resources.getString("settings.host.tooltip")));
         TextField port = new TextField(Integer.toString(current.port()));
         port.setPrefColumnCount(6);
         CheckBox tls = new CheckBox(resources.getString("settings.tls"));
