@@ -12,8 +12,9 @@ server's peak memory for a 16,000 x 16,000 px ROI.
    (VmHWM) is printed (`--large 4096 8192 16000`: one server per size). `--large 0` skips
    this part.
 3. On the CPU, the model's forward passes over the tiles of a `--runtimes` x `--runtimes` px
-   region with torch and with ONNX Runtime, at 1 thread and at 2, interleaved; the speed-ups
-   are printed. `--runtimes 0` skips this part.
+   region with torch, with ONNX Runtime and with torch in the reduced precision the card
+   records as checked (`--reduced-precision`), at 1 thread and at 2, interleaved; the
+   speed-ups are printed. `--runtimes 0` skips this part.
 """
 
 from __future__ import annotations
@@ -105,20 +106,23 @@ def pure_forward(registry: ModelRegistry, image: np.ndarray) -> float:
 
 
 def runtimes(size: int, rounds: int = 3) -> None:
-    """Forward time on the same tiles: torch and ONNX Runtime, 1 and 2 threads, interleaved;
-    the best of `rounds` each."""
+    """Forward time on the same tiles: torch, ONNX Runtime and torch under the card's checked
+    reduced precision (bfloat16), 1 and 2 threads, interleaved; the best of `rounds` each."""
     image = tissue(size, 1.0)
+    contenders = {"torch": {"runtime": "torch"}, "onnx": {"runtime": "onnx"},
+                  "reduced": {"runtime": "auto", "reduced_precision": True}}
     for threads in (1, 2):
-        models = {runtime: ModelRegistry([DEFAULT_MODELS_DIR], select_device("cpu"),
-                                         runtime=runtime, threads=threads)
-                  for runtime in ("torch", "onnx")}
-        times: dict[str, list[float]] = {runtime: [] for runtime in models}
-        for _ in range(rounds):  # interleaved, so that a busy machine slows both alike
-            for runtime, registry in models.items():
-                times[runtime].append(pure_forward(registry, image))
-        best = {runtime: min(seconds) for runtime, seconds in times.items()}
+        models = {name: ModelRegistry([DEFAULT_MODELS_DIR], select_device("cpu"),
+                                      threads=threads, **settings)
+                  for name, settings in contenders.items()}
+        times: dict[str, list[float]] = {name: [] for name in models}
+        for _ in range(rounds):  # interleaved, so that a busy machine slows all alike
+            for name, registry in models.items():
+                times[name].append(pure_forward(registry, image))
+        best = {name: min(seconds) for name, seconds in times.items()}
         print(f"{size} x {size} px, {threads} thread(s): torch {best['torch']:.2f} s, "
-              f"ONNX Runtime {best['onnx']:.2f} s: {best['torch'] / best['onnx']:.2f}x faster")
+              f"ONNX Runtime {best['onnx']:.2f} s ({best['torch'] / best['onnx']:.2f}x), "
+              f"torch bfloat16 {best['reduced']:.2f} s ({best['torch'] / best['reduced']:.2f}x)")
 
 
 def large_roi_memory(device: str, size: int) -> None:

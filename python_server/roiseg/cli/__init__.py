@@ -1,4 +1,5 @@
-"""The `roiseg` command: serve, models, segment, train, evaluate, compare, effort, batch, submit.
+"""The `roiseg` command: serve, models, segment, train, evaluate, compare, effort, batch, submit,
+precision.
 
 One module per command, each with `HELP`, `add_arguments(parser)` (argument parsing only) and
 `run(args)`, which imports its engine when it runs: `roiseg --help`, a command's `--help` and
@@ -15,12 +16,24 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from roiseg import __version__
-from roiseg.cli import batch, compare, effort, evaluate, models, segment, serve, submit, train
+from roiseg.cli import (
+    batch,
+    compare,
+    effort,
+    evaluate,
+    models,
+    precision,
+    segment,
+    serve,
+    submit,
+    train,
+)
 
 #: The subcommands in the order `roiseg --help` lists them.
 COMMANDS: dict[str, ModuleType] = {"serve": serve, "models": models, "segment": segment,
                                    "train": train, "evaluate": evaluate, "compare": compare,
-                                   "effort": effort, "batch": batch, "submit": submit}
+                                   "effort": effort, "batch": batch, "submit": submit,
+                                   "precision": precision}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,9 +16,9 @@ if TYPE_CHECKING:
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, beside_default: bool = False) -> None:
-    """--models, --default-model, --device, --runtime, --threads: the models an in-process run
-    serves and how; with `beside_default`, --models adds to the embedded default model instead
-    of replacing it."""
+    """--models, --default-model, --device, --runtime, --threads, --reduced-precision: the
+    models an in-process run serves and how; with `beside_default`, --models adds to the
+    embedded default model instead of replacing it."""
     parser.add_argument("--models", action="append", type=Path, default=[],
                         help="directory of model cards (repeatable); "
                              + ("served beside the embedded default model" if beside_default
@@ -32,6 +32,10 @@ def add_model_arguments(parser: argparse.ArgumentParser, beside_default: bool = 
     parser.add_argument("--threads", type=int,
                         help="CPU threads of one forward pass (default: torch's and ONNX "
                              "Runtime's own choice); 1 is often faster on a busy machine")
+    parser.add_argument("--reduced-precision", action="store_true",
+                        help="run a model in the lower precision its card records as checked "
+                             "on held-out images for this device (e.g. bfloat16 on a CPU: "
+                             "about 2x faster; `roiseg precision` checks and records it)")
 
 
 def add_server_arguments(parser: argparse.ArgumentParser, help_text: str,
@@ -139,7 +143,8 @@ def model_source(args: argparse.Namespace) -> ModelSource:
     from roiseg.client.connection import ModelSource
 
     return ModelSource(tuple(args.models), getattr(args, "models_beside_default", False),
-                       args.default_model, args.device, args.runtime, args.threads)
+                       args.default_model, args.device, args.runtime, args.threads,
+                       args.reduced_precision)
 
 
 def segment_options(args: argparse.Namespace) -> pb.SegmentOptions:

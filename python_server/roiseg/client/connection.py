@@ -64,6 +64,8 @@ class ModelSource:
     device: str = "auto"
     runtime: str = "auto"
     threads: int | None = None
+    #: Run models in the lower precision their cards record as checked.
+    reduced_precision: bool = False
 
 
 class SegmentationError(Exception):
@@ -416,7 +418,7 @@ def in_process_service(models: ModelSource, slide_roots: Sequence[Path] = (),
     beside = [DEFAULT_MODELS_DIR] if models.directories and models.beside_default else []
     registry = ModelRegistry(list(models.directories) or [DEFAULT_MODELS_DIR],
                              select_device(models.device), models.default_model, beside,
-                             models.runtime, models.threads)
+                             models.runtime, models.threads, models.reduced_precision)
     return SegmentationService(registry, slide_roots, limits or Limits(), dataset_dir)
 
 

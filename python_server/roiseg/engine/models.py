@@ -37,13 +37,17 @@ _REQUIRED_FIELDS = ("id", "name", "version", "format", "architecture", "encoder"
                     "sha256", "mpp", "tile_size", "overlap", "batch_size", "normalization",
                     "classes")
 _OPTIONAL_FIELDS = ("description", "background_class", "tumor_class", "trained_on",
-                    "training_split", "metrics", "extra", "ensemble", "fine_tuned_from")
+                    "training_split", "metrics", "extra", "ensemble", "fine_tuned_from",
+                    "reduced_precision")
 _MEMBER_FIELDS = ("architecture", "encoder", "checkpoint", "sha256")
 #: The order `write_card` writes the fields in (docs/model-cards.md's); others follow.
 _FIELD_ORDER = ("id", "name", "description", "version", "format", "architecture", "encoder",
                 "checkpoint", "sha256", "mpp", "tile_size", "overlap", "batch_size",
                 "normalization", "classes", "background_class", "tumor_class", "trained_on",
-                "training_split", "metrics", "extra", "ensemble", "fine_tuned_from")
+                "training_split", "metrics", "extra", "ensemble", "fine_tuned_from",
+                "reduced_precision")
+#: Lower precisions a card may record as checked (`ReducedPrecision`), by name.
+REDUCED_DTYPES = {"bfloat16": torch.bfloat16}
 #: Keys under which training scripts nest the state dict, outermost first.
 _STATE_DICT_WRAPPERS = ("state_dict", "model_state_dict", "model")
 #: Prefixes that DataParallel / Lightning-style wrappers put before every key.
@@ -86,6 +90,22 @@ class EnsembleMember:
 
 
 @dataclass(frozen=True)
+class ReducedPrecision:
+    """A lower-precision forward pass a card records as checked against full precision: the
+    autocast dtype, the device type it was checked on, the fraction of held-out pixels that
+    kept their class, and on what (`roiseg precision` writes it)."""
+
+    dtype: str
+    device: str
+    pixel_agreement: float
+    checked_on: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"dtype": self.dtype, "device": self.device,
+                "pixel_agreement": self.pixel_agreement, "checked_on": self.checked_on}
+
+
+@dataclass(frozen=True)
 class ModelCard:
     """A validated `model.json`: what a model is, how to run it and what it outputs."""
 
@@ -119,6 +139,8 @@ class ModelCard:
     fine_tuned_from: str = ""
     """`id@version (sha256)` of the model this one was fine-tuned from (the fast track); the
     card's `fine_tuned_from` object also records the examples."""
+    reduced_precision: ReducedPrecision | None = None
+    """A checked lower precision, which servers started with `--reduced-precision` use."""
 
     @classmethod
     def from_file(cls, path: Path) -> ModelCard:
@@ -244,7 +266,25 @@ class _CardReader:
             metrics=self.metrics(data.get("metrics", {})),
             extra=self.extra("extra", data.get("extra", {})), card_path=self.path,
             ensemble=ensemble, training_split=self.training_split(data.get("training_split")),
-            fine_tuned_from=self.fine_tuned_from(data.get("fine_tuned_from")))
+            fine_tuned_from=self.fine_tuned_from(data.get("fine_tuned_from")),
+            reduced_precision=self.reduced_precision(data.get("reduced_precision")))
+
+    def reduced_precision(self, value: Any) -> ReducedPrecision | None:
+        if value is None:
+            return None
+        field = "reduced_precision"
+        if not isinstance(value, dict) or set(value) != {"dtype", "device", "pixel_agreement",
+                                                         "checked_on"}:
+            raise self.error(field, 'must be {"dtype", "device", "pixel_agreement", '
+                                    '"checked_on"} (roiseg precision writes it)')
+        dtype = self.text(field, value["dtype"])
+        if dtype not in REDUCED_DTYPES:
+            raise self.error(field, f"dtype {dtype!r} is not one of {', '.join(REDUCED_DTYPES)}")
+        agreement = self.number(field, value["pixel_agreement"])
+        if not 0 <= agreement <= 1:
+            raise self.error(field, f"pixel_agreement must be 0..1, got {agreement}")
+        return ReducedPrecision(dtype, self.text(field, value["device"]), agreement,
+                                self.text(field, value["checked_on"]))
 
     def fine_tuned_from(self, value: Any) -> str:
         if value is None:
@@ -461,15 +501,18 @@ SHARED_BATCHES = 4
 class LoadedModel:
     """A model ready for inference on one device.
 
-    On CUDA the forward pass runs under fp16 autocast (`amp`); on the CPU in fp32, through
-    ONNX Runtime when `onnx` is set (`roiseg.engine.onnx_runtime`), else torch.
+    On CUDA the forward pass runs under fp16 autocast; on the CPU in fp32, through ONNX
+    Runtime when `onnx` is set (`roiseg.engine.onnx_runtime`), else torch, or under the
+    card's checked reduced precision (`autocast`).
     """
 
     def __init__(self, card: ModelCard, module: torch.nn.Module, device: torch.device):
         self.card = card
         self.module = module
         self.device = device
-        self.amp = device.type == "cuda"
+        #: The forward pass's autocast dtype: fp16 on CUDA, a card's checked reduced precision
+        #: where the registry allows it (`ModelRegistry`), else None (fp32).
+        self.autocast: torch.dtype | None = torch.float16 if device.type == "cuda" else None
         #: An `onnx_runtime.OnnxSession` that runs the forward pass instead of torch.
         self.onnx: Any = None
         self._mean = torch.tensor(card.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
@@ -511,13 +554,14 @@ class LoadedModel:
         if self.onnx is not None:
             return torch.from_numpy(self.onnx.probabilities(batch))
         pixels = torch.from_numpy(np.ascontiguousarray(batch))
-        if self.amp:
+        if self.device.type == "cuda":
             pixels = pixels.pin_memory()
         with torch.inference_mode():
             x = pixels.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
             x = (x / 255 - self._mean) / self._std
-            with torch.autocast(device_type=self.device.type, dtype=torch.float16,
-                                enabled=self.amp):
+            with torch.autocast(device_type=self.device.type,
+                                dtype=self.autocast or torch.float16,
+                                enabled=self.autocast is not None):
                 logits = self.module(x)
             if logits.ndim != 4 or logits.shape[1] != len(self.card.classes) \
                     or logits.shape[2:] != x.shape[2:]:
@@ -685,12 +729,15 @@ class ModelRegistry:
 
     def __init__(self, model_dirs: Sequence[Path], device: torch.device,
                  default_id: str | None = None, beside: Sequence[Path] = (),
-                 runtime: str = "torch", threads: int | None = None):
+                 runtime: str = "torch", threads: int | None = None,
+                 reduced_precision: bool = False):
         """Register every `DIR/model.json` and `DIR/*/model.json`; then those in the `beside`
         directories whose ids are not registered yet (the embedded default model next to a
         user's models). On the CPU, `runtime` "onnx" or "auto" runs the models through ONNX
         Runtime where their export verifies (`roiseg.engine.onnx_runtime`); `threads` sets the
-        threads of one forward pass (torch's for the whole process).
+        threads of one forward pass (torch's for the whole process). With `reduced_precision`,
+        a model whose card records a checked lower precision for this device type runs in it
+        (torch autocast; before ONNX Runtime).
 
         Raises:
             ValueError: a broken card, a missing directory, duplicate ids, no models at
@@ -710,6 +757,7 @@ class ModelRegistry:
         self.device = device
         self.runtime = runtime if device.type == "cpu" and onnx_runtime.available() else "torch"
         self.threads = threads
+        self.reduced_precision = reduced_precision
         self._lock = threading.RLock()
         self._families: dict[str, _Family] = {}
         given = [(Path(d), False) for d in model_dirs] + [(Path(d), True) for d in beside]
@@ -813,7 +861,14 @@ class ModelRegistry:
                 loaded = self._loaded.get(key)
             if loaded is None:
                 loaded = load_model(card, self.device)
-                if self.runtime != "torch" and card.format != "torchscript":
+                checked = card.reduced_precision
+                if self.reduced_precision and checked is not None \
+                        and checked.device == self.device.type:
+                    loaded.autocast = REDUCED_DTYPES[checked.dtype]
+                    log.info("model %s runs in %s (checked: %.2f %% of held-out pixels keep "
+                                "their class)", card.id, checked.dtype,
+                                100 * checked.pixel_agreement)
+                elif self.runtime != "torch" and card.format != "torchscript":
                     from roiseg.engine import onnx_runtime
 
                     loaded.onnx = onnx_runtime.onnx_session(loaded, self.threads)
