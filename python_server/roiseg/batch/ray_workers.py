@@ -23,6 +23,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,17 +199,27 @@ class RayClient:
                                     f"{type(cause).__name__}: {cause}") from None
 
     def _died(self, error: Exception) -> SegmentationError:
-        """Why the actor's process died under a job, once Ray has restarted it or given up."""
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        try:
-            self.host, self.pid, _ = self._ray.get(self._actor.ready.remote(),
-                                                   timeout=RESTART_TIMEOUT_S)
-        except (self._ray.exceptions.RayActorError, self._ray.exceptions.GetTimeoutError):
+        """Why the actor's process died under a job, once Ray has restarted it (ABORTED: the
+        job killed it on every try) or given up (UNAVAILABLE: the actor is gone)."""
+        exceptions = self._ray.exceptions
+        lines = str(error).strip().splitlines()
+        reason = lines[0] if lines else type(error).__name__
+        deadline = time.monotonic() + RESTART_TIMEOUT_S
+        while True:
+            try:
+                self.host, self.pid, _ = self._ray.get(
+                    self._actor.ready.remote(), timeout=max(0.1, deadline - time.monotonic()))
+                return SegmentationError(grpc.StatusCode.ABORTED,
+                                         f"the job killed its Ray worker {TASK_RETRIES + 1} "
+                                         f"times ({reason})")
+            except exceptions.ActorUnavailableError:  # restarting: ask again
+                if time.monotonic() < deadline:
+                    time.sleep(0.5)
+                    continue
+            except (exceptions.RayActorError, exceptions.GetTimeoutError):
+                pass
             return SegmentationError(grpc.StatusCode.UNAVAILABLE,
-                                     f"the Ray worker is gone ({first_line})")
-        return SegmentationError(grpc.StatusCode.ABORTED,
-                                 f"the job killed its Ray worker {TASK_RETRIES + 1} times "
-                                 f"({first_line})")
+                                     f"the Ray worker is gone ({reason})")
 
 
 class RayPool:
