@@ -232,15 +232,23 @@ class RayPool:
         self._ray = ray
         self._connected_here = connected_here
 
-    def close(self) -> None:
-        """Stops the actors; disconnects from Ray (a local cluster it started stops too)."""
+    def stop(self) -> None:
+        """Stops the actors (a job still running on one ends with UNAVAILABLE)."""
         for client in self.clients:
             try:
                 client.close()
             except Exception:  # noqa: BLE001 - the cluster may be gone already
                 log.debug("stopping %s failed", client.address, exc_info=True)
-        if self._connected_here:
+
+    def disconnect(self) -> None:
+        """Disconnects from Ray if this run connected (a local cluster it started stops too);
+        call it once no thread of the run uses Ray any more."""
+        if self._connected_here and self._ray.is_initialized():
             self._ray.shutdown()
+
+    def close(self) -> None:
+        self.stop()
+        self.disconnect()
 
 
 def start_pool(address: str, models: ModelSource, slide_roots: Sequence[Path],

@@ -70,6 +70,8 @@ log = logging.getLogger("roiseg.batch")
 IN_PROCESS = "in-process"
 #: The summary CSV is rewritten at most this often during a run (and at its end).
 SUMMARY_INTERVAL_S = 5.0
+#: How long a run's end waits for its Ray worker threads to notice it.
+JOIN_TIMEOUT_S = 10.0
 
 
 @dataclass
@@ -202,7 +204,16 @@ class _Batch:
                 if isinstance(worker.client, Client):
                     worker.client.close()
             if self._ray_pool is not None:
-                self._ray_pool.close()
+                self._ray_pool.stop()
+                self._join_workers()
+                self._ray_pool.disconnect()
+
+    def _join_workers(self) -> None:
+        """Waits (a little) for the worker threads to end, once stopped."""
+        deadline = time.monotonic() + JOIN_TIMEOUT_S
+        for worker in self._workers:
+            if worker.thread is not None:
+                worker.thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
     def _todo(self, plan: ImagePlan, roi: Annotation) -> tuple[str, ...]:
         """The models to run on a ROI: those the journal does not record as done (all with
