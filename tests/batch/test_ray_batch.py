@@ -116,27 +116,40 @@ def test_ray_folder_mode_writes_what_a_plain_run_writes(ray_cluster, pools, tmp_
         [roi_key(REGION_A), roi_key(REGION_B)]
 
 
-def test_ray_rerun_skips_what_is_done_and_does_the_rest(ray_cluster, tmp_path, capsys):
+def test_an_interrupted_ray_run_resumes_and_a_rerun_skips_what_is_done(ray_cluster, tmp_path,
+                                                                        capsys):
     images, out = tmp_path / "images", tmp_path / "out"
-    glas(images, GLAS_NAMES[:3])
+    glas(images)
+    journal = out / "roiseg-journal.jsonl"
     common = ("--images", images, "--out", out, "--mpp", GLAS_MPP, "--ray", "--ray-workers", "1")
-    # the command in a process of its own: `--ray` starts a local cluster for the run, and
-    # stops it at the end
-    first_run = subprocess.run([sys.executable, "-m", "roiseg.cli", "batch", *map(str, common),
-                                "--image-filter", "train_41"],
-                               capture_output=True, text=True, timeout=300)
-    assert first_run.returncode == 0, first_run.stderr
-    assert "1 ROI(s) segmented" in first_run.stdout and "ray:0 1" in first_run.stdout
-    first = stat(out / "train_41.geojson"), stat(out / "train_41.overlay.png")
-    capsys.readouterr()
+    # the command in a process of its own, which starts a local Ray cluster for the run;
+    # SIGTERM (as Slurm sends at the end of an allocation) stops it resumably
+    process = subprocess.Popen([sys.executable, "-m", "roiseg.cli", "batch", *map(str, common)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not (journal.exists() and journal.read_text().count("\n") >= 1):
+        assert process.poll() is None, process.communicate()[1]
+        assert time.monotonic() < deadline, "no image was finished in time"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "Run the same command again to resume" in err
+    done = journal_lines(journal)
+    assert 1 <= len(done) < len(GLAS_NAMES), "the run ended before it could be stopped"
+    first = out / f"{Path(done[0]['image']).stem}.geojson"
+    first_stat = stat(first), stat(first.with_suffix(".overlay.png"))
+
     assert batch(*common) == 0
-    assert "2 ROI(s) segmented, 1 skipped" in capsys.readouterr().out
-    assert (stat(out / "train_41.geojson"), stat(out / "train_41.overlay.png")) == first
-    records = journal_lines(out / "roiseg-journal.jsonl")
-    assert sorted(r["image"] for r in records) == sorted(GLAS_NAMES[:3])  # each once
+    assert f"{len(GLAS_NAMES) - len(done)} ROI(s) segmented, {len(done)} skipped" in \
+        capsys.readouterr().out
+    assert (stat(first), stat(first.with_suffix(".overlay.png"))) == first_stat
+    records = journal_lines(journal)
+    assert sorted(r["image"] for r in records) == sorted(GLAS_NAMES)  # each exactly once
+    assert all(r["status"] == "ok" for r in records)
     assert batch(*common) == 0
-    assert "0 ROI(s) segmented, 3 skipped" in capsys.readouterr().out
-    assert len(journal_lines(out / "roiseg-journal.jsonl")) == 3
+    assert f"0 ROI(s) segmented, {len(GLAS_NAMES)} skipped" in capsys.readouterr().out
+    assert len(journal_lines(journal)) == len(GLAS_NAMES)
 
 
 def test_a_ray_worker_killed_mid_job_loses_nothing(ray_cluster, pools, tmp_path):

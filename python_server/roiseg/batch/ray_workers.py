@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -288,14 +289,21 @@ def start_pool(address: str, models: ModelSource, slide_roots: Sequence[Path],
 
 
 def _connect(ray: ModuleType, address: str) -> bool:
-    """Connects this process to Ray unless it is already; whether it connected now."""
+    """Connects this process to Ray unless it is already; whether it connected now. Keeps
+    the process's SIGTERM handler (`ray.init` sets its own, which exits at once: `roiseg
+    batch` stops resumably instead)."""
     if ray.is_initialized():
         return False
+    main = threading.current_thread() is threading.main_thread()
+    sigterm = signal.getsignal(signal.SIGTERM) if main else None
     try:
         ray.init(address=None if address == AUTO else address)
     except (ConnectionError, ValueError, RuntimeError) as error:
         raise FailedPrecondition(f"cannot reach the Ray cluster at {address}: {error}") \
             from None
+    finally:
+        if sigterm is not None:
+            signal.signal(signal.SIGTERM, sigterm)
     return True
 
 
