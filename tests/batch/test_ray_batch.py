@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -244,7 +245,7 @@ def test_ray_project_mode_annotates_as_a_plain_run(ray_cluster, tmp_path):
     assert len(journal_lines(on_ray.parent / "roiseg-batch.jsonl")) == 2
 
 
-def test_without_ray_the_batch_runs_and_ray_says_what_to_install(tmp_path, monkeypatch, capsys):
+def test_without_ray_or_a_cluster_the_error_says_what_to_do(tmp_path, monkeypatch, capsys):
     code = ("import sys, roiseg.batch.runner, roiseg.cli.batch; "
             "assert 'ray' not in sys.modules, 'ray was imported'")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -262,6 +263,17 @@ def test_without_ray_the_batch_runs_and_ray_says_what_to_install(tmp_path, monke
     with pytest.raises(SystemExit):
         batch("--images", tmp_path / "images", "--out", tmp_path / "out", "--ray",
               "--ray-workers", "0")
+    # with Ray, an address where no cluster is: an error at once (Ray retries for minutes)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{probe.getsockname()[1]}"
+    result = subprocess.run([sys.executable, "-m", "roiseg.cli", "batch", "--images",
+                             str(tmp_path / "images"), "--out", str(tmp_path / "out"), "--mpp",
+                             GLAS_MPP, "--ray", closed], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert f"cannot reach the Ray cluster at {closed}" in result.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_the_pool_takes_a_gpu_per_worker_else_shares_out_the_cores():

@@ -55,6 +55,8 @@ INSTALL_HINT = "pip install 'roiseg[ray]'"
 TASK_RETRIES = 2
 #: How long the driver waits for the first worker to start (models loaded) before giving up.
 STARTUP_TIMEOUT_S = 600.0
+#: How long to try to reach a cluster's HOST:PORT before saying it is not there.
+CONNECT_TIMEOUT_S = 10.0
 #: After a worker died mid-job: how long to wait for Ray to bring it back.
 RESTART_TIMEOUT_S = 120.0
 
@@ -294,6 +296,8 @@ def _connect(ray: ModuleType, address: str) -> bool:
     batch` stops resumably instead)."""
     if ray.is_initialized():
         return False
+    if address != AUTO:
+        _check_reachable(address)
     main = threading.current_thread() is threading.main_thread()
     sigterm = signal.getsignal(signal.SIGTERM) if main else None
     try:
@@ -305,6 +309,20 @@ def _connect(ray: ModuleType, address: str) -> bool:
         if sigterm is not None:
             signal.signal(signal.SIGTERM, sigterm)
     return True
+
+
+def _check_reachable(address: str) -> None:
+    """FailedPrecondition at once when a "HOST:PORT" address has nothing listening (Ray
+    itself would retry for minutes); other forms ("ray://...") are left to Ray."""
+    host, separator, port = address.rpartition(":")
+    if "://" in address or not separator or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)),
+                                 timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as error:
+        raise FailedPrecondition(f"cannot reach the Ray cluster at {address} ({error}): is "
+                                 "`ray start --head` running there, on that port?") from None
 
 
 def _largest_node_cpus(ray: ModuleType) -> int:
