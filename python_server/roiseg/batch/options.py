@@ -29,6 +29,11 @@ class BatchOptions:
     mpp: float | None = None
     #: The work is spread across these servers; none: in-process, over `models`.
     servers: tuple[ServerAddress, ...] = ()
+    #: Run the jobs on Ray actors instead (each over `models`): a cluster's address, or
+    #: "auto" (`roiseg.batch.ray_workers.AUTO`); None: not on Ray.
+    ray: str | None = None
+    #: How many Ray actors; 0: one per GPU of the cluster, else one per CPU core.
+    ray_workers: int = 0
     models: ModelSource = ModelSource()
     #: The servers read the image files themselves (always so in-process).
     server_reads_slide: bool = False

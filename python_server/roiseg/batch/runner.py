@@ -10,10 +10,11 @@ Two sources of work:
   image) it writes ``OUT/NAME.geojson`` (roiseg's features only, importable into QuPath),
   an overlay ``OUT/NAME.overlay.png`` and ``OUT/summary.csv``.
 
-Jobs are (image, ROI) pairs. They run in-process, or through one or more servers
-(``--server`` repeated): one worker thread per server pulls jobs from a shared queue; a
-server that answers UNAVAILABLE puts its job back for the others and takes no more. The
-main thread is the single writer: when every job of an image is back it writes that
+Jobs are (image, ROI) pairs. They run in-process, through one or more servers
+(``--server`` repeated), or on a pool of Ray actors (``--ray``, `roiseg.batch.ray_workers`):
+one worker thread per server or actor pulls jobs from a shared queue; a server that answers
+UNAVAILABLE (an actor Ray cannot bring back) puts its job back for the others and takes no
+more. The main thread is the single writer: when every job of an image is back it writes that
 image's outputs (atomically: temporary file + ``os.replace``; in a project, one save of
 the image) and only then appends one record per ROI to the journal, a JSON Lines file
 (``OUT/roiseg-journal.jsonl``, or ``roiseg-batch.jsonl`` next to the project). A re-run
@@ -38,6 +39,7 @@ from pathlib import Path
 import grpc
 from tqdm import tqdm
 
+from roiseg.batch import ray_workers
 from roiseg.batch.journal import (
     ERROR,
     JOURNAL_VERSION,
@@ -48,6 +50,7 @@ from roiseg.batch.journal import (
     write_summary,
 )
 from roiseg.batch.options import BatchOptions
+from roiseg.batch.ray_workers import RayClient, RayPool
 from roiseg.batch.sources import ImagePlan, Job, Outcome, Source, open_source, roi_name
 from roiseg.client.connection import (
     Client,
@@ -58,7 +61,7 @@ from roiseg.client.connection import (
     in_process_service,
 )
 from roiseg.client.requests import roi_request
-from roiseg.errors import NotFound
+from roiseg.errors import InvalidInput, NotFound
 from roiseg.io.qupath_project import Annotation
 
 log = logging.getLogger("roiseg.batch")
@@ -67,6 +70,8 @@ log = logging.getLogger("roiseg.batch")
 IN_PROCESS = "in-process"
 #: The summary CSV is rewritten at most this often during a run (and at its end).
 SUMMARY_INTERVAL_S = 5.0
+#: How long a run's end waits for its Ray worker threads to notice it.
+JOIN_TIMEOUT_S = 10.0
 
 
 @dataclass
@@ -79,7 +84,7 @@ class BatchResult:
     skipped: int = 0
     errors: int = 0
     images: int = 0
-    #: Jobs each server (or the in-process service) did.
+    #: Jobs each server (or the in-process service, or Ray worker) did.
     jobs: dict[str, int] = field(default_factory=dict)
     interrupted: bool = False
     unfinished: int = 0
@@ -90,6 +95,8 @@ def run(options: BatchOptions) -> BatchResult:
     counted as errors and the rest completes. Raises InvalidInput or NotFound for unusable
     options, RoisegError when QuPath cannot be used, SegmentationError when no server
     answers."""
+    if options.ray is not None and options.servers:
+        raise InvalidInput("--ray and --server are two ways to spread the work: give one")
     source = open_source(options)
     try:
         return _Batch(options, source).run()
@@ -100,7 +107,7 @@ def run(options: BatchOptions) -> BatchResult:
 @dataclass
 class _Worker:
     address: str
-    client: Client | InProcessClient
+    client: Client | InProcessClient | RayClient
     alive: bool = True
     checked: bool = False
     jobs: int = 0
@@ -130,6 +137,7 @@ class _Batch:
     def __init__(self, options: BatchOptions, source: Source) -> None:
         self.options = options
         self.source = source
+        # in-process and on Ray, the workers read the slides themselves
         self.server_reads_slide = options.server_reads_slide or not options.servers
         self.journal = Journal(source.journal_path)
         self.result = BatchResult(source.summary_path)
@@ -140,11 +148,18 @@ class _Batch:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._workers: list[_Worker] = []
+        self._ray_pool: RayPool | None = None
         self._summary_written = 0.0
 
     # ----------------------------------------------------------------- setup
 
     def _connect(self) -> None:
+        if self.options.ray is not None:
+            self._ray_pool = ray_workers.start_pool(self.options.ray, self.options.models,
+                                                    self.source.slide_roots(),
+                                                    self.options.ray_workers)
+            self._workers = [_Worker(c.address, c) for c in self._ray_pool.clients]
+            return
         if not self.options.servers:
             service = in_process_service(self.options.models, self.source.slide_roots())
             self._workers = [_Worker(IN_PROCESS, InProcessClient(service))]
@@ -188,6 +203,17 @@ class _Batch:
             for worker in self._workers:
                 if isinstance(worker.client, Client):
                     worker.client.close()
+            if self._ray_pool is not None:
+                self._ray_pool.stop()
+                self._join_workers()
+                self._ray_pool.disconnect()
+
+    def _join_workers(self) -> None:
+        """Waits (a little) for the worker threads to end, once stopped."""
+        deadline = time.monotonic() + JOIN_TIMEOUT_S
+        for worker in self._workers:
+            if worker.thread is not None:
+                worker.thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
     def _todo(self, plan: ImagePlan, roi: Annotation) -> tuple[str, ...]:
         """The models to run on a ROI: those the journal does not record as done (all with
@@ -320,7 +346,10 @@ class _Batch:
                                       + ", ".join(w.address for w in self._workers) + ")"))
 
     def _finish(self, plan: ImagePlan, outcomes: list[Outcome]) -> None:
-        """The single writer: the image's outputs first, then its journal records."""
+        """The single writer: the image's outputs first, then its journal records, both in
+        the order of the image's ROIs (whichever worker finished first)."""
+        order = {id(roi): index for index, roi in enumerate(plan.rois)}
+        outcomes = sorted(outcomes, key=lambda outcome: order[id(outcome.job.roi)])
         outputs: list[str] = []
         try:
             outputs = self.source.finish(plan, outcomes, self.model_ids)
@@ -358,6 +387,10 @@ class _Batch:
     # ----------------------------------------------------------------- workers
 
     def _work(self, worker: _Worker) -> None:
+        if isinstance(worker.client, RayClient) and not worker.client.wait_ready(self._stop):
+            with self._lock:
+                worker.alive = False
+            return
         while not self._stop.is_set():
             try:
                 job = self._jobs.get(timeout=0.1)

@@ -29,6 +29,7 @@ QuPath; the server measures how much was corrected.
 examples:
   roiseg batch project/project.qpproj --roi-class Region --server gpu-box:50051
   roiseg batch --images slides/ --out results/
+  roiseg batch --images /shared/slides --out /shared/results --ray   # on a Ray cluster
   roiseg batch project/project.qpproj --roi-class Region --submit --server gpu-box:50051"""
 
 
@@ -55,6 +56,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "their metadata; without it such images are recorded as errors")
     options.add_server_arguments(parser, "roiseg server (repeatable: the work is spread "
                                           "across them); default: in-process", repeatable=True)
+    parser.add_argument("--ray", nargs="?", const="auto", metavar="ADDRESS",
+                        help="run the jobs on Ray workers, each holding the models on its GPU "
+                             "(or CPU cores) and reading the slides itself (same paths on "
+                             "every node): the cluster at ADDRESS, or without one the cluster "
+                             "RAY_ADDRESS or `ray start` names, else a new local one; needs "
+                             "pip install 'roiseg[ray]' (docs/cluster.md)")
+    parser.add_argument("--ray-workers", type=options.positive_int, default=0, metavar="N",
+                        help="number of Ray workers (default: one per GPU of the cluster; "
+                             "without GPUs one per CPU core, one thread each)")
     parser.add_argument("--server-reads-slide", action="store_true",
                         help="let the servers read the image files themselves (they must see "
                              "the same absolute paths under their --slide-root); automatic "
@@ -89,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
         project=args.project, images=args.images, out=args.out,
         image_filter=_pattern(args.image_filter), roi_classes=tuple(args.roi_class),
         model_ids=tuple(args.model_ids), mpp=args.mpp or None, servers=_servers(args),
-        models=options.model_source(args), server_reads_slide=args.server_reads_slide,
+        models=options.model_source(args), ray=args.ray, ray_workers=args.ray_workers,
+        server_reads_slide=args.server_reads_slide,
         replace=args.replace, dry_run=args.dry_run, journal=args.journal,
         summary=args.summary, segment=options.segment_options(args))
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -117,6 +128,8 @@ def _submit(args: argparse.Namespace, batch) -> int:
     """--submit: 0 when every ROI with annotations was stored, 1 when some failed."""
     from roiseg.batch.submit import submit
 
+    if args.ray is not None:
+        raise ValueError("--submit sends corrections to one --server; it does not run on --ray")
     if args.replace or args.dry_run:
         raise ValueError("--submit replaces an example submitted before by itself; it takes "
                          "neither --replace nor --dry-run")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Protocol, Sequence
 
 import cv2
 import numpy as np
@@ -15,8 +15,6 @@ from shapely.geometry.base import BaseGeometry
 from tqdm import tqdm
 
 from roiseg.client.connection import (
-    Client,
-    InProcessClient,
     encode_png,
     segment_request,
     slide_source,
@@ -27,6 +25,13 @@ from roiseg.v1 import segmentation_pb2 as pb
 
 #: Longest side of an overlay picture, in pixels.
 OVERLAY_SIDE = 1600
+
+
+class PixelsSink(Protocol):
+    """Whatever takes a request's pixels (`Client`, `InProcessClient`, a batch's Ray worker):
+    inline, or uploaded first."""
+
+    def pixels_source(self, encoded: bytes, **fields: Any) -> pb.ImageSource: ...
 
 
 def read_region(slide: Slide, geometry: BaseGeometry, downsample: float,
@@ -56,7 +61,7 @@ def read_region(slide: Slide, geometry: BaseGeometry, downsample: float,
     return pixels, origin, level.downsample_x
 
 
-def region_source(client: Client | InProcessClient, slide: Slide, geometry: BaseGeometry,
+def region_source(client: PixelsSink, slide: Slide, geometry: BaseGeometry,
                   mpp: float, target_mpp: float) -> pb.ImageSource:
     """The ROI's pixels read here, near `target_mpp`, as the request's image (uploaded
     first when they are too large for one message)."""
@@ -76,7 +81,7 @@ def pixel_size(name: str, file_mpp: float | None, given: float | None = None) ->
     return mpp
 
 
-def roi_request(client: Client | InProcessClient, image: Path, geometry: BaseGeometry,
+def roi_request(client: PixelsSink, image: Path, geometry: BaseGeometry,
                 mpp: float, model_ids: Sequence[str], options: pb.SegmentOptions,
                 target_mpp: float, server_reads_slide: bool = False) -> pb.SegmentRequest:
     """The Segment request for one ROI of an image: the image's path when the server reads

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,10 +14,12 @@ from pathlib import Path
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temporary path beside `path` for the block to write; renamed over `path` when the
-    block ends without an error, removed when it fails."""
+    block ends without an error, removed when it fails. The temporary path is this process's
+    and thread's own, so that writers of the same file (the Ray workers of a batch caching a
+    model's ONNX export) never rename each other's half-written file."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.partial")
+    partial = target.with_name(f".{target.name}.{os.getpid()}-{threading.get_ident()}.partial")
     try:
         yield partial
         with open(partial, "rb+") as file:
