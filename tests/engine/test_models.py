@@ -200,7 +200,7 @@ def test_unreadable_card(tmp_path):
 def test_state_dict_checkpoints_load(tmp_path, smp_model, pixels, wrap):
     card = ModelCard.from_file(_write_model(tmp_path / "m", wrap(smp_model.state_dict())))
     loaded = load_model(card, CPU)
-    assert loaded.device == CPU and not loaded.amp
+    assert loaded.device == CPU and loaded.autocast is None
     result = loaded.probabilities(pixels)
     assert result.dtype == torch.float32 and result.shape == (2, 3, 64, 96)
     torch.testing.assert_close(result, _expected_probabilities(smp_model, pixels, card))
