@@ -132,10 +132,9 @@ def predict(model: LoadedModel, image: np.ndarray, *, tumor_class: int | None = 
         if needed.shape != (height, width):
             raise InvalidInput(f"the needed pixels' mask is {needed.shape}, the image "
                                f"{(height, width)}")
-        wanted = np.zeros(padded.shape[:2], bool)
-        wanted[:height, :width] = needed
+        # (slices past the image's edge stop at it: padding is never needed)
         tiles = [(j, i) for j, i in tiles
-                 if wanted[ys[j]:ys[j] + tile_h, xs[i]:xs[i] + tile_w].any()]
+                 if needed[ys[j]:ys[j] + tile_h, xs[i]:xs[i] + tile_w].any()]
 
     outputs = _Outputs(height, width, tumor_class)
     strip = np.zeros((classes, tile_h, padded.shape[1]), np.float32)
