@@ -313,7 +313,7 @@ def _resize_mask(mask: np.ndarray, shape: tuple[int, int], sigma_px: float = 0.0
     off instead of showing as staircases at the finer resolution."""
     if mask.shape == shape:
         return mask
-    soft = mask.astype(np.float32)
+    soft: np.ndarray = mask.astype(np.float32)
     if sigma_px >= _MIN_EDGE_SIGMA_PX:
         soft = cv2.GaussianBlur(soft, (0, 0), sigma_px, borderType=cv2.BORDER_REPLICATE)
     return cv2.resize(soft, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR) >= 0.5
