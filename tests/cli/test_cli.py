@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from conftest import CMU, GLAS, REPO, same_segmentation
 from roiseg.cli import COMMANDS, main
+from roiseg.io import overlay
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +60,11 @@ def test_segment_writes_where_the_model_is_unsure_as_a_heat_map(tmp_path):
     panel = picture[-region.shape[0]:, :region.shape[1]]
     changed = np.abs(panel - region).sum(axis=2) > 30
     assert 0.01 < changed.mean() < 0.99  # heat where unsure, the tissue as it is elsewhere
+    # the overlay: the default model's catch-all (the rest of the tissue) is outlined, not
+    # washed over the stain: most of the region shows as it is (a wash left 31 % as it was)
+    drawn = cv2.imread(str(plain))[..., ::-1].astype(int)
+    drawn = drawn[overlay._TITLE_PX:overlay._TITLE_PX + region.shape[0], :region.shape[1]]
+    assert (np.abs(drawn - region).sum(axis=2) <= 30).mean() > 0.6
 
 
 def test_segment_in_process_and_through_the_server_agree(served, tmp_path, capsys):

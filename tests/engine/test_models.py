@@ -98,7 +98,7 @@ def test_card_fields(tmp_path, smp_model):
                             ClassSpec(2, "Glass", (255, 255, 255)))
     assert card.mean == (0.485, 0.456, 0.406) and card.std == (0.229, 0.224, 0.225)
     assert card.background_index == 2 and card.tumor_index == 1
-    assert card.kept_on_glass == ()
+    assert card.kept_on_glass == () and card.catch_all_classes == ()  # optional flags
     assert card.description == "" and card.metrics == {"val_dice": "0.5", "epochs": 3}
     assert card.extra == EXTRA
     assert card.training_split is None  # optional
@@ -132,6 +132,8 @@ def test_card_fields(tmp_path, smp_model):
     ({"classes": [CLASSES[0], {"index": 1, "name": "x"}]}, "classes[1]", '"color"'),
     ({"classes": [CLASSES[0], {**CLASSES[1], "keep_on_glass": "yes"}]},
      "classes[1].keep_on_glass", "true or false"),
+    ({"classes": [{**CLASSES[0], "catch_all": 1}, CLASSES[1]]}, "classes[0].catch_all",
+     "true or false"),
     ({"classes": [CLASSES[0], {**CLASSES[1], "keep_in_glass": True}]}, "classes[1]",
      '"keep_on_glass"'),
     ({"background_class": "Fat"}, "background_class", "not one of the classes"),

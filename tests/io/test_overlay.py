@@ -57,3 +57,23 @@ def test_the_confidence_picture_has_a_key_and_a_scale_bar():
     assert (legend == overlay.UNSURE_COLOR).all(axis=2).sum() >= 100
     panel = picture[overlay._TITLE_PX:-overlay.LEGEND_PX]
     assert any((10, 100) in black_runs(row) for row in panel[-20:])  # 50 µm at 0.5 µm/px
+
+
+def test_a_catch_all_class_is_outlined_not_washed_over_the_stain():
+    """The rest of the tissue (a model's catch-all) leaves the stain as it is: only its outline
+    is drawn, and the key shows an outlined swatch named so; a target class is filled."""
+    image = np.full((500, 700, 3), (200, 120, 170), np.uint8)  # an H&E-like pink
+    picture = overlay.render(image, (0.0, 0.0), 1.0, {"model": collection(GLAND, OTHER)},
+                             outlined={OTHER[0]})
+    panel = picture[overlay._TITLE_PX:-overlay.LEGEND_PX]
+    gland_inside, other_inside = panel[150:350, 150:250], panel[150:350, 450:550]
+    assert (other_inside == image[0, 0]).all(), "the catch-all's inside is not the image's"
+    assert (np.abs(gland_inside.astype(int) - image[0, 0]).sum(axis=2) > 60).all()
+    # its outline is drawn, in its colour
+    assert (np.abs(panel[150:350, 398:403].astype(int) - OTHER[1]).sum(axis=2) < 60).any()
+    legend = picture[-overlay.LEGEND_PX:]
+    for (_, color), filled in ((GLAND, True), (OTHER, False)):
+        rows, columns = np.nonzero((legend == color).all(axis=2))
+        assert rows.size >= 50, f"no swatch of {color}"
+        middle = legend[(rows.min() + rows.max()) // 2, (columns.min() + columns.max()) // 2]
+        assert (middle == color).all() == filled and (filled or (middle == 255).all())

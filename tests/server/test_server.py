@@ -103,6 +103,7 @@ def test_server_info_and_models(client, registry):
     card = registry.card(default.id)
     assert default.checkpoint_sha256 == sha256_file(card.checkpoint)
     assert [c.name for c in default.classes] == ["Stroma", "Gland epithelium"]
+    assert [c.catch_all for c in default.classes] == [True, False]  # the rest of the tissue
     assert all(0 <= v <= 255 for c in default.classes for v in (c.color.r, c.color.g, c.color.b))
     assert default.mpp == pytest.approx(1.0) and default.tile_size % 32 == 0
     assert default.trained_on and default.version

@@ -69,12 +69,15 @@ def run(args: argparse.Namespace) -> int:
                                            segment_options, target_mpp, args.server_reads_slide)
             with requests.ProgressBar() as bar:
                 result = client.segment(request, bar.update)
+            catch_all = {segment_options.class_names.get(c.name, c.name)
+                         for m in chosen if m in models for c in models[m].classes
+                         if c.catch_all}
         written = _write(args.output, result.feature_collections)
         if args.overlay:
             pixels, origin, downsample = requests.overlay_view(slide, geometry)
-            overlay.save_png(args.overlay, overlay.render(pixels, origin, downsample,
-                                                          result.feature_collections, geometry,
-                                                          mpp=mpp))
+            overlay.save_png(args.overlay, overlay.render(
+                pixels, origin, downsample, result.feature_collections, geometry, mpp=mpp,
+                outlined=catch_all))
             written.append(args.overlay)
         if args.confidence:
             pixels, origin, downsample = requests.overlay_view(slide, geometry)

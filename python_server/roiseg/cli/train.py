@@ -63,6 +63,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="class whose pixels the server keeps where its tissue mask sees "
                            "blank glass (repeatable), e.g. glands whose lumens the masks "
                            "include; default: the fine-tuned model's, else none")
+    data.add_argument("--catch-all", action="append", default=[], metavar="CLASS",
+                      help="the model's everything-else class (the rest of the tissue), "
+                           "outlined rather than filled in overlays; default: the fine-tuned "
+                           "model's, else none")
     data.add_argument("--source-mpp", type=float, default=None,
                       help="µm per pixel of the images (GlaS: about 0.62); required for "
                            "--masks, default the slide's calibration for --annotations")
@@ -178,6 +182,7 @@ def train_options(args: argparse.Namespace) -> TrainOptions:
         classes=_class_list(args.classes),
         unannotated=args.unannotated, margin=args.margin, colors=_colors(args.colors),
         keep_on_glass=tuple(_class_name(n) for n in args.keep_on_glass) or None,
+        catch_all=tuple(_class_name(n) for n in args.catch_all) or None,
         source_mpp=args.source_mpp, mpp=args.mpp, val_fraction=args.val_fraction,
         data_description=args.data_description,
         init_model=args.init_model, models=tuple(args.models),

@@ -64,18 +64,25 @@ _MAX_DETAILS = 2000
 _PROBE_SIZE = 64
 
 
+#: The optional true/false fields of a card's class (`ClassSpec`).
+_CLASS_FLAGS = ("keep_on_glass", "catch_all")
+
+
 @dataclass(frozen=True)
 class ClassSpec:
     """One output class: its channel index, name and display colour (RGB).
 
     `keep_on_glass`: the class's pixels are kept where the tissue mask sees blank glass
     (a gland's lumen belongs to the gland); other classes end at the tissue's edge.
+    `catch_all`: the class is the model's "everything else" (what it was trained to call all
+    that is not one of its target classes): overlays outline it rather than fill it.
     """
 
     index: int
     name: str
     color: tuple[int, int, int]
     keep_on_glass: bool = False
+    catch_all: bool = False
 
 
 @dataclass(frozen=True)
@@ -186,6 +193,11 @@ class ModelCard:
     def kept_on_glass(self) -> tuple[int, ...]:
         """Output channels of the classes marked `keep_on_glass`."""
         return tuple(spec.index for spec in self.classes if spec.keep_on_glass)
+
+    @property
+    def catch_all_classes(self) -> tuple[str, ...]:
+        """Names of the classes marked `catch_all`."""
+        return tuple(spec.name for spec in self.classes if spec.catch_all)
 
     @property
     def tumor_index(self) -> int | None:
@@ -403,13 +415,14 @@ class _CardReader:
         for i, item in enumerate(value):
             field = f"classes[{i}]"
             if not isinstance(item, dict) or not {"index", "name", "color"} <= set(item) \
-                    or not set(item) <= {"index", "name", "color", "keep_on_glass"}:
+                    or not set(item) <= {"index", "name", "color", *_CLASS_FLAGS}:
                 raise self.error(field, 'must be {"index": i, "name": "...", "color": [r, g, b]}'
-                                        ' with an optional "keep_on_glass": true/false')
-            keep_on_glass = item.get("keep_on_glass", False)
-            if not isinstance(keep_on_glass, bool):
-                raise self.error(f"{field}.keep_on_glass",
-                                 f"must be true or false, got {keep_on_glass!r}")
+                                        ' with optional "keep_on_glass" and "catch_all": '
+                                        'true/false')
+            flags = {flag: item.get(flag, False) for flag in _CLASS_FLAGS}
+            for flag, set_ in flags.items():
+                if not isinstance(set_, bool):
+                    raise self.error(f"{field}.{flag}", f"must be true or false, got {set_!r}")
             color = item["color"]
             if not isinstance(color, list) or len(color) != 3 or any(
                     isinstance(c, bool) or not isinstance(c, int) or not 0 <= c <= 255
@@ -418,7 +431,7 @@ class _CardReader:
             specs.append(ClassSpec(index=self.integer(f"{field}.index", item["index"], minimum=0),
                                    name=self.text(f"{field}.name", item["name"]),
                                    color=(color[0], color[1], color[2]),
-                                   keep_on_glass=keep_on_glass))
+                                   **flags))
         specs.sort(key=lambda spec: spec.index)
         indexes = [spec.index for spec in specs]
         if indexes != list(range(len(specs))):

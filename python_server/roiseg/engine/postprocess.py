@@ -34,6 +34,10 @@ _GAUSSIAN_KERNEL = (5, 5)
 _SMOOTH_TARGET_AREA = 1e6
 _SMOOTH_MIN_FACTOR = 0.2
 _PRUNE_PERCENTILE = 95.0
+#: Blur (sigma, in 5 µm/px pixels) of the tissue mask before it is resized up to the input: its
+#: outline follows the tissue smoothly rather than in 5 µm steps; below the minimum, no blur.
+_EDGE_SIGMA_PX = 1.5
+_MIN_EDGE_SIGMA_PX = 0.3
 
 # 4-neighbour offsets (dy, dx).
 _NEIGHBOURS_4 = ((-1, 0), (1, 0), (0, -1), (0, 1))
@@ -66,17 +70,20 @@ def tissue_mask(rgb: np.ndarray, mpp: float) -> np.ndarray:
     height, width = image.shape[:2]
     if height == 0 or width == 0:
         return np.zeros((height, width), dtype=bool)
+    mask, scale = _work_tissue_mask(image, mpp)
+    return _resize_mask(mask, (height, width), _EDGE_SIGMA_PX * scale)
+
+
+def _work_tissue_mask(image: np.ndarray, mpp: float) -> tuple[np.ndarray, float]:
+    """Paper 003's tissue decisions at its work resolution (see `_to_work_resolution`), and
+    the factor from 5 µm/px pixels to that mask's pixels."""
     work, scale = _to_work_resolution(image, mpp)
     kernel = _square_kernel(_MORPH_KERNEL_PX * scale)
-    max_hole = _MAX_HOLE_PX * scale * scale
-    min_object = _MIN_OBJECT_PX * scale * scale
-
     edges = cv2.Canny(work, _CANNY_LOW, _CANNY_HIGH, apertureSize=3)
     mask = cv2.morphologyEx(edges, cv2.MORPH_CLOSE, kernel) > 0
-    mask = _fill_small_holes(mask, max_hole)
+    mask = _fill_small_holes(mask, _MAX_HOLE_PX * scale * scale)
     mask = cv2.morphologyEx(mask.view(np.uint8), cv2.MORPH_OPEN, kernel) > 0
-    mask = _remove_small_objects(mask, min_object)
-    return _resize_mask(mask, (height, width))
+    return _remove_small_objects(mask, _MIN_OBJECT_PX * scale * scale), scale
 
 
 def hysteresis_mask(probability: np.ndarray, tissue: np.ndarray, mpp: float,
@@ -299,14 +306,17 @@ def _remove_small_objects(mask: np.ndarray, min_object_px: float) -> np.ndarray:
     return keep[labels]
 
 
-def _resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Resizes a mask, bilinearly then thresholded at half, so upsampled outlines are
-    smooth rather than blocky."""
+def _resize_mask(mask: np.ndarray, shape: tuple[int, int], sigma_px: float = 0.0) -> np.ndarray:
+    """Resizes a mask as a float, bilinearly, thresholded at half, so upsampled outlines are
+    smooth rather than blocky; blurred first (Gaussian, `sigma_px` of its own pixels) when
+    given: straight edges stay where they were, while the corners of its pixels and steps round
+    off instead of showing as staircases at the finer resolution."""
     if mask.shape == shape:
         return mask
-    resized = cv2.resize(mask.astype(np.uint8) * np.uint8(255), (shape[1], shape[0]),
-                         interpolation=cv2.INTER_LINEAR)
-    return resized >= 128
+    soft: np.ndarray = mask.astype(np.float32)
+    if sigma_px >= _MIN_EDGE_SIGMA_PX:
+        soft = cv2.GaussianBlur(soft, (0, 0), sigma_px, borderType=cv2.BORDER_REPLICATE)
+    return cv2.resize(soft, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR) >= 0.5
 
 
 def _resize_mask_area(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Collection, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -33,12 +33,15 @@ _SCALE_COLOR = (0, 0, 0)
 
 def render(image: np.ndarray, origin: tuple[float, float], downsample: float,
            feature_collections: Mapping[str, dict], roi: BaseGeometry | None = None,
-           max_side: int = 1600, mpp: float | None = None) -> np.ndarray:
+           max_side: int = 1600, mpp: float | None = None,
+           outlined: Collection[str] = ()) -> np.ndarray:
     """One panel per model, side by side: class fills and outlines on the image, a key of the
     classes and the region's coordinates under it, and a scale bar when `mpp` (full-resolution
     µm/px) is given.
 
-    `image` covers full-resolution pixels from `origin` at `downsample` (RGB uint8).
+    `image` covers full-resolution pixels from `origin` at `downsample` (RGB uint8). The
+    classes named in `outlined` (a model's catch-all, the rest of the tissue) are drawn as
+    outlines only, so that they leave the stain as it is; the key says so.
     """
     scale = min(1.0, max_side / max(image.shape[:2]))
     base = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) \
@@ -48,9 +51,11 @@ def render(image: np.ndarray, origin: tuple[float, float], downsample: float,
     extent = _extent(origin, downsample / scale, base.shape)
     panels = []
     for name, collection in feature_collections.items():
-        panel = _panel(base, name, collection, roi, to_panel)
+        panel = _panel(base, collection, roi, to_panel, outlined)
         _scale_bar(panel, um_per_px)
-        key = [(tuple(int(c) for c in color), class_name)
+        key = [(tuple(int(c) for c in color),
+                f"{class_name} (outline)" if class_name in outlined else class_name,
+                class_name not in outlined)
                for class_name, color in _classes(collection).items()]
         panels.append(np.concatenate([_title(name, panel.shape[1]), panel,
                                       _legend(key, extent, panel.shape[1])], axis=0))
@@ -70,7 +75,8 @@ def render_confidence(image: np.ndarray, origin: tuple[float, float], downsample
         if scale < 1 else image.copy()
     um_per_px = mpp * downsample / scale if mpp else None
     extent = _extent(origin, downsample / scale, base.shape)
-    key = [(UNSURE_COLOR, "unsure (1 − probability of the most probable class); clear: sure")]
+    key = [(UNSURE_COLOR, "unsure (1 − probability of the most probable class); clear: sure",
+            True)]
     panels = []
     for title, (unsure, placement) in maps.items():
         placed = _placed(unsure, placement, base.shape, origin, downsample / scale,
@@ -103,8 +109,8 @@ def render_errors(image: np.ndarray, origin: tuple[float, float], downsample: fl
         if scale < 1 else image.copy()
     um_per_px = mpp * downsample / scale if mpp else None
     extent = _extent(origin, downsample / scale, base.shape)
-    key = [(FALSE_POSITIVE_COLOR, "predicted, not in the reference"),
-           (FALSE_NEGATIVE_COLOR, "in the reference, missed")]
+    key = [(FALSE_POSITIVE_COLOR, "predicted, not in the reference", True),
+           (FALSE_NEGATIVE_COLOR, "in the reference, missed", True)]
     panels = []
     for title, (false_positive, false_negative, placement) in errors.items():
         panel = base.copy()
@@ -138,14 +144,18 @@ def save_png(path: str | Path, image: np.ndarray) -> None:
         raise OSError(f"cannot write {path}")
 
 
-def _panel(base: np.ndarray, title: str, collection: dict, roi: BaseGeometry | None,
-           to_panel: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+def _panel(base: np.ndarray, collection: dict, roi: BaseGeometry | None,
+           to_panel: tuple[np.ndarray, np.ndarray], outlined: Collection[str]) -> np.ndarray:
+    """The image with the collection's polygons: filled (but those of `outlined` classes) and
+    outlined, and the ROI's outline."""
     fills = base.copy()
     outlines = []
     for feature in collection.get("features", []):
-        color = tuple(int(c) for c in feature["properties"]["classification"]["color"])
+        classification = feature["properties"]["classification"]
+        color = tuple(int(c) for c in classification["color"])
         rings = _rings(shape(feature["geometry"]), to_panel)
-        cv2.fillPoly(fills, rings, color, lineType=cv2.LINE_AA, shift=_SHIFT)
+        if classification["name"] not in outlined:
+            cv2.fillPoly(fills, rings, color, lineType=cv2.LINE_AA, shift=_SHIFT)
         outlines.append((rings, color))
     panel = cv2.addWeighted(fills, FILL_ALPHA, base, 1 - FILL_ALPHA, 0)
     for rings, color in outlines:
@@ -178,13 +188,19 @@ def _extent(origin: tuple[float, float], px: float, shape: tuple[int, ...]) -> s
             "(full resolution)")
 
 
-def _legend(key: Sequence[tuple[Sequence[int], str]], extent: str, width: int) -> np.ndarray:
-    """A strip naming each colour of the panel and, at the right, the region's coordinates."""
+def _legend(key: Sequence[tuple[Sequence[int], str, bool]], extent: str,
+            width: int) -> np.ndarray:
+    """A strip naming each colour of the panel (color, name, filled: a filled swatch, else a
+    swatch outlined in the colour) and, at the right, the region's coordinates."""
     strip = np.full((LEGEND_PX, width, 3), 255, np.uint8)
     x = 6
-    for color, name in key:
-        cv2.rectangle(strip, (x, 6), (x + 14, LEGEND_PX - 7), tuple(int(c) for c in color), -1)
-        cv2.rectangle(strip, (x, 6), (x + 14, LEGEND_PX - 7), (90, 90, 90), 1)
+    for color, name, filled in key:
+        rgb = tuple(int(c) for c in color)
+        if filled:
+            cv2.rectangle(strip, (x, 6), (x + 14, LEGEND_PX - 7), rgb, -1)
+            cv2.rectangle(strip, (x, 6), (x + 14, LEGEND_PX - 7), (90, 90, 90), 1)
+        else:
+            cv2.rectangle(strip, (x, 6), (x + 14, LEGEND_PX - 7), rgb, 2)
         x = _text(strip, (x + 19, 5), name, 13) + 14
     if x + 6 + _text_width(extent, 12) <= width - 6:  # where there is room
         _text(strip, (x + 6, 5), extent, 12, right_to=width - 6)

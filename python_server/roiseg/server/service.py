@@ -400,7 +400,8 @@ def model_info(card: ModelCard, is_default_version: bool = True) -> pb.ModelInfo
         mpp=card.mpp, tile_size=card.tile_size, overlap=card.overlap,
         classes=[pb.ClassInfo(index=c.index, name=c.name, color=pb.Color(r=c.color[0],
                                                                            g=c.color[1],
-                                                                           b=c.color[2]))
+                                                                           b=c.color[2]),
+                              catch_all=c.catch_all)
                  for c in card.classes],
         trained_on=card.trained_on, tumor_class=card.tumor_class or "",
         metrics={k: str(v) for k, v in card.metrics.items()},

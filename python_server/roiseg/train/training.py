@@ -100,11 +100,13 @@ _HEAD_PREFIX = "segmentation_head."
 
 
 def class_specs(names: Sequence[str], colors: Mapping[str, Sequence[int]] | None = None,
-                keep_on_glass: Sequence[str] = ()) -> list[ClassSpec]:
+                keep_on_glass: Sequence[str] = (), catch_all: Sequence[str] = ()
+                ) -> list[ClassSpec]:
     """Classes with colours (`roiseg.io.classes.class_colors`); the classes named in
-    `keep_on_glass` are marked so."""
+    `keep_on_glass` and `catch_all` are marked so."""
     rgb = class_colors(names, colors)
-    return [ClassSpec(index, name, rgb[name], keep_on_glass=name in keep_on_glass)
+    return [ClassSpec(index, name, rgb[name], keep_on_glass=name in keep_on_glass,
+                      catch_all=name in catch_all)
             for index, name in enumerate(names)]
 
 
@@ -347,6 +349,7 @@ class TrainOptions:
     margin: int = 64  #: with ``annotations``: model pixels read around them
     colors: Mapping[str, tuple[int, int, int]] = field(default_factory=dict)
     keep_on_glass: tuple[str, ...] | None = None
+    catch_all: tuple[str, ...] | None = None  #: the model's "everything else" class(es)
     source_mpp: float | None = None  #: µm/px of the images; None: the slides' own
     mpp: float | None = None
     val_fraction: float = 0.15
@@ -499,11 +502,9 @@ class _Config:
             else {}
         _check_named("--colors", options.colors, names)
         colors.update(options.colors)
-        if options.keep_on_glass is not None:
-            _check_named("--keep-on-glass", options.keep_on_glass, names)
-            keep_on_glass: Sequence[str] = options.keep_on_glass
-        else:
-            keep_on_glass = [c.name for c in card.classes if c.keep_on_glass] if card else []
+        keep_on_glass = _marked("--keep-on-glass", options.keep_on_glass, names, card,
+                                lambda c: c.keep_on_glass)
+        catch_all = _marked("--catch-all", options.catch_all, names, card, lambda c: c.catch_all)
 
         if options.device == "cuda" and not torch.cuda.is_available():
             raise InvalidInput("--device cuda: no CUDA device available")
@@ -523,7 +524,7 @@ class _Config:
         for partner in partners:
             _check_partner(partner, names, mpp, (mean, std))
         trained = in_memory_card(
-            class_specs(names, colors, keep_on_glass),
+            class_specs(names, colors, keep_on_glass, catch_all),
             architecture=pick(options.architecture, "architecture", "Unet"), encoder=encoder,
             mpp=mpp, tile_size=pick(options.tile_size, "tile_size", _DEFAULT_TILE),
             overlap=pick(options.overlap, "overlap", _DEFAULT_OVERLAP),
@@ -558,6 +559,16 @@ def _check_named(option: str, named: Iterable[str], names: Sequence[str]) -> Non
     unknown = set(named) - set(names)
     if unknown:
         raise InvalidInput(f"{option} names unknown classes: {', '.join(sorted(unknown))}")
+
+
+def _marked(option: str, named: Sequence[str] | None, names: Sequence[str],
+            card: ModelCard | None, flag: Callable[[ClassSpec], bool]) -> Sequence[str]:
+    """The classes an option marks (`keep_on_glass`, `catch_all`), checked against `names`;
+    unset: those the fine-tuned model's card marks."""
+    if named is not None:
+        _check_named(option, named, names)
+        return named
+    return [c.name for c in card.classes if flag(c)] if card else []
 
 
 def _check_partner(card: ModelCard, names: Sequence[str], mpp: float,
@@ -1014,7 +1025,8 @@ class _Trainer:
             "batch_size": trained.batch_size,
             "normalization": {"mean": list(trained.mean), "std": list(trained.std)},
             "classes": [{"index": c.index, "name": c.name, "color": list(c.color),
-                         **({"keep_on_glass": True} if c.keep_on_glass else {})}
+                         **({"keep_on_glass": True} if c.keep_on_glass else {}),
+                         **({"catch_all": True} if c.catch_all else {})}
                         for c in trained.classes],
             # The fine-tuned model's background/tumour roles carry over to same-named classes.
             "background_class": _kept(init_card.background_class if init_card else None, names),

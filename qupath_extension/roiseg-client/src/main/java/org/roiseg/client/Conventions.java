@@ -14,7 +14,7 @@ public final class Conventions {
     /** Major version of the roiseg.v1 contract this client speaks. */
     public static final int CONTRACT_MAJOR = 1;
     /** Minor version of the roiseg.v1 contract this client speaks. */
-    public static final int CONTRACT_MINOR = 3;
+    public static final int CONTRACT_MINOR = 4;
 
     /** Metadata key that marks an object as a roiseg pre-annotation. */
     public static final String ROISEG_SOURCE_KEY = "roiseg.source";
