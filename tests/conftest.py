@@ -36,6 +36,18 @@ def same_segmentation(collection: dict) -> dict:
     return {**collection, "features": features}
 
 
+def swatch_is_hollow(picture: np.ndarray, color: tuple[int, int, int]) -> bool:
+    """Whether the key under an overlay (`picture`, RGB) shows the class of `color` as an
+    outlined swatch (a class drawn as outlines) rather than a filled one."""
+    from roiseg.io import overlay
+
+    legend = picture[-overlay.LEGEND_PX:]
+    rows, columns = np.nonzero((legend == color).all(axis=2))
+    assert rows.size >= 20, f"no swatch of {color} in the key"
+    middle = legend[(rows.min() + rows.max()) // 2, (columns.min() + columns.max()) // 2]
+    return bool((middle == 255).all())
+
+
 # tests/qupath runs the extension inside real QuPath; make test-qupath runs it after building the
 # extension (qupath_extension/build-qupath-module.sh sets ROISEG_QUPATH_HOMES and ROISEG_QUPATH_JAR)
 collect_ignore = [] if os.environ.get("ROISEG_QUPATH_HOMES") else ["qupath"]

@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 import pytest
 import tifffile
-from conftest import CMU_MPP, GLAS, REPO, same_segmentation
+from conftest import CMU_MPP, GLAS, REPO, same_segmentation, swatch_is_hollow
 from roiseg import cli
 from roiseg.batch.journal import Journal, summary_rows
 from roiseg.engine.models import DEFAULT_MODELS_DIR
@@ -35,7 +35,9 @@ from shapely.geometry import box, mapping, shape
 GLAS_NAMES = ("train_41.png", "train_7.png", "train_12.png", "train_36.png", "train_84.png")
 GLAS_MPP = "0.62"
 DEFAULT_MODEL = "glas-unet-mobilenetv2"
-DEFAULT_VERSION = json.loads((DEFAULT_MODELS_DIR / "model.json").read_text())["version"]
+DEFAULT_CARD = json.loads((DEFAULT_MODELS_DIR / "model.json").read_text())
+DEFAULT_VERSION = DEFAULT_CARD["version"]
+STROMA_COLOR, GLAND_COLOR = (tuple(c["color"]) for c in DEFAULT_CARD["classes"])
 REGION_A = box(60, 60, 420, 380)
 REGION_B = box(480, 200, 860, 660).difference(box(600, 350, 700, 450))
 
@@ -140,6 +142,9 @@ def test_folder_mode_end_to_end_through_a_server(address, tmp_path, cmu_level0, 
         assert {f["properties"]["metadata"][ROI_KEY] for f in features} == {"image"}
         picture = cv2.imread(str(out / f"{stem}.overlay.png"))
         assert picture is not None and picture.shape[0] > 400 and picture.shape[1] > 500
+        # the default model's catch-all (the rest of the tissue) is outlined, glands filled
+        assert swatch_is_hollow(picture[..., ::-1], STROMA_COLOR)
+        assert not swatch_is_hollow(picture[..., ::-1], GLAND_COLOR)
     # The crop: only roiseg's features (the ROIs are not copied), each inside its ROI.
     features = check_features(out / "cmu_crop.geojson")
     keys = {roi_key(REGION_A): REGION_A, roi_key(REGION_B): REGION_B}

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from conftest import GLAS, REPO, same_segmentation
+from conftest import GLAS, REPO, same_segmentation, swatch_is_hollow
 from roiseg.cli import main as roiseg_main
+from roiseg.engine.models import DEFAULT_MODELS_DIR
 from roiseg.io import overlay
 from shapely.geometry import box, shape
 
@@ -19,6 +20,8 @@ DEFAULT_ID, COARSE_ID = "glas-unet-mobilenetv2", "glas-coarse"
 TITLE_PX = 28  # overlay's title bar
 LEGEND_PX = overlay.LEGEND_PX  # and its key of the classes under each panel
 GLAND = "Gland epithelium"
+STROMA_COLOR, GLAND_COLOR = (tuple(c["color"]) for c in json.loads(
+    (DEFAULT_MODELS_DIR / "model.json").read_text())["classes"])
 
 
 def _compare(argv: list[str]) -> int:
@@ -60,6 +63,9 @@ def test_two_models_and_a_reference_on_a_real_region(models_dir, tmp_path, capsy
     # Sheet: 2 models + the reference, side by side, 600 px each at full resolution.
     picture = cv2.imread(str(out / f"{stem}.compare.png"))
     assert picture.shape[:2] == (600 + TITLE_PX + LEGEND_PX, 3 * 600)
+    # the models' catch-all (the rest of the tissue) is outlined, the glands filled
+    assert swatch_is_hollow(picture[:, :600, ::-1], STROMA_COLOR)
+    assert not swatch_is_hollow(picture[:, :600, ::-1], GLAND_COLOR)
     first, second, third = _panels(out / f"{stem}.compare.png", 3)
     # Panel order follows --model; the reference (same polygons and colours as the default
     # model's) is drawn exactly like it, the coarse model differently.

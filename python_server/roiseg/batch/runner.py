@@ -60,7 +60,7 @@ from roiseg.client.connection import (
     connect,
     in_process_service,
 )
-from roiseg.client.requests import roi_request
+from roiseg.client.requests import catch_all_names, roi_request
 from roiseg.errors import InvalidInput, NotFound
 from roiseg.io.qupath_project import Annotation
 
@@ -183,6 +183,8 @@ class _Batch:
             if unknown:
                 raise NotFound(f"unknown model(s) {', '.join(unknown)} on {worker.address}; "
                                f"available: {', '.join(models)}")
+            self.source.outlined = catch_all_names((models[m] for m in chosen),
+                                                   self.options.segment.class_names)
             return chosen, min(models[m].mpp for m in chosen)
         raise SegmentationError(grpc.StatusCode.UNAVAILABLE,
                                 "no roiseg server is reachable: " + "; ".join(errors))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,6 +122,9 @@ class Source(ABC):
 
     def __init__(self, options: BatchOptions) -> None:
         self.options = options
+        #: Classes the overlays draw as outlines: the models' catch-all classes, which the
+        #: runner sets once it knows the models.
+        self.outlined: Collection[str] = frozenset()
 
     def plans(self) -> Iterator[ImagePlan]:
         """Every image, calibrated and with its ROIs, or with the error that stops it."""
@@ -267,7 +270,7 @@ class FolderSource(Source):
         write_atomic(geojson_path, json.dumps(feature_collection(features),
                                               ensure_ascii=False).encode("utf-8"))
         png_path = self.out / f"{plan.stem}{OVERLAY_SUFFIX}"
-        write_atomic(png_path, _overlay_png(plan, features, model_ids))
+        write_atomic(png_path, _overlay_png(plan, features, model_ids, self.outlined))
         return [geojson_path.name, png_path.name]
 
 
@@ -341,8 +344,9 @@ def _parse_models(text: str | None) -> dict[str, str]:
 
 
 def _overlay_png(plan: ImagePlan, features: Sequence[Mapping[str, Any]],
-                 model_ids: Sequence[str]) -> bytes:
-    """The image's ROIs with roiseg's features, one panel per model."""
+                 model_ids: Sequence[str], outlined: Collection[str]) -> bytes:
+    """The image's ROIs with roiseg's features, one panel per model (`outlined` classes as
+    outlines)."""
     by_model: dict[str, list] = {m: [] for m in model_ids}
     for feature in features:
         model = ((feature.get("properties") or {}).get("metadata") or {}).get(MODEL_ID_KEY, "")
@@ -353,7 +357,7 @@ def _overlay_png(plan: ImagePlan, features: Sequence[Mapping[str, Any]],
         pixels, origin, downsample = overlay_view(slide, geometry)
     picture = overlay.render(pixels, origin, downsample,
                              {m: feature_collection(f) for m, f in by_model.items()}, geometry,
-                             max_side=OVERLAY_SIDE, mpp=plan.mpp or None)
+                             max_side=OVERLAY_SIDE, mpp=plan.mpp or None, outlined=outlined)
     ok, data = cv2.imencode(".png", np.ascontiguousarray(picture[..., ::-1]))
     if not ok:
         raise OSError(f"cannot encode the overlay of {plan.name}")

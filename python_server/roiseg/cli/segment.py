@@ -69,9 +69,8 @@ def run(args: argparse.Namespace) -> int:
                                            segment_options, target_mpp, args.server_reads_slide)
             with requests.ProgressBar() as bar:
                 result = client.segment(request, bar.update)
-            catch_all = {segment_options.class_names.get(c.name, c.name)
-                         for m in chosen if m in models for c in models[m].classes
-                         if c.catch_all}
+            catch_all = requests.catch_all_names((models[m] for m in chosen if m in models),
+                                                 segment_options.class_names)
         written = _write(args.output, result.feature_collections)
         if args.overlay:
             pixels, origin, downsample = requests.overlay_view(slide, geometry)

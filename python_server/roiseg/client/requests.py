@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import sys
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Iterable, Mapping, Protocol, Sequence
 
 import cv2
 import numpy as np
@@ -147,3 +147,11 @@ def effort_text(effort: pb.CorrectionEffort) -> str:
                      f"{c.predicted_objects} predicted: {c.kept} kept, {c.edited} edited, "
                      f"{c.deleted} deleted; {c.added} added")
     return "\n".join(lines)
+
+
+def catch_all_names(models: Iterable[pb.ModelInfo], class_names: Mapping[str, str]
+                    ) -> frozenset[str]:
+    """The names, as `class_names` renames them, of the models' catch-all classes (the rest of
+    the tissue): overlays draw them as outlines, not over the stain."""
+    return frozenset(class_names.get(c.name, c.name) for model in models
+                     for c in model.classes if c.catch_all)

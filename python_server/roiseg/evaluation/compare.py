@@ -25,7 +25,13 @@ from shapely.geometry import box
 from shapely.geometry.base import BaseGeometry
 
 from roiseg.client.connection import ModelSource, ServerAddress, connect
-from roiseg.client.requests import ProgressBar, overlay_view, pixel_size, roi_request
+from roiseg.client.requests import (
+    ProgressBar,
+    catch_all_names,
+    overlay_view,
+    pixel_size,
+    roi_request,
+)
 from roiseg.errors import InvalidInput, NotFound
 from roiseg.evaluation import metrics as ev
 from roiseg.evaluation.training_data import (
@@ -128,6 +134,7 @@ def _compare(options: CompareOptions) -> Comparison:
                 options.positive, classes, [c.name for m in models.values() for c in m.classes]
                 + [n for a in references.values() for n in a.class_names()])
         target_mpp = min(m.mpp for m in models.values())
+        outlined = catch_all_names(models.values(), options.segment.class_names)
         for job in jobs:
             reference = references.get(job.image)
             with Slide.open(job.image) as slide:
@@ -146,7 +153,7 @@ def _compare(options: CompareOptions) -> Comparison:
                                    extent, options.downsample or max(1.0, target_mpp / mpp), mpp)
                     rows += scored.rows
                 written += _write_image(options.out, job, slide, geometry, collections,
-                                        reference, colors, mpp, scored, positive)
+                                        reference, colors, mpp, scored, positive, outlined)
             for model_id, model_result in result.results.items():
                 print(f"{job.image.stem} {model_id}: {model_result.feature_count} polygons at "
                       f"{model_result.execution.mpp_used:.3f} µm/px")
@@ -178,9 +185,10 @@ def _chosen_models(available: Sequence[pb.ModelInfo], model_ids: Sequence[str]
 def _write_image(out: Path, job: _Job, slide: Slide, geometry: BaseGeometry,
                  collections: Mapping[str, dict], reference: ev.Annotation | None,
                  colors: Mapping[str, Sequence[int]], mpp: float, scored: _Scored,
-                 positive: str) -> list[Path]:
+                 positive: str, outlined: frozenset[str]) -> list[Path]:
     """Each model's GeoJSON and the side-by-side sheet (with the reference when given, each
-    model's Dice in its title); against a reference, the sheet of each model's errors too."""
+    model's Dice in its title; `outlined` classes drawn as outlines); against a reference, the
+    sheet of each model's errors too."""
     stem = job.image.stem
     written = [write_atomic(out / f"{stem}.{model_id}.geojson", json.dumps(collection))
                for model_id, collection in collections.items()]
@@ -194,7 +202,7 @@ def _write_image(out: Path, job: _Job, slide: Slide, geometry: BaseGeometry,
     view, view_origin, view_downsample = overlay_view(slide, geometry)
     sheet = out / f"{stem}.compare.png"
     overlay.save_png(sheet, overlay.render(view, view_origin, view_downsample, panels, geometry,
-                                           mpp=mpp))
+                                           mpp=mpp, outlined=outlined))
     written.append(sheet)
     if scored.errors:
         errors = out / f"{stem}.errors.png"
