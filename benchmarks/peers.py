@@ -203,6 +203,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-tiatoolbox", action="store_true")
+    parser.add_argument("--reduced-precision", action="store_true",
+                        help="also time roiseg with --reduced-precision (the card's checked "
+                             "bfloat16)")
     parser.add_argument("--out", type=Path, default=REPO / "build" / "peers")
     args = parser.parse_args()
 
@@ -224,14 +227,23 @@ def main() -> int:
     if not args.no_tiatoolbox:
         worker = TiatoolboxWorker(path, card.tile_size, card.tile_size - card.overlap,
                                   card.batch_size, args.out)
+    reduced = ModelRegistry([DEFAULT_MODELS_DIR], torch.device("cpu"), runtime="auto",
+                            reduced_precision=True) if args.reduced_precision else None
     roiseg_run(registry, path, shape)  # warm-up
+    if reduced is not None:
+        roiseg_run(reduced, path, shape)
     naive_script(network, path)
-    times: dict[str, list[float]] = {"roiseg": [], "naive": [], "tiatoolbox": []}
+    times: dict[str, list[float]] = {"roiseg": [], "roiseg bf16": [], "naive": [],
+                                     "tiatoolbox": []}
     output = naive = None
     for _ in range(args.rounds):
         t0 = time.perf_counter()
         output = roiseg_run(registry, path, shape)
         times["roiseg"].append(time.perf_counter() - t0)
+        if reduced is not None:
+            t0 = time.perf_counter()
+            roiseg_run(reduced, path, shape)
+            times["roiseg bf16"].append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         naive = naive_script(network, path)
         times["naive"].append(time.perf_counter() - t0)
@@ -243,6 +255,7 @@ def main() -> int:
 
     what = {"roiseg": f"file -> polygons ({output.tiles} tiles with tissue, "
                       f"{len(output.features)} polygons)",
+            "roiseg bf16": "the same, --reduced-precision (torch, bfloat16 autocast)",
             "naive": f"file -> class map (512 px tiles, no overlap, torch batch 1, "
                      f"{-(-shape[0] // 512) * -(-shape[1] // 512)} tiles)",
             "tiatoolbox": f"file -> class map in zarr ({card.tile_size} px patches, stride "
@@ -254,6 +267,10 @@ def main() -> int:
               f"[{what[name]}; {best(times[name])}]")
     print(f"roiseg / naive script throughput: {fastest['naive'] / fastest['roiseg']:.2f}x "
           "(goal 1.5x)")
+    if "roiseg bf16" in fastest:
+        print(f"roiseg --reduced-precision / naive script throughput: "
+              f"{fastest['naive'] / fastest['roiseg bf16']:.2f}x; / TIAToolbox: "
+              f"{fastest.get('tiatoolbox', float('nan')) / fastest['roiseg bf16']:.2f}x")
     if "tiatoolbox" in fastest:
         print(f"roiseg / TIAToolbox throughput: {fastest['tiatoolbox'] / fastest['roiseg']:.2f}x "
               "(goal 3x)")
