@@ -102,7 +102,7 @@ def test_server_info_and_models(client, registry):
     default = models[registry.default_id]
     card = registry.card(default.id)
     assert default.checkpoint_sha256 == sha256_file(card.checkpoint)
-    assert [c.name for c in default.classes] == ["Stroma", "Gland epithelium"]
+    assert [c.name for c in default.classes] == ["Other tissue", "Gland epithelium"]
     assert [c.catch_all for c in default.classes] == [True, False]  # the rest of the tissue
     assert all(0 <= v <= 255 for c in default.classes for v in (c.color.r, c.color.g, c.color.b))
     assert default.mpp == pytest.approx(1.0) and default.tile_size % 32 == 0
@@ -244,12 +244,36 @@ def test_multi_model_side_by_side(client, cmu_level0, registry):
         assert ids == {model_id}
 
 
+def _names(collection: dict) -> set[str]:
+    return {f["properties"]["classification"]["name"] for f in collection["features"]}
+
+
+def test_the_catch_all_class_comes_back_only_when_asked_for(client, cmu_level0):
+    """The default model's "Other tissue" (its catch-all: all that is not gland) is left out
+    by default; all_classes, or naming it, brings it back; a client of contract 1.3 (which
+    knows no catch-all) still gets every class."""
+    geometry = box(X0, Y0, X0 + SIZE, Y0 + SIZE)
+    glands = _only(_segment(client, _pixels(cmu_level0), geometry))
+    assert _names(glands) == {"Gland epithelium"}
+    every = _only(_segment(client, _pixels(cmu_level0), geometry, all_classes=True))
+    assert _names(every) == {"Other tissue", "Gland epithelium"}
+    assert _by_class(every)["Gland epithelium"].symmetric_difference(
+        _by_class(glands)["Gland epithelium"]).area < 1.0  # the same glands
+    assert _union(every).symmetric_difference(geometry).area < 0.02 * geometry.area
+    other_only = _only(_segment(client, _pixels(cmu_level0), geometry, classes=["Other tissue"]))
+    assert _names(other_only) == {"Other tissue"}
+    # renamed: still the catch-all, still left out unless asked for
+    renamed = _only(_segment(client, _pixels(cmu_level0), geometry, all_classes=True,
+                             class_names={"Other tissue": "Stroma"}))
+    assert _names(renamed) == {"Stroma", "Gland epithelium"}
+    older = segment_request(geometry, _pixels(cmu_level0), (), pb.SegmentOptions())
+    older.client_contract_minor = 3
+    assert _names(_only(client.segment(older))) == {"Other tissue", "Gland epithelium"}
+
+
 def test_class_subset_and_min_area(client, cmu_level0):
     geometry = box(X0, Y0, X0 + SIZE, Y0 + SIZE)
-    everything = _only(_segment(client, _pixels(cmu_level0), geometry))
-    stroma_only = _only(_segment(client, _pixels(cmu_level0), geometry, classes=["Stroma"]))
-    names = {f["properties"]["classification"]["name"] for f in stroma_only["features"]}
-    assert names == {"Stroma"}
+    everything = _only(_segment(client, _pixels(cmu_level0), geometry, all_classes=True))
     min_area = 2000.0
     filtered = _only(_segment(client, _pixels(cmu_level0), geometry, min_area_um2=min_area))
     areas = [f["properties"]["measurements"][qupath_geojson.AREA_MEASUREMENT]

@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--mask-values", default=None,
                       help='mask value to class, e.g. 0=Stroma,255="Gland epithelium"; '
                            "classes are numbered in order of appearance. Default: binary "
-                           "masks, 0 = Stroma, any other value = Gland epithelium")
+                           "masks, 0 = Other tissue, any other value = Gland epithelium")
     data.add_argument("--classes", default=None, metavar='"A,B,C"',
                       help="with --annotations: the model's classes, in output order "
                            "(annotations of other classes are left out). Default: the "
