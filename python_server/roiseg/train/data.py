@@ -86,7 +86,7 @@ class Sample:
 
 
 def parse_mask_values(text: str | None) -> MaskMapping:
-    """Parse ``0=Stroma,255="Gland epithelium"`` into a `MaskMapping`.
+    """Parse ``0="Other tissue",255="Gland epithelium"`` into a `MaskMapping`.
 
     Classes are numbered in order of first appearance; several values may name the same
     class. ``None`` or an empty string gives the binary default: 0 -> "Other tissue", any

@@ -394,7 +394,9 @@ class RoisegController {
         Rectangle swatch = new Rectangle(14, 14, Color.rgb(Conventions.red(rgb), Conventions.green(rgb),
                 Conventions.blue(rgb)));
         swatch.setStroke(Color.GRAY);
-        return new HBox(6, swatch, new Label(name));
+        Label label = wrapped(name);
+        label.setMaxWidth(340);
+        return new HBox(6, swatch, label);
     }
 
     /**
