@@ -152,6 +152,7 @@ def test_submit_list_resubmit_and_remove(fast, fast_registry, dataset_dir):
     store = dataset_dir / card.id
     record = json.loads((store / "records" / f"{example.example_id}.json").read_text())
     assert record["skipped"]["not a polygon"] == 1 and record["skipped"]["unclassified"] == 1
+    assert record["rest_of_roi"] is None  # the corrections hold some Other tissue: as they are
     assert record["annotations_from"]["added"] >= 1 and record["annotations_from"]["roiseg"] >= 1
     assert record["source"]["pixels"]["pixel_size_um"] == GLAS_MPP
     pairs = find_annotated(store / "images", store / "annotations")
