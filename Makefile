@@ -77,7 +77,8 @@ bench: install
 MODEL_OUT ?= build/default-model
 GLAS := ../shared/data/glas-train
 GLAS_DATA := --images $(GLAS)/images --masks $(GLAS)/masks \
-	--mask-values '0=Stroma,255="Gland epithelium"' --keep-on-glass 'Gland epithelium' --catch-all Stroma \
+	--mask-values '0="Other tissue",255="Gland epithelium"' --keep-on-glass 'Gland epithelium' \
+	--catch-all 'Other tissue' \
 	--source-mpp 0.62 --mpp 1.0 --val-fraction 0.18 --seed 0 --architecture Unet \
 	--encoder mobilenet_v2 --lr 0.001 --ema 0.995 --steps-per-epoch 50 --no-progress \
 	--model-id glas-unet-mobilenetv2 \

@@ -39,7 +39,7 @@ from shapely.geometry import box, mapping, shape
 
 GLAS = Path(__file__).resolve().parents[2] / "shared" / "data" / "glas-train"
 GLAS_MPP = 0.62
-GLAND, OTHER = "Gland epithelium", "Stroma"
+GLAND, OTHER = "Gland epithelium", "Other tissue"
 
 
 def _image(name: str) -> tuple[np.ndarray, np.ndarray]:

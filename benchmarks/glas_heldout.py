@@ -9,11 +9,11 @@ fraction and seed). The script runs what a user would run, and prints each comma
 
 1. `roiseg serve` on a free loopback port with `--models`;
 2. `roiseg batch --images ../shared/data/glas-train/images --image-filter <held-out names>
-   --mpp 0.62 --server ...`: each whole image (0.62 µm/px) goes to the server as pixels; it
-   resamples to the model's resolution, finds tissue, segments, post-processes and returns
-   polygons in image pixels;
+   --mpp 0.62 --server ... --all-classes`: each whole image (0.62 µm/px) goes to the server
+   as pixels; it resamples to the model's resolution, finds tissue, segments, post-processes
+   and returns polygons in image pixels (the rest of the tissue too, which the masks' 0 is);
 3. `roiseg evaluate` of those GeoJSON files against the original GlaS masks
-   (0 = Stroma, 255 = Gland epithelium), positive class "Gland epithelium".
+   (0 = Other tissue, 255 = Gland epithelium), positive class "Gland epithelium".
 
 Prints the evaluation summary (per-image mean with 95 % CI and pooled over all pixels).
 """
@@ -88,14 +88,14 @@ def main() -> int:
         pattern = "^(" + "|".join(re.escape(n) for n in held_out) + r")\.png$"
         subprocess.run(_roiseg("batch", "--images", str(GLAS / "images"), "--image-filter",
                                pattern, "--mpp", str(GLAS_MPP), "--server", f"127.0.0.1:{port}",
-                               "--out", str(predictions)), check=True)
+                               "--all-classes", "--out", str(predictions)), check=True)
     finally:
         server.terminate()
         server.wait(timeout=60)
     evaluation = args.out / "evaluation"
     subprocess.run(_roiseg("evaluate", str(predictions), str(references), "--positive",
                            "Gland epithelium", "--truth-values",
-                           '0=Stroma,255="Gland epithelium"', "--out", str(evaluation)),
+                           '0="Other tissue",255="Gland epithelium"', "--out", str(evaluation)),
                    check=True)
     print((evaluation / "summary.md").read_text())
     return 0

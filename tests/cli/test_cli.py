@@ -88,7 +88,7 @@ def test_models_lists_the_default_model(served, capsys):
     assert main(["models", "--server", served, "--json"]) == 0
     (model,) = json.loads(capsys.readouterr().out)
     assert model["id"] == "glas-unet-mobilenetv2"
-    assert [c["name"] for c in model["classes"]] == ["Stroma", "Gland epithelium"]
+    assert [c["name"] for c in model["classes"]] == ["Other tissue", "Gland epithelium"]
 
 
 def test_plain_image_needs_mpp(tmp_path, capsys):
@@ -130,12 +130,20 @@ def test_a_roi_partly_outside_the_image_is_said_to_be(tmp_path, capsys):
 
 def test_rename_gives_the_model_classes_the_users_names(tmp_path, capsys):
     out = tmp_path / "out.geojson"
-    assert main(["segment", str(GLAS / "images" / "train_1.png"), "--mpp", "0.62", "--region",
-                 "0,0,400,300", "-o", str(out), "--device", "cpu", "--rename",
-                 "Stroma=Other tissue"]) == 0
-    names = {f["properties"]["classification"]["name"]
-             for f in json.loads(out.read_text())["features"]}
-    assert names == {"Other tissue", "Gland epithelium"}
+    argv = ["segment", str(GLAS / "images" / "train_1.png"), "--mpp", "0.62", "--region",
+            "0,0,400,300", "-o", str(out), "--device", "cpu", "--rename",
+            "Other tissue=Stroma", "--rename", "Gland epithelium=Gland"]
+
+    def names() -> set[str]:
+        return {f["properties"]["classification"]["name"]
+                for f in json.loads(out.read_text())["features"]}
+
+    assert main(argv) == 0
+    assert names() == {"Gland"}  # the rest of the tissue, a catch-all, only when asked for
+    assert main([*argv, "--all-classes"]) == 0
+    assert names() == {"Stroma", "Gland"}
+    assert main([*argv, "--classes", "Other tissue"]) == 0  # the model's own names
+    assert names() == {"Stroma"}
     assert main(["segment", str(GLAS / "images" / "train_1.png"), "--mpp", "0.62", "-o",
                  str(out), "--rename", "Stroma"]) == 2
     assert '--rename needs "MODEL CLASS=NAME"' in capsys.readouterr().err

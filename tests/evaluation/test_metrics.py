@@ -263,10 +263,11 @@ def test_map_merges_classes_onto_evaluation_classes():
 
 @pytest.fixture(scope="module")
 def cmu_geojson(tmp_path_factory) -> Path:
-    """The embedded default model on a real region of the CMU slide, in-process."""
+    """The embedded default model on a real region of the CMU slide, in-process, every class
+    (its catch-all "Other tissue" too)."""
     out = tmp_path_factory.mktemp("cmu") / "cmu.geojson"
     assert roiseg_main(["segment", str(CMU_EXAMPLE), "--region", "900,1200,600,600",
-                        "-o", str(out), "--device", "cpu"]) == 0
+                        "--all-classes", "-o", str(out), "--device", "cpu"]) == 0
     return out
 
 
@@ -303,7 +304,7 @@ def test_geojson_against_itself_scores_one_for_every_class(cmu_geojson, tmp_path
     (row,) = _rows(out / "metrics.csv")
     assert int(row["tp"]) > 1000 and int(row["tn"]) > 1000
     for key in ("dsc", "tpr", "tnr", "ppv", "npv", "mcc", "region_dice",
-                "dice_Stroma", "dice_Gland epithelium"):
+                "dice_Other tissue", "dice_Gland epithelium"):
         assert float(row[key]) == 1.0, key
     assert row["regions_matched"] == row["regions_reference"] != "0"
 
@@ -318,14 +319,14 @@ def test_shifted_copy_scores_the_independently_computed_dice(cmu_geojson, tmp_pa
                       "--out", str(out)]) == 0
     (row,) = _rows(out / "metrics.csv")
 
-    names = {"Stroma": 2, GLAND: 1}
+    names = {"Other tissue": 2, GLAND: 1}
     origin, size = (880, 1180), 640  # covers the 600 px region and the shifts
     truth = _burn(original, names, origin, size)
     pred = np.zeros_like(truth)  # the raster moved by (dx, dy) whole pixels
     pred[max(0, dy):size + min(0, dy), max(0, dx):size + min(0, dx)] = \
         truth[max(0, -dy):size - max(0, dy), max(0, -dx):size - max(0, dx)]
     area = truth != 0
-    for index, key in ((1, "dsc"), (1, "dice_Gland epithelium"), (2, "dice_Stroma")):
+    for index, key in ((1, "dsc"), (1, "dice_Gland epithelium"), (2, "dice_Other tissue")):
         x, y = (pred == index) & area, truth == index
         expected = 2 * np.count_nonzero(x & y) / (np.count_nonzero(x) + np.count_nonzero(y))
         assert 0.2 < expected < 0.99
@@ -356,17 +357,17 @@ def test_rasterize_geojson_follows_the_grid(cmu_geojson):
 def test_glas_geojson_against_its_mask(tmp_path):
     image = GLAS / "images" / "train_3.png"
     pred = tmp_path / "train_3.geojson"
-    assert roiseg_main(["segment", str(image), "--mpp", "0.62", "-o", str(pred),
-                        "--device", "cpu"]) == 0
+    assert roiseg_main(["segment", str(image), "--mpp", "0.62", "--all-classes", "-o",
+                        str(pred), "--device", "cpu"]) == 0
     mask = GLAS / "masks" / "train_3.png"
-    # GlaS masks: 0 is stroma and glass, 255 gland. Reading 0 as Stroma keeps all pixels in
-    # the evaluation, so false glands count.
+    # GlaS masks: 0 is the rest of the tissue and glass, 255 gland. Reading 0 as the model's
+    # "Other tissue" keeps all pixels in the evaluation, so false glands count.
     out = tmp_path / "stroma"
-    assert _evaluate([str(pred), str(mask), "--truth-values", f"0=Stroma,255={GLAND}",
+    assert _evaluate([str(pred), str(mask), "--truth-values", f"0=Other tissue,255={GLAND}",
                       "--positive", GLAND, "--out", str(out)]) == 0
     (row,) = _rows(out / "metrics.csv")
     assert int(row["pixels"]) == 775 * 522
-    assert float(row["dsc"]) > 0.7 and float(row["dice_Stroma"]) > 0.7
+    assert float(row["dsc"]) > 0.7 and float(row["dice_Other tissue"]) > 0.7
     assert 0.7 < float(row["tnr"]) <= 1 and float(row["mcc"]) > 0.5
     assert int(row["regions_matched"]) >= 5
     # Without the mask values, reading 0 as background would score only gland pixels
@@ -376,7 +377,7 @@ def test_glas_geojson_against_its_mask(tmp_path):
                              "--positive", GLAND, "--out", str(out)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and not out.exists()
-    assert "--truth-values '0=Stroma,255=" in result.stderr \
+    assert "--truth-values '0=\"Other tissue\",255=" in result.stderr \
         and "--truth-values '0=background,255=" in result.stderr, result.stderr
     # Asked for explicitly, 0 as background leaves only gland pixels: no negatives, TNR is
     # 0/0, and the report says loudly that precision cannot fall below 1. (Run from another

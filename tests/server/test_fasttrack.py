@@ -36,7 +36,7 @@ from roiseg.v1 import segmentation_pb2 as pb
 from shapely.geometry import Polygon, box, mapping, shape
 
 GLAS_MPP = 0.62
-GLAND, STROMA = "Gland epithelium", "Stroma"
+GLAND, OTHER = "Gland epithelium", "Other tissue"
 
 
 @pytest.fixture(scope="module")
@@ -80,16 +80,16 @@ def glas(name: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def corrections(mask: np.ndarray, roi, *, extra: list[dict] | None = None,
-                roiseg_made: bool = True) -> str:
-    """The mask's glands and stroma as QuPath annotations in full-resolution pixels, as a
-    pathologist's corrections would be; the glands carry roiseg's metadata (pre-annotations
-    kept), the stroma does not (drawn by the user)."""
+                roiseg_made: bool = True, other: bool = True) -> str:
+    """The mask's glands and the rest of the tissue (unless not `other`) as QuPath annotations
+    in full-resolution pixels, as a pathologist's corrections would be; the glands carry
+    roiseg's metadata (pre-annotations kept), the rest does not (drawn by the user)."""
     features = []
     for geometry, value in rasterio.features.shapes(mask.astype(np.uint8)):
         polygon = shape(geometry).intersection(roi.buffer(40))
-        if polygon.is_empty:
+        if polygon.is_empty or not (value or other):
             continue
-        name = GLAND if value else STROMA
+        name = GLAND if value else OTHER
         properties = {"objectType": "annotation",
                       "classification": qupath_geojson.classification(name, (0, 170, 200))}
         if value and roiseg_made:
@@ -142,7 +142,7 @@ def test_submit_list_resubmit_and_remove(fast, fast_registry, dataset_dir):
     assert abs(example.raster_width - 400 * GLAS_MPP) <= 2
     assert abs(example.raster_height - 320 * GLAS_MPP) <= 2
     areas = {a.name: a for a in example.class_areas}
-    assert set(areas) == {GLAND, STROMA}
+    assert set(areas) == {GLAND, OTHER}
     total = sum(a.area_um2 for a in areas.values())
     assert total == pytest.approx(ROI_A.area * GLAS_MPP ** 2, rel=1e-6)  # clipped to the ROI
     gland_fraction = mask[80:400, 100:500].mean()
@@ -152,11 +152,12 @@ def test_submit_list_resubmit_and_remove(fast, fast_registry, dataset_dir):
     store = dataset_dir / card.id
     record = json.loads((store / "records" / f"{example.example_id}.json").read_text())
     assert record["skipped"]["not a polygon"] == 1 and record["skipped"]["unclassified"] == 1
+    assert record["rest_of_roi"] is None  # the corrections hold some Other tissue: as they are
     assert record["annotations_from"]["added"] >= 1 and record["annotations_from"]["roiseg"] >= 1
     assert record["source"]["pixels"]["pixel_size_um"] == GLAS_MPP
     pairs = find_annotated(store / "images", store / "annotations")
     assert [p.stem for p, _ in pairs] == [example.example_id]
-    sample = load_annotated_sample(*pairs[0], [STROMA, GLAND], card.mpp, source_mpp=card.mpp)
+    sample = load_annotated_sample(*pairs[0], [OTHER, GLAND], card.mpp, source_mpp=card.mpp)
     assert sample.image.shape[:2] == (example.raster_height, example.raster_width)
     # labels line up with the mask read at the model's resolution
     h, w = sample.labels.shape
@@ -167,11 +168,11 @@ def test_submit_list_resubmit_and_remove(fast, fast_registry, dataset_dir):
     assert (sample.labels[labelled] == reference[labelled]).mean() > 0.97
 
     # the same image and ROI again, corrected otherwise: replaced, not added
-    all_stroma = corrections(mask & False, ROI_A)
-    again = submit(fast, pixels_of(image), ROI_A, all_stroma, image_id="glas/train_2",
+    all_other = corrections(mask & False, ROI_A)
+    again = submit(fast, pixels_of(image), ROI_A, all_other, image_id="glas/train_2",
                    predicted_by="glas-unet-mobilenetv2@0.4.0")
     assert again.replaced and again.example.example_id == example.example_id
-    assert [a.name for a in again.example.class_areas] == [STROMA]
+    assert [a.name for a in again.example.class_areas] == [OTHER]
     assert [e.example_id for e in fast.list_examples()] == [example.example_id]
 
     # another ROI, the server reading the image file itself: the path is its identity
@@ -194,6 +195,52 @@ def test_submit_list_resubmit_and_remove(fast, fast_registry, dataset_dir):
     assert fast.list_examples() == []
 
 
+def test_a_correction_of_glands_only_trains_the_rest_of_the_roi_as_other_tissue(
+        fast, fast_registry, dataset_dir):
+    """The default model returns only its glands (its "Other tissue" is a catch-all, left out
+    by default), so corrections hold glands only: what they leave of the ROI is labelled
+    "Other tissue" for training; outside the ROI stays unlabelled. Corrections that hold some
+    "Other tissue" are taken as they are (test_submit_list_resubmit_and_remove)."""
+    image, mask = glas("train_5")
+    geojson = corrections(mask, ROI_B, other=False)
+    assert OTHER not in geojson and GLAND in geojson
+    response = submit(fast, pixels_of(image), ROI_B, geojson, image_id="glas/train_5")
+    example = response.example
+    areas = {a.name: a.area_um2 for a in example.class_areas}
+    assert set(areas) == {GLAND, OTHER}
+    # no overlap: the rest is the ROI less the glands
+    assert sum(areas.values()) == pytest.approx(ROI_B.area * GLAS_MPP ** 2, rel=1e-6)
+    card = fast_registry.card(fast_registry.default_id)
+    store = dataset_dir / card.id
+    record = json.loads((store / "records" / f"{example.example_id}.json").read_text())
+    assert record["rest_of_roi"] == OTHER
+
+    # the training labels, as fine-tuning reads them
+    pairs = [p for p in find_annotated(store / "images", store / "annotations")
+             if p[0].stem == example.example_id]
+    sample = load_annotated_sample(*pairs[0], [OTHER, GLAND], card.mpp, source_mpp=card.mpp)
+    labels = sample.labels
+    assert labels.shape == (example.raster_height, example.raster_width)
+    r = record["raster"]
+    transform = rasterio.Affine(r["scale_x"], 0, r["origin_x"], 0, r["scale_y"], r["origin_y"])
+    ys, xs = np.mgrid[0:labels.shape[0], 0:labels.shape[1]]
+    full_x = np.clip((r["origin_x"] + (xs + 0.5) * r["scale_x"]).astype(int), 0, mask.shape[1] - 1)
+    full_y = np.clip((r["origin_y"] + (ys + 0.5) * r["scale_y"]).astype(int), 0, mask.shape[0] - 1)
+    reference = mask[full_y, full_x].astype(np.uint8)  # 1: gland, 0: the rest
+    margin = 2 * r["scale_x"]
+    inside = rasterio.features.rasterize([ROI_B.buffer(-margin)], out_shape=labels.shape,
+                                         transform=transform).astype(bool)
+    outside = ~rasterio.features.rasterize([ROI_B.buffer(margin)], out_shape=labels.shape,
+                                           transform=transform).astype(bool)
+    assert inside.sum() > 10_000 and outside.sum() > 1_000
+    assert (labels[outside] == 255).all(), "outside the ROI is not labelled"
+    assert (labels[inside] != 255).all(), "the ROI is labelled throughout"
+    assert (labels[inside] == 0).mean() > 0.2, "the rest of the ROI is Other tissue"
+    assert (labels[inside] == reference[inside]).mean() > 0.97
+    fast.remove_example(example.example_id)
+    assert fast.list_examples() == []
+
+
 def test_refusals(fast, client):
     image, mask = glas("train_3")
     good = corrections(mask, ROI_A)
@@ -211,7 +258,7 @@ def test_refusals(fast, client):
     code(lambda: submit(client, pixels, ROI_A, good, image_id="x"),
          grpc.StatusCode.FAILED_PRECONDITION, "--dataset-dir")
     code(lambda: client.list_examples(), grpc.StatusCode.FAILED_PRECONDITION, "--dataset-dir")
-    renamed = good.replace(GLAND, "Tumour").replace(STROMA, "Tumor stroma")
+    renamed = good.replace(GLAND, "Tumour").replace(OTHER, "Tumor stroma")
     code(lambda: submit(fast, pixels, ROI_A, renamed, image_id="x"),
          grpc.StatusCode.INVALID_ARGUMENT, "'Tumor stroma'", "'Tumour'", GLAND)
     code(lambda: submit(fast, pixels, ROI_A, good), grpc.StatusCode.INVALID_ARGUMENT, "image_id")
@@ -328,7 +375,7 @@ def test_the_loop_measures_the_correction_effort(fast, fast_registry, capsys, fa
     after = before - removed + missed.area
     both = before - removed
     assert gland.dice == pytest.approx(2 * both / (before + after), abs=0.01)
-    stroma = classes.get(STROMA)
+    stroma = classes.get(OTHER)
     if stroma is not None:  # untouched: all kept
         assert stroma.kept == stroma.predicted_objects and stroma.dice == pytest.approx(1.0)
         assert stroma.added_um2 == stroma.removed_um2 == 0
@@ -378,21 +425,21 @@ def test_classes_renamed_at_segment_come_back_as_corrections_of_the_models_class
     """--rename: the result names the model's classes as asked, its class areas too; the
     corrections in those names, sent with the same renaming, train the model's classes."""
     image, _ = glas("train_5")
-    renaming = {STROMA: "Other tissue", GLAND: "My gland"}
-    options = pb.SegmentOptions(class_names=renaming)
+    renaming = {OTHER: "Stroma", GLAND: "My gland"}
+    options = pb.SegmentOptions(class_names=renaming, all_classes=True)
     result = fast.segment(segment_request(ROI_A, pixels_of(image), (), options))
     (collection,) = result.feature_collections.values()
     names = {qupath_geojson.class_name(f["properties"]) for f in collection["features"]}
-    assert names == {"Other tissue", "My gland"}
+    assert names == {"Stroma", "My gland"}
     (model_result,) = result.results.values()
-    assert {a.name for a in model_result.class_areas} == {"Other tissue", "My gland"}
+    assert {a.name for a in model_result.class_areas} == {"Stroma", "My gland"}
     corrected = json.dumps(collection)
     refused_ = refused(lambda: submit(fast, pixels_of(image), ROI_A, corrected,
                                       image_id="glas/train_5"))
     assert refused_.code == grpc.StatusCode.INVALID_ARGUMENT and "My gland" in refused_.message
     stored = submit(fast, pixels_of(image), ROI_A, corrected, image_id="glas/train_5",
                     class_names=renaming).example
-    assert {a.name for a in stored.class_areas} == {STROMA, GLAND}
+    assert {a.name for a in stored.class_areas} == {OTHER, GLAND}
     assert stored.effort.measured and stored.effort.classes[-1].kept == \
         stored.effort.classes[-1].predicted_objects
     fast.remove_example(stored.example_id)
@@ -400,10 +447,10 @@ def test_classes_renamed_at_segment_come_back_as_corrections_of_the_models_class
     unknown = refused(lambda: fast.segment(segment_request(
         ROI_A, pixels_of(image), (), pb.SegmentOptions(class_names={"Tumour": "x"}))))
     assert unknown.code == grpc.StatusCode.INVALID_ARGUMENT and "Tumour" in unknown.message \
-        and STROMA in unknown.message
+        and OTHER in unknown.message
     merged = refused(lambda: submit(fast, pixels_of(image), ROI_A, corrected,
                                     image_id="glas/train_5",
-                                    class_names={STROMA: "Tissue", GLAND: "Tissue"}))
+                                    class_names={OTHER: "Tissue", GLAND: "Tissue"}))
     assert "the same name 'Tissue'" in merged.message
 
 

@@ -542,7 +542,8 @@ def test_segmentations_beyond_the_queue_are_refused_as_busy(registry, region, mo
 def test_the_repaired_roi_never_covers_more_than_the_user_drew(channel, region):
     """A bow-tie outline is repaired into its two triangles; results stay inside them."""
     bowtie = [X0, Y0, X0 + SIZE, Y0 + SIZE, X0 + SIZE, Y0, X0, Y0 + SIZE]
-    request = _roi_request(region, bowtie, options=pb.SegmentOptions(include_background=True))
+    request = _roi_request(region, bowtie, options=pb.SegmentOptions(include_background=True,
+                                                                         all_classes=True))
     events = [pb.SegmentEvent.FromString(e) for e in _segment(channel, request)]
     text = b"".join(e.geojson_chunk.data for e in events if e.WhichOneof("event") ==
                     "geojson_chunk")

@@ -102,7 +102,7 @@ def test_server_info_and_models(client, registry):
     default = models[registry.default_id]
     card = registry.card(default.id)
     assert default.checkpoint_sha256 == sha256_file(card.checkpoint)
-    assert [c.name for c in default.classes] == ["Stroma", "Gland epithelium"]
+    assert [c.name for c in default.classes] == ["Other tissue", "Gland epithelium"]
     assert [c.catch_all for c in default.classes] == [True, False]  # the rest of the tissue
     assert all(0 <= v <= 255 for c in default.classes for v in (c.color.r, c.color.g, c.color.b))
     assert default.mpp == pytest.approx(1.0) and default.tile_size % 32 == 0
@@ -113,7 +113,8 @@ def test_server_info_and_models(client, registry):
 
 def test_features_are_qupath_annotations_in_full_resolution(client, cmu_level0, registry):
     geometry = box(X0, Y0, X0 + SIZE, Y0 + SIZE)
-    result = _segment(client, _pixels(cmu_level0), geometry, include_background=True)
+    result = _segment(client, _pixels(cmu_level0), geometry, include_background=True,
+                      all_classes=True)
     collection = _only(result)
     card = registry.card(registry.default_id)
     colors = {c.name: list(c.color) for c in card.classes}
@@ -147,7 +148,7 @@ def test_every_object_has_its_own_id_and_the_run_it_came_from(client, cmu_level0
     runs, ids = [], []
     for _ in range(2):
         features = _only(_segment(client, _pixels(cmu_level0), geometry,
-                                  include_background=True))["features"]
+                                  include_background=True, all_classes=True))["features"]
         assert features
         assert all(str(uuid.UUID(f["id"])) == f["id"] for f in features)
         ids.append({f["id"] for f in features})
@@ -204,17 +205,18 @@ def test_origin_and_downsample_map_to_the_same_place(client, cmu_level0):
     itself, give the same classes in the same full-resolution places."""
     geometry = box(X0 + 50, Y0 + 50, X0 + SIZE - 50, Y0 + SIZE - 50)
     at_1 = _by_class(_only(_segment(client, _pixels(cmu_level0), geometry,
-                                    include_background=True)))
+                                    include_background=True, all_classes=True)))
     at_2 = _by_class(_only(_segment(client, _pixels(cmu_level0, downsample=2), geometry,
-                                    include_background=True)))
+                                    include_background=True, all_classes=True)))
     by_server = _by_class(_only(_segment(client, slide_source(str(CMU)), geometry,
-                                         include_background=True)))
+                                         include_background=True, all_classes=True)))
     for other in (at_2, by_server):
-        for name in ("Stroma", classes.BACKGROUND_CLASS):
+        for name in ("Other tissue", classes.BACKGROUND_CLASS):
             assert _iou(at_1[name], other[name]) > 0.85, name
     # a shifted copy of the same pixels must not agree as well: the origin matters
-    shifted = shapely.affinity.translate(at_1["Stroma"], 120, 0)
-    assert _iou(shifted, at_2["Stroma"]) < _iou(at_1["Stroma"], at_2["Stroma"]) - 0.1
+    other_1, other_2 = at_1["Other tissue"], at_2["Other tissue"]
+    shifted = shapely.affinity.translate(other_1, 120, 0)
+    assert _iou(shifted, other_2) < _iou(other_1, other_2) - 0.1
 
 
 def test_holes_and_non_rectangular_roi_clip_results(client, cmu_level0):
@@ -222,7 +224,8 @@ def test_holes_and_non_rectangular_roi_clip_results(client, cmu_level0):
     hole = [(X0 + 300, Y0 + 250), (X0 + 450, Y0 + 250), (X0 + 450, Y0 + 400),
             (X0 + 300, Y0 + 400)]
     geometry = Polygon(shell, [hole])
-    collection = _only(_segment(client, _pixels(cmu_level0), geometry, include_background=True))
+    collection = _only(_segment(client, _pixels(cmu_level0), geometry, include_background=True,
+                                all_classes=True))
     for feature in collection["features"]:
         assert geometry.buffer(1e-3).contains(shape(feature["geometry"]))  # 1e-3 px rounding
     union = _union(collection)
@@ -244,12 +247,36 @@ def test_multi_model_side_by_side(client, cmu_level0, registry):
         assert ids == {model_id}
 
 
+def _names(collection: dict) -> set[str]:
+    return {f["properties"]["classification"]["name"] for f in collection["features"]}
+
+
+def test_the_catch_all_class_comes_back_only_when_asked_for(client, cmu_level0):
+    """The default model's "Other tissue" (its catch-all: all that is not gland) is left out
+    by default; all_classes, or naming it, brings it back; a client of contract 1.3 (which
+    knows no catch-all) still gets every class."""
+    geometry = box(X0, Y0, X0 + SIZE, Y0 + SIZE)
+    glands = _only(_segment(client, _pixels(cmu_level0), geometry))
+    assert _names(glands) == {"Gland epithelium"}
+    every = _only(_segment(client, _pixels(cmu_level0), geometry, all_classes=True))
+    assert _names(every) == {"Other tissue", "Gland epithelium"}
+    assert _by_class(every)["Gland epithelium"].symmetric_difference(
+        _by_class(glands)["Gland epithelium"]).area < 1.0  # the same glands
+    assert _by_class(every)["Other tissue"].area > 0.3 * geometry.area  # most of this tissue
+    other_only = _only(_segment(client, _pixels(cmu_level0), geometry, classes=["Other tissue"]))
+    assert _names(other_only) == {"Other tissue"}
+    # renamed: still the catch-all, still left out unless asked for
+    renamed = _only(_segment(client, _pixels(cmu_level0), geometry, all_classes=True,
+                             class_names={"Other tissue": "Stroma"}))
+    assert _names(renamed) == {"Stroma", "Gland epithelium"}
+    older = segment_request(geometry, _pixels(cmu_level0), (), pb.SegmentOptions())
+    older.client_contract_minor = 3
+    assert _names(_only(client.segment(older))) == {"Other tissue", "Gland epithelium"}
+
+
 def test_class_subset_and_min_area(client, cmu_level0):
     geometry = box(X0, Y0, X0 + SIZE, Y0 + SIZE)
-    everything = _only(_segment(client, _pixels(cmu_level0), geometry))
-    stroma_only = _only(_segment(client, _pixels(cmu_level0), geometry, classes=["Stroma"]))
-    names = {f["properties"]["classification"]["name"] for f in stroma_only["features"]}
-    assert names == {"Stroma"}
+    everything = _only(_segment(client, _pixels(cmu_level0), geometry, all_classes=True))
     min_area = 2000.0
     filtered = _only(_segment(client, _pixels(cmu_level0), geometry, min_area_um2=min_area))
     areas = [f["properties"]["measurements"][qupath_geojson.AREA_MEASUREMENT]
@@ -283,7 +310,8 @@ def test_large_image_is_uploaded_in_chunks_and_results_streamed(client, cmu_leve
     assert source.pixels.upload_id, "a > 4 MB image must be uploaded"
     geometry = box(0, 0, width, height)
     events = list(pb_grpc.SegmentationStub(client._channel).Segment(
-        segment_request(geometry, source, (), pb.SegmentOptions(include_background=True))))
+        segment_request(geometry, source, (), pb.SegmentOptions(include_background=True,
+                                                                all_classes=True))))
     chunks = [e for e in events if e.WhichOneof("event") == "geojson_chunk"]
     assert len(chunks) > 2
     progress = [e.progress for e in events if e.WhichOneof("event") == "progress"]
@@ -360,7 +388,7 @@ def test_bad_requests_get_a_clear_status_and_the_server_keeps_serving(case, clie
     assert refused.value.code == code, refused.value.message
     assert words in refused.value.message
     geometry = box(X0, Y0, X0 + 128, Y0 + 128)
-    assert _only(_segment(client, pixels, geometry))["features"]
+    assert _only(_segment(client, pixels, geometry, all_classes=True))["features"]
 
 
 def test_cancel_stops_the_work_and_the_server_keeps_serving(address, service, cmu_level0):
@@ -392,7 +420,7 @@ def test_cancel_stops_the_work_and_the_server_keeps_serving(address, service, cm
     assert released.is_set()
     with Client(address) as client:
         assert _only(_segment(client, _pixels(cmu_level0, size=128),
-                              box(X0, Y0, X0 + 128, Y0 + 128)))["features"]
+                              box(X0, Y0, X0 + 128, Y0 + 128), all_classes=True))["features"]
 
 
 def test_cancelled_job_processes_fewer_tiles(service):

@@ -124,17 +124,17 @@ def test_unsupported_encoder_names_the_supported_ones():
 
 
 def test_mask_values_parse_and_default():
-    mapping = train.parse_mask_values('0=Stroma,255="Gland epithelium"')
-    assert mapping.names == ("Stroma", "Gland epithelium")
+    mapping = train.parse_mask_values('0=Other tissue,255="Gland epithelium"')
+    assert mapping.names == ("Other tissue", "Gland epithelium")
     assert dict(mapping.values) == {0: 0, 255: 1} and mapping.other is None
     merged = train.parse_mask_values("0=Other, 1=Tumour, 2=Other")
     assert merged.names == ("Other", "Tumour") and dict(merged.values) == {0: 0, 1: 1, 2: 0}
     binary = train.parse_mask_values(None)
     assert list(binary.lookup_table(255)[[0, 1, 255]]) == [0, 1, 1]
     with pytest.raises(InvalidInput):
-        train.parse_mask_values("0=Stroma")
+        train.parse_mask_values("0=Other tissue")
     with pytest.raises(ValueError):
-        train.parse_mask_values("0=Stroma,x=Gland")
+        train.parse_mask_values("0=Other tissue,x=Gland")
 
 
 def test_samples_are_resampled_to_the_model_resolution(samples):
@@ -275,7 +275,7 @@ def test_roiseg_train_end_to_end(tmp_path):
     card = json.loads((out / "model.json").read_text())
     assert sorted(p.name for p in out.iterdir()) == ["model.json", "model.pt"]
     assert card["id"] == "tiny" and card["sha256"] == train.sha256_file(out / "model.pt")
-    assert [c["name"] for c in card["classes"]] == ["Stroma", "Gland epithelium"]
+    assert [c["name"] for c in card["classes"]] == ["Other tissue", "Gland epithelium"]
     assert [c.get("keep_on_glass", False) for c in card["classes"]] == [False, True]
     assert card["mpp"] == 1.0 and card["tile_size"] == 512 and card["overlap"] == 128
     assert card["metrics"]["val_images"] == 1  # numbers, not their text
@@ -373,8 +373,9 @@ def test_default_model_card_and_checkpoint(monkeypatch):
     card = json.loads((directory / "model.json").read_text())
     assert list(card) == list(_card_fields_from_docs())
     assert card["id"] == "glas-unet-mobilenetv2" and card["version"] == "0.4.0"
-    assert [(c["name"], c.get("keep_on_glass", False)) for c in card["classes"]] == \
-        [("Stroma", False), ("Gland epithelium", True)]
+    assert [(c["name"], c.get("keep_on_glass", False), c.get("catch_all", False))
+            for c in card["classes"]] == \
+        [("Other tissue", False, True), ("Gland epithelium", True, False)]
     # An ensemble of two models, all checkpoints together at most 25 MB.
     files = [card, *card["ensemble"]]
     assert len(files) == 2
@@ -407,7 +408,7 @@ def test_default_model_card_and_checkpoint(monkeypatch):
 
 def _qupath_geojson(mask_path: Path, path: Path, right_unannotated: bool = True) -> int:
     """A QuPath-style export of a GlaS mask: one "Gland epithelium" annotation per gland,
-    then one "Stroma" annotation (the rest, with the glands as holes) written after them,
+    then one "Other tissue" annotation (the rest, with the glands as holes) written after them,
     so that holes must be honoured; with ``right_unannotated`` only the left 60 % of the
     image is annotated."""
     import cv2
@@ -429,7 +430,7 @@ def _qupath_geojson(mask_path: Path, path: Path, right_unannotated: bool = True)
                 "properties": {"objectType": "annotation",
                                "classification": {"name": name, "color": [200, 0, 0]}}}
 
-    features = [feature(g, "Gland epithelium") for g in glands] + [feature(stroma, "Stroma")]
+    features = [feature(g, "Gland epithelium") for g in glands] + [feature(stroma, "Other tissue")]
     features.append({"type": "Feature", "geometry": mapping(box(1, 1, 5, 5)),
                      "properties": {"objectType": "annotation"}})  # unclassified: left out
     path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
@@ -447,7 +448,7 @@ def annotated(tmp_path_factory) -> Path:
         (root / "images" / f"train_{i}.png").symlink_to(GLAS / "images" / f"train_{i}.png")
         holes.append(_qupath_geojson(GLAS / "masks" / f"train_{i}.png",
                                      root / "annotations" / f"train_{i}.geojson"))
-    assert holes[2] >= 5  # train_3's Stroma annotation has glands as holes
+    assert holes[2] >= 5  # train_3's Other tissue annotation has glands as holes
     return root
 
 
@@ -457,8 +458,8 @@ def test_geojson_annotations_are_rasterised_with_holes_and_ignored_pixels(annota
     pairs = training_data.find_annotated(annotated / "images", annotated / "annotations")
     assert [p[0].stem for p in pairs] == ["train_1", "train_2", "train_3"]
     assert training_data.annotation_class_names(p for _, p in pairs) == \
-        ["Gland epithelium", "Stroma"]
-    classes = ["Stroma", "Gland epithelium"]
+        ["Gland epithelium", "Other tissue"]
+    classes = ["Other tissue", "Gland epithelium"]
     sample = training_data.load_annotated_sample(*pairs[2], classes, mpp=1.0,
                                                  source_mpp=GLAS_MPP)
     reference = samples[2]  # the same image from its mask at 1 µm/px
@@ -470,7 +471,7 @@ def test_geojson_annotations_are_rasterised_with_holes_and_ignored_pixels(annota
         slice(round(0.6 * 775 * GLAS_MPP) + 2, width)
     # (The same pixels, resampled from a slightly different grid: a little blur at most.)
     assert np.abs(sample.image[:, left].astype(int) - reference.image[:, left]).mean() < 4
-    # Annotated: the mask's classes (the glands inside the Stroma holes stay glands).
+    # Annotated: the mask's classes (the glands inside the Other tissue holes stay glands).
     ref_left = reference.labels[:, left]
     assert (sample.labels[:, left] == ref_left).mean() > 0.97
     glands = np.count_nonzero(ref_left == 1)
@@ -503,7 +504,7 @@ def test_training_on_geojson_annotations_lowers_the_loss(annotated):
     from roiseg.train import data as training_data
 
     pairs = training_data.find_annotated(annotated / "images", annotated / "annotations")
-    data = [training_data.load_annotated_sample(i, g, ["Stroma", "Gland epithelium"], 1.0,
+    data = [training_data.load_annotated_sample(i, g, ["Other tissue", "Gland epithelium"], 1.0,
                                                 GLAS_MPP) for i, g in pairs]
     # The right edge of each annotated area (half of it the unannotated margin) and its left.
     crops = [(s.image[96:224, x:x + 128], s.labels[96:224, x:x + 128])
@@ -607,7 +608,7 @@ def test_ensemble_partners_must_match(tmp_path):
     with pytest.raises(InvalidInput, match=r"--ensemble-with glas-unet-mobilenetv2: it runs "
                                          r"at 1 µm/px, not 0\.5"):
         train._Config.from_options(_options(*data, "--mpp", "0.5"))
-    with pytest.raises(InvalidInput, match="its classes are Stroma, Gland epithelium, not "
+    with pytest.raises(InvalidInput, match="its classes are Other tissue, Gland epithelium, not "
                                          "Other, Gland"):
         train._Config.from_options(_options(*data, "--mask-values", "0=Other,255=Gland"))
     with pytest.raises(InvalidInput, match="its normalisation"):
@@ -620,7 +621,7 @@ def test_ensemble_partners_must_match(tmp_path):
 def test_other_classes_reinitialise_only_the_head(tmp_path, annotated, capsys):
     options = _options("--images", str(annotated / "images"), "--annotations",
                        str(annotated / "annotations"), "--source-mpp", str(GLAS_MPP),
-                       "--classes", "Stroma,Gland epithelium,Lumen",
+                       "--classes", "Other tissue,Gland epithelium,Lumen",
                        "--init-model", str(DEFAULT_MODELS_DIR / "model.json"),
                        "--out", str(tmp_path))
     config = train._Config.from_options(options)
@@ -641,7 +642,7 @@ def test_other_classes_reinitialise_only_the_head(tmp_path, annotated, capsys):
     other = tmp_path / "other"
     other.mkdir()
     text = (annotated / "annotations" / "train_1.geojson").read_text()
-    (other / "train_1.geojson").write_text(text.replace('"Stroma"', '"Lumen"'))
+    (other / "train_1.geojson").write_text(text.replace('"Other tissue"', '"Lumen"'))
     with pytest.raises(InvalidInput, match="Lumen.*--classes"):
         train._Config.from_options(_options(
             "--images", str(annotated / "images"), "--annotations", str(other),
@@ -668,7 +669,7 @@ def test_fine_tuned_card_loads_in_the_server_and_segments(tmp_path, annotated):
     default = _default_card()
     assert f"fine_tuned_from: {default.id}@{default.version} ({default.sha256})" \
         in card["trained_on"]
-    assert [c["name"] for c in card["classes"]] == ["Stroma", "Gland epithelium"]
+    assert [c["name"] for c in card["classes"]] == ["Other tissue", "Gland epithelium"]
     assert card["mpp"] == default.mpp and card["metrics"]["val_images"] == 1
     # Nearly the default model after 2 steps at a tiny learning rate: a good gland Dice on
     # the held-out image's annotated part.
@@ -698,12 +699,12 @@ def test_slide_annotations_read_only_the_annotated_area(tmp_path):
     features = [{"type": "Feature", "geometry": mapping(outer),
                  "properties": {"classification": {"name": "Tumor"}}},
                 {"type": "Feature", "geometry": mapping(Point(1300, 1450).buffer(60)),
-                 "properties": {"classification": {"name": "Stroma"}}}]
+                 "properties": {"classification": {"name": "Other tissue"}}}]
     (tmp_path / "images").mkdir()
     (tmp_path / "images" / CMU.name).symlink_to(CMU)
     (tmp_path / f"{CMU.stem}.geojson").write_text(json.dumps(features))  # a plain list
     pairs = training_data.find_annotated(tmp_path / "images", tmp_path)
-    sample = training_data.load_annotated_sample(*pairs[0], ["Stroma", "Tumor"], mpp=2.0,
+    sample = training_data.load_annotated_sample(*pairs[0], ["Other tissue", "Tumor"], mpp=2.0,
                                                  margin_px=10)
     height, width = sample.labels.shape
     assert abs(width - (600 * CMU_MPP / 2 + 20)) <= 2
@@ -724,7 +725,7 @@ def test_validation_dice_is_evaluates_dice_nan_for_an_absent_class():
     from roiseg.evaluation.metrics import class_dice
     from roiseg.train.data import Sample
 
-    card = train.in_memory_card(train.class_specs(["Stroma", "Gland epithelium", "Mucin"]))
+    card = train.in_memory_card(train.class_specs(["Other tissue", "Gland epithelium", "Mucin"]))
 
     class Constant(torch.nn.Module):  # predicts class 1 on the left half, 0 elsewhere
         def forward(self, x):

@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                 "directory of files named like the images (<stem>.geojson, "
                                 ".json, .png, .tif)")
     reference.add_argument("--reference-values",
-                           help='mask value to class, e.g. 0=Stroma,255="Gland epithelium" '
+                           help='mask value to class, e.g. 0="Other tissue",255="Gland epithelium" '
                                 "(required for a binary mask: say whether its 0 is background "
                                 "or the rest of the tissue)")
     options.add_evaluation_arguments(reference)  # type: ignore[arg-type]  # a group is enough

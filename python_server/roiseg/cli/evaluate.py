@@ -14,7 +14,7 @@ Score predictions (roiseg GeoJSON or masks) against references with the papers' 
 Dice, sensitivity, specificity, precision, MCC and more, per image with 95 % intervals.
 
 example:
-  roiseg evaluate predictions/ masks/ --truth-values '0=Stroma,255="Gland epithelium"' \
+  roiseg evaluate predictions/ masks/ --truth-values '0="Other tissue",255="Gland epithelium"' \
       --positive "Gland epithelium" --mpp 0.62 --out scores/"""
 
 

@@ -59,7 +59,12 @@ def add_segment_arguments(parser: argparse.ArgumentParser, classes: bool = True,
     """The segmentation options of `roiseg segment` (see `segment_options`)."""
     group = parser.add_argument_group("segmentation options")
     if classes:
-        group.add_argument("--classes", nargs="+", default=[], help="class names to return")
+        group.add_argument("--classes", nargs="+", default=[],
+                           help="class names to return (default: all but a model's catch-all "
+                                "class, e.g. the default model's 'Other tissue')")
+        group.add_argument("--all-classes", action="store_true",
+                           help="return the models' catch-all classes too (the rest of the "
+                                "tissue)")
     group.add_argument("--min-area", type=float, help="drop regions below this many µm²")
     group.add_argument("--min-hole", type=float, help="fill holes below this many µm²")
     group.add_argument("--simplify", type=float, metavar="UM",
@@ -75,7 +80,7 @@ def add_segment_arguments(parser: argparse.ArgumentParser, classes: bool = True,
                        help="accept images coarser than the model's resolution")
     group.add_argument("--rename", action="append", default=[], metavar='"CLASS=NAME"',
                        help='give a model class another name in the result, e.g. '
-                            '"Stroma=Other tissue" or one of your QuPath classes (repeatable)')
+                            '"Gland epithelium=Tumor" or one of your QuPath classes (repeatable)')
     group.add_argument("--review-below", type=float, metavar="P",
                        help="flag objects whose mean class probability is below P (0..1) for "
                             "review: metadata roiseg.review and ' (review)' after their name")
@@ -154,6 +159,7 @@ def segment_options(args: argparse.Namespace) -> pb.SegmentOptions:
 
     renamed = parse_map(args.rename, '--rename needs "MODEL CLASS=NAME"')
     segment = pb.SegmentOptions(classes=getattr(args, "classes", []), class_names=renamed,
+                                all_classes=getattr(args, "all_classes", False),
                                 include_background=getattr(args, "include_background", False),
                                 allow_upsample=args.allow_upsample,
                                 hysteresis=pb.Hysteresis(enabled=args.hysteresis))

@@ -25,7 +25,7 @@ annotations; writes a model directory (model.pt + model.json card) that `roiseg 
 serves. See docs/training.md.
 
 example:
-  roiseg train images/ --masks masks/ --mask-values '0=Stroma,255="Gland epithelium"' \\
+  roiseg train images/ --masks masks/ --mask-values '0="Other tissue",255="Gland epithelium"' \\
       --out my-model"""
 
 
@@ -43,9 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "NAME.EXT, classes by properties.classification.name, "
                              "coordinates in full-resolution pixels of the image")
     data.add_argument("--mask-values", default=None,
-                      help='mask value to class, e.g. 0=Stroma,255="Gland epithelium"; '
+                      help='mask value to class, e.g. 0="Other tissue",255="Gland epithelium"; '
                            "classes are numbered in order of appearance. Default: binary "
-                           "masks, 0 = Stroma, any other value = Gland epithelium")
+                           "masks, 0 = Other tissue, any other value = Gland epithelium")
     data.add_argument("--classes", default=None, metavar='"A,B,C"',
                       help="with --annotations: the model's classes, in output order "
                            "(annotations of other classes are left out). Default: the "

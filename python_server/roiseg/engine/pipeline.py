@@ -69,6 +69,8 @@ class Options:
     review_below: float | None = None
     #: Model class -> the name it gets in the result.
     class_names: Mapping[str, str] = field(default_factory=dict)
+    #: With `classes` empty: the models' catch-all classes too (`ClassSpec.catch_all`).
+    all_classes: bool = False
 
 
 @dataclass(frozen=True)
@@ -265,7 +267,7 @@ def _segment(job: Job, card: ModelCard, registry: ModelRegistry, raster: _Raster
     _stop_if(should_stop)
     progress(Progress(Stage.VECTORIZING, card.id))
     t0 = time.perf_counter()
-    wanted = _wanted_classes(card, options.classes)
+    wanted = _wanted_classes(card, options.classes, options.all_classes)
     palette = {spec.index: (options.class_names.get(spec.name, spec.name).strip(), spec.color)
                for spec in card.classes}
     vector_map = class_map
@@ -480,9 +482,12 @@ def _check_options(options: Options, cards: Sequence[ModelCard]) -> None:
                                + ", ".join(card.id for card in cards) + " has none")
 
 
-def _wanted_classes(card: ModelCard, names: Sequence[str]) -> list[int]:
+def _wanted_classes(card: ModelCard, names: Sequence[str], all_classes: bool = False
+                    ) -> list[int]:
+    """Output channels to return: those `names` names, else all but the catch-all classes
+    (all of them with `all_classes`)."""
     if not names:
-        return [spec.index for spec in card.classes]
+        return [spec.index for spec in card.classes if all_classes or not spec.catch_all]
     return [spec.index for spec in card.classes if spec.name in names]
 
 

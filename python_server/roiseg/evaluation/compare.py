@@ -134,6 +134,10 @@ def _compare(options: CompareOptions) -> Comparison:
                 options.positive, classes, [c.name for m in models.values() for c in m.classes]
                 + [n for a in references.values() for n in a.class_names()])
         target_mpp = min(m.mpp for m in models.values())
+        # scored against references class by class: the catch-all classes come back too
+        segment = pb.SegmentOptions()
+        segment.CopyFrom(options.segment)
+        segment.all_classes = True
         outlined = catch_all_names(models.values(), options.segment.class_names)
         for job in jobs:
             reference = references.get(job.image)
@@ -141,7 +145,7 @@ def _compare(options: CompareOptions) -> Comparison:
                 geometry = _roi(job, area, slide)
                 mpp = pixel_size(job.image.name, slide.mpp, options.mpp)
                 request = roi_request(client, job.image, geometry, mpp, list(models),
-                                      options.segment, target_mpp)
+                                      segment, target_mpp)
                 with ProgressBar() as bar:
                     result = client.segment(request, bar.update)
                 collections = {m: result.feature_collections[m] for m in models

@@ -258,7 +258,7 @@ def single_class_reference(references: Iterable[Annotation], classes: EvalClasse
     return (f"WARNING: the reference holds only the class {name!r}; all else in it is "
             f"background and left out, so only {name!r} pixels are scored: its precision "
             "cannot fall below 1 and Dice overstates the agreement. Annotate the other "
-            "tissue too (or name what a mask's 0 is, e.g. 0=Stroma).")
+            "tissue too (or name what a mask's 0 is, e.g. 0=\"Other tissue\").")
 
 
 # --------------------------------------------------------------------------- classes
@@ -468,9 +468,9 @@ def read_annotation(path: str | Path, values: Mapping[int, str] | None = None,
                 f"reference mask {path.name} holds only the values 0 and {other}. Read with 0 as "
                 f"background, only its {other} pixels would be scored: precision would be 1 "
                 f"and Dice would look far better than it is. Say what 0 is: {reference_option} "
-                f"'0=Stroma,{other}=\"{name}\"' (0 is the rest of the tissue: every pixel is "
-                f"scored) or {reference_option} '0=background,{other}=\"{name}\"' (only the "
-                f"{other} area is scored)")
+                f"'0=\"Other tissue\",{other}=\"{name}\"' (0 is the rest of the tissue: every "
+                f"pixel is scored) or {reference_option} '0=background,{other}=\"{name}\"' "
+                f"(only the {other} area is scored)")
         if positive is None:
             raise InvalidInput(f"mask {path.name} is binary: pass --positive NAME (its non-zero "
                                "class) or the mask values")

@@ -27,6 +27,7 @@ QUPATH_BUILTIN_CLASS_COLORS: dict[str, RGB] = {
 KNOWN_CLASS_COLORS: dict[str, RGB] = {
     **{name.lower(): rgb for name, rgb in QUPATH_BUILTIN_CLASS_COLORS.items()},
     "gland epithelium": (0, 170, 200),
+    "other tissue": (60, 180, 75),  # a catch-all class: drawn as an outline
     "tumour": QUPATH_BUILTIN_CLASS_COLORS["Tumor"],
     "background": BACKGROUND_COLOR,
 }

@@ -278,7 +278,8 @@ class SegmentationService(pb_grpc.SegmentationServicer):
         """The job of a checked request: its ROI repaired, its pixels decoded."""
         geometry = roi.from_proto(request.roi, should_stop, self.limits.roi_repair_s)
         return pipeline.Job(model_ids=model_ids, source=self._source(request.image, geometry),
-                            roi=geometry, options=_options(request.options))
+                            roi=geometry, options=_options(request.options,
+                                                           request.client_contract_minor))
 
     def _source(self, image: pb.ImageSource,
                 geometry: BaseGeometry) -> pipeline.PixelSource | pipeline.SlideSource:
@@ -408,7 +409,13 @@ def model_info(card: ModelCard, is_default_version: bool = True) -> pb.ModelInfo
         fine_tuned_from=card.fine_tuned_from, is_default_version=is_default_version)
 
 
-def _options(message: pb.SegmentOptions) -> pipeline.Options:
+#: The contract minor version from which catch-all classes are left out by default.
+_CATCH_ALL_MINOR = 4
+
+
+def _options(message: pb.SegmentOptions, client_minor: int = CONTRACT_MINOR) -> pipeline.Options:
+    """The pipeline's options for a request's; a client of contract 1.3 or older (which knows
+    no catch-all classes) gets every class when it names none."""
     h = message.hysteresis
     return pipeline.Options(
         classes=tuple(dict.fromkeys(message.classes)),
@@ -423,7 +430,8 @@ def _options(message: pb.SegmentOptions) -> pipeline.Options:
         allow_upsample=message.allow_upsample,
         confidence_map=message.confidence_map,
         review_below=message.review_below if message.HasField("review_below") else None,
-        class_names=dict(message.class_names))
+        class_names=dict(message.class_names),
+        all_classes=message.all_classes or 0 < client_minor < _CATCH_ALL_MINOR)
 
 
 def _confidence_map(confidence: pipeline.Confidence | None) -> pb.ConfidenceMap | None:

@@ -40,7 +40,7 @@ log = logging.getLogger("roiseg.train")
 #: and the metrics.
 IGNORE_INDEX = 255
 #: Classes of binary masks (0 -> the first, any other value -> the second).
-DEFAULT_BINARY_CLASSES = ("Stroma", "Gland epithelium")
+DEFAULT_BINARY_CLASSES = ("Other tissue", "Gland epithelium")
 #: Images of image/mask pairs.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 #: Images and slides that GeoJSON annotations may belong to (read by `roiseg.io.slides`).
@@ -86,10 +86,10 @@ class Sample:
 
 
 def parse_mask_values(text: str | None) -> MaskMapping:
-    """Parse ``0=Stroma,255="Gland epithelium"`` into a `MaskMapping`.
+    """Parse ``0="Other tissue",255="Gland epithelium"`` into a `MaskMapping`.
 
     Classes are numbered in order of first appearance; several values may name the same
-    class. ``None`` or an empty string gives the binary default: 0 -> "Stroma", any
+    class. ``None`` or an empty string gives the binary default: 0 -> "Other tissue", any
     other value -> "Gland epithelium".
     """
     parsed = parse_values(text)

@@ -106,6 +106,8 @@ class Labels:
     predicted_by: str
     #: The corrections as parsed (for measuring them against the predictions).
     geojson: Any = None
+    #: The catch-all class the rest of the ROI was labelled with (no correction was of it).
+    rest_of_roi: str | None = None
 
 
 def parse_corrections(text: str, card: ModelCard, roi: BaseGeometry,
@@ -113,6 +115,11 @@ def parse_corrections(text: str, card: ModelCard, roi: BaseGeometry,
     """The classified polygons of QuPath GeoJSON `text`, clipped to `roi`; names that
     `class_names` (model class -> name, as Segment was given them) gave are read back as the
     model's classes.
+
+    When the model has a catch-all class (`ClassSpec.catch_all`: the rest of the tissue, left
+    out of Segment's results by default) and the corrections hold none of it, the rest of the
+    ROI is that class: what no correction covers is labelled so (`Labels.rest_of_roi` names
+    it). Otherwise what no correction covers stays unlabelled (ignored in training).
 
     Unclassified objects, points, lines and roiseg's own "Background" objects are left out;
     so are polygons outside the ROI.
@@ -159,9 +166,24 @@ def parse_corrections(text: str, card: ModelCard, roi: BaseGeometry,
         raise InvalidInput("the corrections hold no classified polygon inside the ROI: classify "
                            "the annotations with the model's classes ("
                            + ", ".join(spec.name for spec in card.classes) + ")")
+    rest_of_roi = _rest_of_roi(card, kept, roi)
+    if rest_of_roi is not None:
+        kept.insert(0, rest_of_roi)
     provenance, predicted_by = _provenance(data)
     return Labels(kept, {reason: n for reason, n in sorted(skipped.items()) if n}, provenance,
-                  predicted_by, data)
+                  predicted_by, data, rest_of_roi[0] if rest_of_roi else None)
+
+
+def _rest_of_roi(card: ModelCard, kept: list[tuple[str, BaseGeometry]],
+                 roi: BaseGeometry) -> tuple[str, BaseGeometry] | None:
+    """The ROI less the corrections, as the model's (first) catch-all class, when it has one
+    and no correction is of it; None otherwise or when the corrections cover the ROI."""
+    catch_all = [spec.name for spec in card.classes if spec.catch_all]
+    if not catch_all or any(name in catch_all for name, _ in kept):
+        return None
+    rest = qupath_geojson.polygonal(
+        roi.difference(shapely.union_all([geometry for _, geometry in kept])))
+    return None if rest.is_empty else (catch_all[0], rest)
 
 
 def _model_names(class_names: Mapping[str, str]) -> dict[str, str]:
@@ -248,7 +270,7 @@ class ExampleStore:
             "raster": {"width": width, "height": height, "origin_x": t.origin_x,
                        "origin_y": t.origin_y, "scale_x": t.scale_x, "scale_y": t.scale_y},
             "mpp": card.mpp, "mpp_used": (mpp_x + mpp_y) / 2, "source_mpp": pixels.source_mpp,
-            "classes": classes, "skipped": labels.skipped,
+            "classes": classes, "skipped": labels.skipped, "rest_of_roi": labels.rest_of_roi,
             "annotations_from": labels.provenance, "effort": effort,
             "files": {"image": f"{IMAGES}/{identity}.png",
                       "annotations": f"{ANNOTATIONS}/{identity}.geojson"},

@@ -32,6 +32,7 @@ public final class SegmentOptions {
     private final boolean confidenceMap;
     private final Double reviewBelow;
     private final Map<String, String> classNames;
+    private final boolean allClasses;
 
     private SegmentOptions(Builder b) {
         modelIds = List.copyOf(b.modelIds);
@@ -47,6 +48,7 @@ public final class SegmentOptions {
         confidenceMap = b.confidenceMap;
         reviewBelow = b.reviewBelow;
         classNames = Collections.unmodifiableMap(new LinkedHashMap<>(b.classNames));
+        allClasses = b.allClasses;
     }
 
     /** A builder with every option unset. */
@@ -62,7 +64,7 @@ public final class SegmentOptions {
     /** A builder holding these options. */
     public Builder toBuilder() {
         Builder b = new Builder().modelIds(modelIds).classes(classes).includeBackground(includeBackground)
-                .allowUpsample(allowUpsample).confidenceMap(confidenceMap);
+                .allowUpsample(allowUpsample).confidenceMap(confidenceMap).allClasses(allClasses);
         b.reviewBelow = reviewBelow;
         b.classNames.putAll(classNames);
         b.minAreaMicrons2 = minAreaMicrons2;
@@ -79,9 +81,17 @@ public final class SegmentOptions {
         return modelIds;
     }
 
-    /** Class names to return; empty: all classes of the models. */
+    /**
+     * Class names to return; empty: all classes of the models but their catch-all classes
+     * ({@link ClassDescription#catchAll()}, the rest of the tissue), or all of them with {@link #allClasses()}.
+     */
     public List<String> classes() {
         return classes;
+    }
+
+    /** With {@link #classes()} empty: whether the models' catch-all classes are returned too. */
+    public boolean allClasses() {
+        return allClasses;
     }
 
     /** Class regions smaller than this many µm² are dropped; empty: none. */
@@ -145,7 +155,8 @@ public final class SegmentOptions {
                 .setIncludeBackground(includeBackground)
                 .setAllowUpsample(allowUpsample)
                 .setConfidenceMap(confidenceMap)
-                .putAllClassNames(classNames);
+                .putAllClassNames(classNames)
+                .setAllClasses(allClasses);
         if (reviewBelow != null) {
             b.setReviewBelow(reviewBelow);
         }
@@ -178,7 +189,7 @@ public final class SegmentOptions {
                 + ", minHole=" + minHoleMicrons2 + ", simplify=" + simplifyMicrons + ", hysteresis=" + hysteresis
                 + "(" + hysteresisLow + ", " + hysteresisHigh + "), background=" + includeBackground
                 + ", upsample=" + allowUpsample + ", confidenceMap=" + confidenceMap + ", reviewBelow="
-                + reviewBelow + ", classNames=" + classNames + "}";
+                + reviewBelow + ", classNames=" + classNames + ", allClasses=" + allClasses + "}";
     }
 
     /** Collects {@link SegmentOptions}; every setter returns the builder. */
@@ -197,6 +208,7 @@ public final class SegmentOptions {
         private boolean confidenceMap;
         private Double reviewBelow;
         private final Map<String, String> classNames = new LinkedHashMap<>();
+        private boolean allClasses;
 
         private Builder() {
         }
@@ -220,7 +232,7 @@ public final class SegmentOptions {
             return modelIds(Arrays.asList(ids));
         }
 
-        /** Class names to return (replaces earlier ones); none: all. */
+        /** Class names to return (replaces earlier ones); none: all but the catch-all classes (see {@link #allClasses}). */
         public Builder classes(Collection<String> names) {
             classes.clear();
             classes.addAll(names);
@@ -277,6 +289,15 @@ public final class SegmentOptions {
             return this;
         }
 
+        /**
+         * With no classes named: also return the models' catch-all classes ({@link ClassDescription#catchAll()}:
+         * the rest of the tissue, e.g. the default model's "Other tissue"), which are left out by default.
+         */
+        public Builder allClasses(boolean all) {
+            allClasses = all;
+            return this;
+        }
+
         /** Also return the non-tissue area of the ROI as {@link Conventions#BACKGROUND_CLASS}. */
         public Builder includeBackground(boolean include) {
             includeBackground = include;
@@ -307,7 +328,7 @@ public final class SegmentOptions {
 
         /**
          * Names to give the models' classes in the result (replaces earlier ones), e.g. a QuPath class of the
-         * user's: {@code Map.of("Stroma", "Other tissue")}.
+         * user's: {@code Map.of("Gland epithelium", "Tumor")}.
          */
         public Builder classNames(Map<String, String> names) {
             for (var e : names.entrySet()) {

@@ -50,7 +50,7 @@ class FakeSegmentation extends SegmentationGrpc.SegmentationImplBase {
                 .setCheckpointSha256("ab".repeat(32)).setArchitecture("Unet").setEncoder("mobilenet_v2").setMpp(1.0)
                 .setTileSize(256).setOverlap(32)
                 .addClasses(ClassInfo.newBuilder().setIndex(0).setName("Stroma")
-                        .setColor(Color.newBuilder().setR(150).setG(200).setB(150)))
+                        .setColor(Color.newBuilder().setR(150).setG(200).setB(150)).setCatchAll(true))
                 .addClasses(ClassInfo.newBuilder().setIndex(1).setName("Gland epithelium")
                         .setColor(Color.newBuilder().setR(200).setG(40).setB(40)))
                 .setTrainedOn("GlaS").putMetrics("dice", "0.8").build();

@@ -86,7 +86,7 @@ class RoisegClientTest {
             ModelDescription m1 = models.get(0);
             assertTrue(m1.isDefault());
             assertFalse(models.get(1).isDefault());
-            assertEquals(List.of(new ClassDescription(0, "Stroma", 0x96C896),
+            assertEquals(List.of(new ClassDescription(0, "Stroma", 0x96C896, true),
                     new ClassDescription(1, "Gland epithelium", 0xC82828)), m1.classes());
             assertEquals(1.0, m1.mpp());
             assertEquals(256, m1.tileSize());
@@ -174,6 +174,8 @@ class RoisegClientTest {
         assertTrue(o.getConfidenceMap());
         assertEquals(0.7, o.getReviewBelow());
         assertEquals(Map.of("Stroma", "Other tissue"), o.getClassNamesMap());
+        assertFalse(o.getAllClasses(), "catch-all classes are left out unless asked for");
+        assertTrue(options.toBuilder().allClasses(true).build().toProto().getAllClasses());
         assertTrue(service.uploadChunkSizes.isEmpty());
     }
 

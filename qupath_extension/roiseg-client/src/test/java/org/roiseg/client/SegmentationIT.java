@@ -158,6 +158,29 @@ class SegmentationIT {
     }
 
     @Test
+    void theCatchAllClassComesBackOnlyWhenAskedFor() throws IOException {
+        // the default model's "Other tissue" is everything but gland: left out unless asked for
+        ClassDescription other = model.classNamed("Other tissue");
+        assertNotNull(other, model.classes().toString());
+        assertTrue(other.catchAll());
+        assertFalse(model.classNamed(GLAND).catchAll());
+        RegionImage pixels = new RegionImage(glas("images", "train_1.png"), 0, 0, 1, GLAS_MPP);
+        Geometry roi = RoisTest.box(20, 20, 500, 400);
+        Set<String> glandsOnly = classesOf(client.segmentRegion(pixels, roi, SegmentOptions.defaults()).first());
+        assertEquals(Set.of(GLAND), glandsOnly);
+        Set<String> every = classesOf(client.segmentRegion(pixels, roi,
+                SegmentOptions.builder().allClasses(true).build()).first());
+        assertEquals(Set.of(GLAND, "Other tissue"), every);
+        Set<String> named = classesOf(client.segmentRegion(pixels, roi,
+                SegmentOptions.builder().classes("Other tissue").build()).first());
+        assertEquals(Set.of("Other tissue"), named);
+    }
+
+    static Set<String> classesOf(ModelSegmentation m) {
+        return m.features().stream().map(SegmentedFeature::className).collect(Collectors.toCollection(TreeSet::new));
+    }
+
+    @Test
     void aDownsampledRegionWithAnOriginLandsInFullResolutionCoordinates() throws IOException {
         // train_1 as if read at downsample 2 from a slide of 0.31 µm/px, its corner at (20000, 10000)
         BufferedImage image = glas("images", "train_1.png");
@@ -168,7 +191,7 @@ class SegmentationIT {
         List<String> stages = new CopyOnWriteArrayList<>();
         SegmentResult result = client.segmentRegion(
                 new RegionImage(image, ox, oy, 2, GLAS_MPP / 2).withFullImageSize(60000, 40000), roi,
-                SegmentOptions.builder().includeBackground(true).build(),
+                SegmentOptions.builder().includeBackground(true).allClasses(true).build(),
                 (stage, modelId, done, total, message) -> stages.add(stage.name()), null);
         assertEquals(Set.of(model.id()), result.models().keySet());
         ModelSegmentation m = result.first();
@@ -283,7 +306,7 @@ class SegmentationIT {
         double[] hole = {5200, 7100, 5200, 7350, 5450, 7350, 5450, 7100};
         Geometry roi = polygon(new double[] {5020, 7020, 5740, 7020, 5740, 7500, 5020, 7500}, hole);
         ModelSegmentation m = client.segmentRegion(new RegionImage(image, ox, oy, 1, GLAS_MPP), roi,
-                SegmentOptions.builder().includeBackground(true).build()).first();
+                SegmentOptions.builder().includeBackground(true).allClasses(true).build()).first();
         assertWellFormed(m, roi, true);
         Geometry holeArea = polygon(hole);
         for (SegmentedFeature f : m.features()) {
@@ -297,11 +320,11 @@ class SegmentationIT {
         Path slide = PythonServer.repo().resolve("examples/data/cmu_small_region.svs");
         Geometry roi = RoisTest.box(900, 1200, 1700, 2000);
         ModelSegmentation m = client.segmentSlide(slide.toString(), 0, roi,
-                SegmentOptions.builder().includeBackground(true).build(), null, null).first();
+                SegmentOptions.builder().includeBackground(true).allClasses(true).build(), null, null).first();
         assertWellFormed(m, roi, true);
         assertEquals(0, m.execution().level());
         assertEquals(0.499, m.execution().sourceMpp(), 0.001);
-        Geometry tissue = union(m.features(), GLAND).union(union(m.features(), "Stroma"));
+        Geometry tissue = union(m.features(), GLAND).union(union(m.features(), "Other tissue"));
         assertTrue(tissue.getArea() > 0.2 * roi.getArea(), "little tissue found: " + tissue.getArea());
     }
 
@@ -315,7 +338,7 @@ class SegmentationIT {
         SegmentResult result;
         try (RoisegClient small = server.client().maxMessageBytes(4 << 20).build()) {
             result = small.segmentRegion(new RegionImage(image, 40000, 30000, 1, GLAS_MPP), roi,
-                    SegmentOptions.builder().includeBackground(true).build(),
+                    SegmentOptions.builder().includeBackground(true).allClasses(true).build(),
                     (stage, modelId, done, total, message) -> {
                         if (stage == Stage.UPLOADING) {
                             uploads.add(new int[] {done, total});
@@ -354,7 +377,7 @@ class SegmentationIT {
         // the server's single job slot is free again: a small segmentation goes through
         Geometry small = RoisTest.box(100, 100, 500, 400);
         assertWellFormed(client.segmentRegion(new RegionImage(glas("images", "train_2.png"), 0, 0, 1, GLAS_MPP),
-                small, SegmentOptions.builder().includeBackground(true).build()).first(), small, true);
+                small, SegmentOptions.builder().includeBackground(true).allClasses(true).build()).first(), small, true);
     }
 
     // ------------------------------------------------------------------ errors, as the user sees them

@@ -204,6 +204,8 @@ class RoisegController {
         }
         CheckBox background = new CheckBox(resources.getString("models.includeBackground"));
         background.setSelected(RoisegPrefs.includeBackgroundProperty().get());
+        CheckBox allClasses = new CheckBox(resources.getString("models.allClasses"));
+        allClasses.setSelected(RoisegPrefs.allClassesProperty().get());
         CheckBox hysteresis = new CheckBox(resources.getString("models.hysteresis"));
         hysteresis.setSelected(RoisegPrefs.hysteresisProperty().get());
         CheckBox upsample = new CheckBox(resources.getString("models.allowUpsample"));
@@ -220,7 +222,7 @@ class RoisegController {
         reviewRow.setAlignment(Pos.CENTER_LEFT);
 
         HBox top = new HBox(12, list, details);
-        VBox root = new VBox(10, top, background, hysteresis, upsample, unsure, reviewRow);
+        VBox root = new VBox(10, top, allClasses, background, hysteresis, upsample, unsure, reviewRow);
         Dialog<ButtonType> dialog = dialog(resources.getString("title.models"), root);
         dialog.getDialogPane().lookupButton(ButtonType.OK).disableProperty()
                 .bind(list.getSelectionModel().selectedItemProperty().isNull());
@@ -229,6 +231,7 @@ class RoisegController {
             return Optional.empty();
         }
         RoisegPrefs.includeBackgroundProperty().set(background.isSelected());
+        RoisegPrefs.allClassesProperty().set(allClasses.isSelected());
         RoisegPrefs.hysteresisProperty().set(hysteresis.isSelected());
         RoisegPrefs.allowUpsampleProperty().set(upsample.isSelected());
         RoisegPrefs.confidenceOverlayProperty().set(unsure.isSelected());
@@ -359,7 +362,8 @@ class RoisegController {
         nodes.add(classes);
         for (ClassDescription c : model.classes()) {
             // the colour the results will show: QuPath's own for a class it already has
-            nodes.add(classRow(c.name(), ResultMapper.pathClass(c.name(), c.rgb()).getColor() & 0xFFFFFF));
+            nodes.add(classRow(c.catchAll() ? c.name() + " " + resources.getString("models.catchAll") : c.name(),
+                    ResultMapper.pathClass(c.name(), c.rgb()).getColor() & 0xFFFFFF));
         }
         Label more = wrapped(ModelChoice.details(model));
         ScrollPane scroll = new ScrollPane(more);
@@ -390,7 +394,9 @@ class RoisegController {
         Rectangle swatch = new Rectangle(14, 14, Color.rgb(Conventions.red(rgb), Conventions.green(rgb),
                 Conventions.blue(rgb)));
         swatch.setStroke(Color.GRAY);
-        return new HBox(6, swatch, new Label(name));
+        Label label = wrapped(name);
+        label.setMaxWidth(340);
+        return new HBox(6, swatch, label);
     }
 
     /**

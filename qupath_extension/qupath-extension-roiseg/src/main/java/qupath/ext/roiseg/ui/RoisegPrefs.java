@@ -44,6 +44,8 @@ public final class RoisegPrefs {
             "roiseg.compareModels", "");
     private static final BooleanProperty includeBackground = PathPrefs.createPersistentPreference(
             "roiseg.includeBackground", false);
+    private static final BooleanProperty allClasses = PathPrefs.createPersistentPreference(
+            "roiseg.allClasses", false);
     private static final BooleanProperty hysteresis = PathPrefs.createPersistentPreference(
             "roiseg.hysteresis", false);
     private static final BooleanProperty allowUpsample = PathPrefs.createPersistentPreference(
@@ -95,6 +97,11 @@ public final class RoisegPrefs {
         return includeBackground;
     }
 
+    /** Whether results include the models' catch-all classes (the rest of the tissue, e.g. "Other tissue"). */
+    public static BooleanProperty allClassesProperty() {
+        return allClasses;
+    }
+
     /** Whether hysteresis thresholding of the model's tumour class is on. */
     public static BooleanProperty hysteresisProperty() {
         return hysteresis;
@@ -123,6 +130,7 @@ public final class RoisegPrefs {
         return SegmentOptions.builder()
                 .modelIds(modelIds)
                 .includeBackground(includeBackground.get())
+                .allClasses(allClasses.get())
                 .hysteresis(hysteresis.get())
                 .allowUpsample(allowUpsample.get())
                 .confidenceMap(confidenceOverlay.get())
