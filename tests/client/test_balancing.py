@@ -79,21 +79,23 @@ def _servers(tmp_path: Path, drain_s: float) -> list[Server]:
         raise
 
 
-@pytest.fixture()
-def two_servers(tmp_path):
-    servers = _servers(tmp_path, drain_s=0)
+def _serving(tmp_path, drain_s: float):
+    """Two servers for a test, stopped after it."""
+    servers = _servers(tmp_path, drain_s=drain_s)
     yield servers
     for s in servers:
         s.stop()
+
+
+@pytest.fixture()
+def two_servers(tmp_path):
+    yield from _serving(tmp_path, drain_s=0)
 
 
 @pytest.fixture()
 def two_draining_servers(tmp_path):
     """Two servers that keep answering calls for 60 s after SIGTERM while NOT_SERVING."""
-    servers = _servers(tmp_path, drain_s=60)
-    yield servers
-    for s in servers:
-        s.stop()
+    yield from _serving(tmp_path, drain_s=60)
 
 
 @pytest.fixture(scope="module")
