@@ -127,18 +127,72 @@ def runtimes(size: int, rounds: int = 3) -> None:
               f"torch bfloat16 {best['reduced']:.2f} s ({best['torch'] / best['reduced']:.2f}x)")
 
 
-def large_roi_memory(device: str, size: int) -> None:
+#: Side of the tissue islands of the `--layout islands` slides, and how many there are.
+ISLAND = 1024
+ISLANDS = 16
+#: Pyramid levels (downsamples) of the large slides, as scanners write them.
+LEVELS = (1, 4, 16)
+TIFF_TILE = 512
+
+
+def write_slide(path: Path, size: int, layout: str) -> None:
+    """A size x size px pyramidal JPEG TIFF at 1 µm/px, written tile by tile (a 40,000 px slide
+    never is in memory): `full`, tissue everywhere (mirrored real H&E); `islands`, the same
+    16 Mpx of tissue whatever the size (16 islands of 1024 x 1024 px on a 4 x 4 grid, glass
+    between: at 4096 px they fill the slide), so that memory measured at several sizes differs
+    by the slide's area alone, not by the tissue (and polygons) in it."""
+    patch = tissue(ISLAND if layout == "islands" else 4 * ISLAND, 1.0)
+    grid = int(np.sqrt(ISLANDS))
+    spots = [(int((j + 0.5) * size / grid) - ISLAND // 2, int((i + 0.5) * size / grid)
+              - ISLAND // 2) for j in range(grid) for i in range(grid)]
+
+    def tiles(downsample: int):
+        side = -(-size // downsample)
+        scaled = cv2.resize(patch, None, fx=1 / downsample, fy=1 / downsample,
+                            interpolation=cv2.INTER_AREA) if downsample > 1 else patch
+        reach = scaled.shape[0]
+        for y in range(0, side, TIFF_TILE):
+            for x in range(0, side, TIFF_TILE):
+                tile = np.full((TIFF_TILE, TIFF_TILE, 3), 242, np.uint8)
+                if layout == "full":
+                    ys = (np.arange(y, y + TIFF_TILE) % (2 * reach))
+                    xs = (np.arange(x, x + TIFF_TILE) % (2 * reach))
+                    ys = np.where(ys < reach, ys, 2 * reach - 1 - ys)  # mirrored
+                    xs = np.where(xs < reach, xs, 2 * reach - 1 - xs)
+                    tile = scaled[ys[:, None], xs[None, :]]
+                else:
+                    for top, left in spots:
+                        top, left = top // downsample, left // downsample
+                        y0, y1 = max(y, top), min(y + TIFF_TILE, top + reach)
+                        x0, x1 = max(x, left), min(x + TIFF_TILE, left + reach)
+                        if y0 < y1 and x0 < x1:
+                            tile[y0 - y:y1 - y, x0 - x:x1 - x] = \
+                                scaled[y0 - top:y1 - top, x0 - left:x1 - left]
+                yield tile
+
+    with tifffile.TiffWriter(path, bigtiff=True) as tif:
+        for k, downsample in enumerate(LEVELS):
+            side = -(-size // downsample)
+            tif.write(tiles(downsample), shape=(side, side, 3), dtype=np.uint8,
+                      tile=(TIFF_TILE, TIFF_TILE), photometric="rgb", compression="jpeg",
+                      subifds=len(LEVELS) - 1 if k == 0 else None,
+                      subfiletype=1 if k else 0,
+                      resolution=(1e4 / downsample, 1e4 / downsample),
+                      resolutionunit="CENTIMETER")
+
+
+def large_roi_memory(device: str, size: int, layout: str, max_mpx: float) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "large.tif"
         t0 = time.perf_counter()
-        tifffile.imwrite(path, tissue(size, 1.0), tile=(512, 512), compression="jpeg",
-                         photometric="rgb")
-        print(f"\nwrote a {size} x {size} px JPEG TIFF ({path.stat().st_size / 2**20:.0f} MiB) "
-              f"in {time.perf_counter() - t0:.0f} s")
+        write_slide(path, size, layout)
+        print(f"\nwrote a {size} x {size} px pyramidal JPEG TIFF, tissue {layout} "
+              f"({path.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - t0:.0f} s",
+              flush=True)
         ready = Path(tmp) / "address"
         server = subprocess.Popen([sys.executable, "-m", "roiseg.cli", "serve", "--port", "0",
                                    "--device", device, "--slide-root", tmp, "--ready-file",
-                                   str(ready)])
+                                   str(ready), "--max-roi-megapixels", str(max_mpx)])
         try:
             while not (ready.exists() and ready.read_text()):
                 time.sleep(0.2)
@@ -154,11 +208,13 @@ def large_roi_memory(device: str, size: int) -> None:
             server.terminate()
             server.wait()
     (model_result,) = result.results.values()
-    print(f"{size} x {size} px ROI: {model_result.execution.tiles} tiles, "
-          f"{model_result.feature_count} polygons in {wall:.0f} s")
+    t = model_result.execution.timings
+    print(f"{size} x {size} px ROI ({layout}): {model_result.execution.tiles} tiles, "
+          f"{model_result.feature_count} polygons in {wall:.0f} s (model {t.model_s:.0f} s, "
+          f"read {t.read_s:.0f} s, tissue {t.tissue_s:.1f} s, vectorise {t.vectorize_s:.1f} s)")
     print(f"server peak RSS: {peak:.0f} MiB (after a small warm-up request: {idle:.0f} MiB): "
-          f"{(peak - idle) * 2**20 / size**2:.1f} bytes per ROI pixel above it; the RGB region "
-          f"alone is {size * size * 3 / 2**20:.0f} MiB")
+          f"{peak - idle:.0f} MiB above it for {size * size / 1e6:.0f} Mpx; the RGB region "
+          f"alone would be {size * size * 3 / 2**20:.0f} MiB", flush=True)
 
 
 def _peak_rss_mib(pid: int) -> float:
@@ -180,6 +236,8 @@ def main() -> None:
     parser.add_argument("--runtime", default="auto", choices=("auto", "torch", "onnx"))
     parser.add_argument("--large", type=int, nargs="*", default=[16000],
                         help="sides of the large ROIs whose peak memory is measured")
+    parser.add_argument("--layout", choices=("full", "islands"), default="full",
+                        help="tissue everywhere, or the same 16 Mpx of tissue at every size")
     parser.add_argument("--runtimes", type=int, default=1024)
     args = parser.parse_args()
     if args.size:
@@ -188,7 +246,7 @@ def main() -> None:
         runtimes(args.runtimes)
     for size in args.large:
         if size:
-            large_roi_memory(args.device, size)
+            large_roi_memory(args.device, size, args.layout, max(400.0, size * size / 1e6 + 1))
 
 
 if __name__ == "__main__":

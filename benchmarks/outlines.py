@@ -30,7 +30,7 @@ def main() -> None:
     roi = read_geojson(DATA / "demo_roi.geojson")
     job = pipeline.Job((registry.default_id,), pipeline.SlideSource(DATA / "cmu_small_region.svs"),
                        roi, pipeline.Options())
-    (output,) = pipeline.run(job, registry, max_roi_pixels=50_000_000)
+    (output,) = pipeline.run(job, registry, max_roi_pixels=50_000_000, keep_class_map=True)
     class_map = output.class_map
     roi_raster = output.transform.geometry_to_raster(roi)
     inside = vectorize.roi_mask(roi_raster, class_map.shape)

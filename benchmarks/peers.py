@@ -85,7 +85,7 @@ def roiseg_run(registry: ModelRegistry, path: Path, shape: tuple[int, int]
                ) -> pipeline.ModelOutput:
     job = pipeline.Job((registry.default_id,), pipeline.SlideSource(path),
                        box(0, 0, shape[1], shape[0]))
-    (output,) = pipeline.run(job, registry, max_roi_pixels=1 << 34)
+    (output,) = pipeline.run(job, registry, max_roi_pixels=1 << 34, keep_class_map=True)
     return output
 
 

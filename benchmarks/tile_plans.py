@@ -68,7 +68,8 @@ class PlanRegistry:
 def segment(registry: PlanRegistry, source: pipeline.PixelSource | pipeline.SlideSource,
             width: int, height: int) -> pipeline.ModelOutput:
     job = pipeline.Job((registry.default_id,), source, box(0, 0, width, height))
-    (output,) = pipeline.run(job, registry, max_roi_pixels=1 << 34)  # type: ignore[arg-type]
+    (output,) = pipeline.run(job, registry, max_roi_pixels=1 << 34,  # type: ignore[arg-type]
+                             keep_class_map=True)
     return output
 
 

@@ -22,7 +22,7 @@ def _run(registry, roi, **options):
     the options say otherwise."""
     job = pipeline.Job((registry.default_id,), pipeline.SlideSource(CMU), roi,
                        pipeline.Options(**{"all_classes": True, **options}))
-    return list(pipeline.run(job, registry, max_roi_pixels=50_000_000))
+    return list(pipeline.run(job, registry, max_roi_pixels=50_000_000, keep_class_map=True))
 
 
 def _rasterized(output) -> np.ndarray:
@@ -113,7 +113,8 @@ def test_keep_on_glass_keeps_a_glands_lumen(tmp_path):
         registry = ModelRegistry([directory], select_device("cpu"), card["id"])
         job = pipeline.Job((card["id"],), pipeline.PixelSource(rgb, 0, 0, 1.0, 0.62),
                            box(0, 0, width, height))
-        (outputs[keep],) = pipeline.run(job, registry, max_roi_pixels=10_000_000)
+        (outputs[keep],) = pipeline.run(job, registry, max_roi_pixels=10_000_000,
+                                        keep_class_map=True)
     gland = outputs[False].card.class_named("Gland epithelium").index
     stroma = outputs[False].card.class_named("Other tissue").index
     unmarked, marked = outputs[False].class_map, outputs[True].class_map
@@ -148,3 +149,40 @@ def test_outlines_lose_the_pixel_staircase_by_default_and_keep_the_class_map(reg
     overlap = sum(a.intersection(b).area for i, a in enumerate(polygons)
                   for b in polygons[i + 1:])
     assert overlap < 1e-3 * sum(p.area for p in polygons)
+
+
+def test_memory_does_not_grow_with_the_roi(registry, tmp_path):
+    """A job streams over bands of rows: a ROI four times taller, holding the same tissue (one
+    island of real H&E on glass), peaks at the same traced memory (within 15 %), where holding
+    its rasters whole (RGB, class and probability maps, tissue and ROI masks) would take 4
+    times more. The island's polygons are the same in both."""
+    import tracemalloc
+
+    import tifffile
+
+    level0 = tifffile.imread(CMU, series=0, level=0)[900:2100, 700:1900]
+    island = cv2.resize(level0, None, fx=CMU_MPP, fy=CMU_MPP, interpolation=cv2.INTER_AREA)
+    slide = np.full((24_000, 2000, 3), 242, np.uint8)
+    slide[100:100 + island.shape[0], 700:700 + island.shape[1]] = island
+    path = tmp_path / "tall.tif"
+    tifffile.imwrite(path, slide, tile=(512, 512), compression="zlib", photometric="rgb")
+    del slide
+    registry.load(registry.card(registry.default_id))
+
+    def peak(height: int) -> tuple[int, pipeline.ModelOutput]:
+        job = pipeline.Job((registry.default_id,), pipeline.SlideSource(path, 1.0),
+                           box(0, 0, 2000, height))
+        tracemalloc.start()
+        try:
+            (output,) = pipeline.run(job, registry, max_roi_pixels=50_000_000)
+            _, used = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        return used, output
+
+    # (tiles near the island and the 5 µm/px tissue grid are the same in both)
+    short, short_output = peak(6000)
+    tall, tall_output = peak(24_000)
+    assert short_output.tiles == tall_output.tiles and short_output.features
+    assert same(short_output.features) == same(tall_output.features)
+    assert tall < 1.15 * short, f"{short / 2**20:.0f} MiB -> {tall / 2**20:.0f} MiB"

@@ -144,8 +144,13 @@ def test_junction_vertices_make_an_edge_matched_coverage():
     m = rng.integers(0, 4, (24, 30)).astype(np.uint8)
     m[m == 3] = NO_CLASS
     zeros = np.zeros_like(m)
-    plain = vectorize._components(m, zeros, None, junctions=False).polygons
-    matched = vectorize._components(m, zeros, None, junctions=True).polygons
+
+    def components(junctions: bool) -> np.ndarray:
+        builder = vectorize._ComponentBuilder(*m.shape, None, junctions=junctions)
+        builder.add(m, zeros)
+        return builder.finish().polygons
+
+    plain, matched = components(False), components(True)
     assert not shapely.coverage_is_valid(plain)  # polygonize skips junction corners
     assert shapely.coverage_is_valid(matched)
     assert shapely.equals(plain, matched).all()
@@ -278,6 +283,38 @@ def test_bands_of_rows_give_the_polygons_of_the_whole_map(monkeypatch, seed, gla
                     for r in banded] == [
                 (r.class_index, r.geometry.wkb, r.area_px, r.mean_probability)
                 for r in expected], (rows, case[1:])
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_a_map_given_in_bands_of_any_heights_gives_the_polygons_of_the_whole_map(
+        monkeypatch, seed, glas_map):
+    """What inference hands over band by band (bands of its own heights, unrelated to the
+    vectoriser's) gives, vertex for vertex, the polygons and means of the whole map."""
+    from roiseg.engine import vectorize
+
+    m = glas_map if seed == 0 else _random_blocks(seed + 100)
+    h, w = m.shape
+    rng = np.random.default_rng(seed)
+    p = rng.integers(0, 256, m.shape).astype(np.uint8)
+    roi = Point(w / 2, h / 2).buffer(min(w, h) / 2.2)
+    monkeypatch.setattr(vectorize, "_BAND_PIXELS", int(rng.integers(1, max(2, h // 3))) * w)
+    for tolerance, wanted in ((0.0, None), (1.0, None), (1.0, [1]), (2.0, [0, 1])):
+        expected = class_regions(m, p, roi, tolerance, wanted)
+        vectorizer = vectorize.MapVectorizer(h, w, tolerance, wanted)
+        top = 0
+        while top < h:
+            bottom = min(h, top + int(rng.integers(1, 40)))
+            vectorizer.add(m[top:bottom], p[top:bottom])
+            top = bottom
+        got = vectorizer.regions(roi)
+        assert len(got) > 0 or not expected
+        assert [(r.class_index, r.geometry.wkb, r.area_px, r.mean_probability) for r in got] \
+            == [(r.class_index, r.geometry.wkb, r.area_px, r.mean_probability)
+                for r in expected], (tolerance, wanted)
+    vectorizer = vectorize.MapVectorizer(h, w, 1.0)
+    vectorizer.add(m[:h - 1], p[:h - 1])
+    with pytest.raises(ValueError, match="rows were added"):
+        vectorizer.regions(roi)
 
 
 def test_vectorising_needs_the_memory_of_a_band_not_of_the_map():

@@ -231,6 +231,12 @@ def test_resample() -> None:
         resample(image, 0, 10)
 
 
+def assert_within_a_grey_level(image: np.ndarray, expected: np.ndarray) -> None:
+    """Strip-wise separable resampling matches OpenCV's one-shot resize within 1 grey level."""
+    assert image.shape == expected.shape
+    assert np.abs(image.astype(int) - expected).max() <= 1
+
+
 # --- read_slide_region ----------------------------------------------------------------------
 
 def assert_transform_covers(read, bbox: tuple[float, float, float, float],
@@ -255,7 +261,7 @@ def test_read_slide_region_size_and_transform() -> None:
     assert_transform_covers(read, bbox, 1.0)
     expected = cv2.resize(tiff_level(CMU, 0)[200:901, 100:1101], (499, 350),
                           interpolation=cv2.INTER_AREA)
-    np.testing.assert_array_equal(read.image, expected)
+    assert_within_a_grey_level(read.image, expected)
 
 
 def test_read_slide_region_uses_coarser_level() -> None:
@@ -283,7 +289,7 @@ def test_read_slide_region_from_level_with_inexact_downsample() -> None:
         (u1 - u0) * level.downsample_x / width, (v1 - v0) * level.downsample_y / height))
     expected = cv2.resize(tiff_level(TCGA, 1)[v0:v1, u0:u1], (width, height),
                           interpolation=cv2.INTER_AREA)
-    np.testing.assert_array_equal(read.image, expected)
+    assert_within_a_grey_level(read.image, expected)
 
 
 def test_read_slide_region_refuses_upsampling() -> None:
@@ -372,8 +378,8 @@ def test_pixels_region_resamples_and_clips() -> None:
     assert read.image.shape == (45, 60, 3)
     assert read.transform.to_full(0, 0) == (1000.0, 20.0)
     assert read.transform.to_full(60, 45) == pytest.approx((1240.0, 200.0))
-    np.testing.assert_array_equal(read.image, cv2.resize(sent[10:], (60, 45),
-                                                         interpolation=cv2.INTER_AREA))
+    assert_within_a_grey_level(read.image, cv2.resize(sent[10:], (60, 45),
+                                                      interpolation=cv2.INTER_AREA))
     with pytest.raises(InvalidInput, match="outside the image"):
         pixels_region(sent, 1000.0, 0.0, 2.0, (0.0, 0.0, 999.0, 100.0), 0.25, 1.0)
     with pytest.raises(InvalidInput, match="^downsample must be"):

@@ -2,15 +2,17 @@
 
 Tiles overlap by at least the card's `overlap`; each tile's probabilities are weighted by
 a ramp falling linearly across its overlaps, with the weights normalised to sum to 1 at
-every pixel. Memory is bounded by one batch of tiles and one row of tiles: the weighted
-probabilities are accumulated row of tiles by row of tiles, and the rows that no later
-tile touches are turned into uint8 outputs before moving on.
+every pixel. Memory is bounded by one batch of tiles and one row of tiles: the image is read
+row of tiles by row of tiles, the weighted probabilities are accumulated likewise, and the
+rows that no later tile touches are given out as uint8 bands before moving on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -22,6 +24,8 @@ from roiseg.errors import Cancelled, InvalidInput
 SIZE_MULTIPLE = 32
 #: Value of the constant padding where reflecting is impossible: white, like bare glass.
 PAD_VALUE = 255
+#: Pixels per band given out at once (bounds the temporaries of turning them into uint8).
+_BAND_PIXELS = 1 << 22
 
 
 @dataclass
@@ -83,6 +87,30 @@ def tile_weights(starts: Sequence[int], tile: int, length: int) -> list[np.ndarr
             for start, weight in zip(starts, raw)]
 
 
+class Rows(Protocol):
+    """An image given band of rows by band: `rows(top, bottom)` is (bottom - top, width, 3)
+    uint8 (e.g. `roiseg.io.slides.RegionRows`)."""
+
+    @property
+    def height(self) -> int: ...
+
+    @property
+    def width(self) -> int: ...
+
+    def rows(self, top: int, bottom: int) -> np.ndarray: ...
+
+
+@dataclass
+class PredictionBand:
+    """Rows top .. top + len(class_map) - 1 of `Prediction`'s rasters."""
+
+    top: int
+    class_map: np.ndarray
+    probability: np.ndarray
+    tumor_probability: np.ndarray | None
+    fallback_map: np.ndarray | None
+
+
 def predict(model: LoadedModel, image: np.ndarray, *, tumor_class: int | None = None,
             batch_size: int | None = None, needed: np.ndarray | None = None,
             progress: Callable[[int, int], None] | None = None,
@@ -106,81 +134,181 @@ def predict(model: LoadedModel, image: np.ndarray, *, tumor_class: int | None = 
         InvalidInput: a malformed image, tumor_class or batch_size.
         Cancelled: `should_stop` returned True.
     """
-    card = model.card
-    classes = len(card.classes)
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 \
             or image.shape[2] != 3 or image.shape[0] < 1 or image.shape[1] < 1:
         raise InvalidInput("expected an (H, W, 3) uint8 RGB image, got "
                            + (f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray)
                               else type(image).__name__))
-    if tumor_class is not None and not 0 <= tumor_class < classes:
-        raise InvalidInput(f"tumor class {tumor_class} is not a class of model {card.id!r} "
-                           f"(0..{classes - 1})")
-    batch_size = card.batch_size if batch_size is None else batch_size
-    if batch_size < 1:
-        raise InvalidInput(f"batch size must be >= 1, got {batch_size}")
-
     height, width = image.shape[:2]
-    padded = _pad(image, card.tile_size)
-    tile_h, tile_w = (min(card.tile_size, side) for side in padded.shape[:2])
-    ys = tile_starts(padded.shape[0], tile_h, card.overlap)
-    xs = tile_starts(padded.shape[1], tile_w, card.overlap)
-    weights_y = tile_weights(ys, tile_h, padded.shape[0])
-    weights_x = tile_weights(xs, tile_w, padded.shape[1])
-    tiles = [(j, i) for j in range(len(ys)) for i in range(len(xs))]
-    if needed is not None:
-        if needed.shape != (height, width):
-            raise InvalidInput(f"the needed pixels' mask is {needed.shape}, the image "
-                               f"{(height, width)}")
-        # (slices past the image's edge stop at it: padding is never needed)
-        tiles = [(j, i) for j, i in tiles
-                 if needed[ys[j]:ys[j] + tile_h, xs[i]:xs[i] + tile_w].any()]
-
+    if needed is not None and needed.shape != (height, width):
+        raise InvalidInput(f"the needed pixels' mask is {needed.shape}, the image "
+                           f"{(height, width)}")
+    tiled = TiledPrediction(model, _ArrayRows(image), tumor_class=tumor_class,
+                            batch_size=batch_size,
+                            needed=None if needed is None else lambda top, bottom:
+                            needed[top:bottom])
     outputs = _Outputs(height, width, tumor_class)
-    strip = np.zeros((classes, tile_h, padded.shape[1]), np.float32)
-    row = 0
-
-    def finish_rows_before(j: int) -> None:
-        """Writes the rows of tiles before row j, which no later tile touches."""
-        nonlocal row
-        while row < j:
-            done = ys[row + 1] - ys[row]
-            outputs.write(strip[:, :done], ys[row])
-            strip[:, :tile_h - done] = strip[:, done:]
-            strip[:, tile_h - done:] = 0
-            row += 1
-
-    def submit(first: int) -> Pending | None:
-        """Queues the batch of tiles from `first` (None past the last)."""
-        if first >= len(tiles):
-            return None
-        return model.submit(np.stack([padded[ys[j]:ys[j] + tile_h, xs[i]:xs[i] + tile_w]
-                                      for j, i in tiles[first:first + batch_size]]), request)
-
-    # Each batch is queued while the one before it runs: the device never waits for tiles.
-    request = object()
-    model_seconds = 0.0
-    following = submit(0)
-    for first in range(0, len(tiles), batch_size):
-        if should_stop is not None and should_stop():
-            raise Cancelled("segmentation cancelled")
-        pending, following = following, submit(first + batch_size)
-        assert pending is not None
-        probabilities = model.batches.result(pending).numpy()
-        model_seconds += pending.seconds
-        batch = tiles[first:first + batch_size]
-        for (j, i), tile in zip(batch, probabilities):
-            finish_rows_before(j)
-            tile *= np.outer(weights_y[j], weights_x[i])
-            strip[:, :, xs[i]:xs[i] + tile_w] += tile
-        if progress is not None:
-            progress(first + len(batch), len(tiles))
-    finish_rows_before(len(ys) - 1)
-    outputs.write(strip, ys[row])
+    for band in tiled.bands(progress, should_stop):
+        outputs.write(band)
     return Prediction(class_map=outputs.class_map, probability=outputs.probability,
                       tumor_probability=outputs.tumor_probability,
-                      fallback_map=outputs.fallback_map, tiles=len(tiles),
-                      model_seconds=model_seconds)
+                      fallback_map=outputs.fallback_map, tiles=tiled.tiles,
+                      model_seconds=tiled.model_seconds)
+
+
+class TiledPrediction:
+    """A model's tiled prediction of an image given band of rows by band, yielded band by band:
+    memory is bounded by one batch of tiles and a row of tiles whatever the image's size.
+
+    `needed(top, bottom)` gives rows of the (H, W) bool mask of the pixels whose results are
+    used (see `predict`); the tiles that run are chosen when the prediction is made (`tiles`).
+    `model_seconds` and `read_seconds` (reading the image's rows) grow as bands are made.
+    """
+
+    def __init__(self, model: LoadedModel, image: Rows, *, tumor_class: int | None = None,
+                 batch_size: int | None = None,
+                 needed: Callable[[int, int], np.ndarray] | None = None) -> None:
+        card = model.card
+        if tumor_class is not None and not 0 <= tumor_class < len(card.classes):
+            raise InvalidInput(f"tumor class {tumor_class} is not a class of model {card.id!r} "
+                               f"(0..{len(card.classes) - 1})")
+        self.batch_size = card.batch_size if batch_size is None else batch_size
+        if self.batch_size < 1:
+            raise InvalidInput(f"batch size must be >= 1, got {self.batch_size}")
+        self.model, self.tumor_class = model, tumor_class
+        self.height, self.width = image.height, image.width
+        if min(self.height, self.width) < card.tile_size:
+            # small enough to read whole: padded to sides the network takes
+            image = _ArrayRows(_pad(image.rows(0, self.height), card.tile_size))
+        self.image = image
+        self.tile_h, self.tile_w = (min(card.tile_size, side)
+                                    for side in (image.height, image.width))
+        self.ys = tile_starts(image.height, self.tile_h, card.overlap)
+        self.xs = tile_starts(image.width, self.tile_w, card.overlap)
+        self.weights_y = tile_weights(self.ys, self.tile_h, image.height)
+        self.weights_x = tile_weights(self.xs, self.tile_w, image.width)
+        self.tile_list = [(j, i) for j in range(len(self.ys)) for i in range(len(self.xs))] \
+            if needed is None else self._needed_tiles(needed)
+        self.tiles = len(self.tile_list)
+        self.model_seconds = 0.0
+        self.read_seconds = 0.0
+
+    def _needed_tiles(self, needed: Callable[[int, int], np.ndarray]) -> list[tuple[int, int]]:
+        """The tiles holding a needed pixel (padding is never needed), row of tiles by row."""
+        tiles = []
+        for j, top in enumerate(self.ys):
+            columns = needed(top, min(top + self.tile_h, self.height)).any(axis=0)
+            counts = np.concatenate(([0], np.cumsum(columns)))
+            tiles += [(j, i) for i, left in enumerate(self.xs)
+                      if counts[min(left + self.tile_w, self.width)]
+                      > counts[min(left, self.width)]]
+        return tiles
+
+    def bands(self, progress: Callable[[int, int], None] | None = None,
+              should_stop: Callable[[], bool] | None = None) -> Iterator[PredictionBand]:
+        """The prediction's bands of rows, top to bottom, covering the image.
+
+        Raises:
+            Cancelled: `should_stop` returned True (checked before each batch).
+        """
+        model, tiles, batch_size = self.model, self.tile_list, self.batch_size
+        ys, xs, tile_h, tile_w = self.ys, self.xs, self.tile_h, self.tile_w
+        classes = len(model.card.classes)
+        strip = np.zeros((classes, tile_h, self.image.width), np.float32)
+        window = _RowWindow(self.image)
+        row = 0
+
+        def finish_rows_before(j: int) -> Iterator[PredictionBand]:
+            """The rows of tiles before row j, which no later tile touches."""
+            nonlocal row
+            while row < j:
+                done = ys[row + 1] - ys[row]
+                yield from self._band(strip[:, :done], ys[row])
+                strip[:, :tile_h - done] = strip[:, done:]
+                strip[:, tile_h - done:] = 0
+                row += 1
+
+        def submit(first: int) -> Pending | None:
+            """Queues the batch of tiles from `first` (None past the last)."""
+            if first >= len(tiles):
+                return None
+            batch = tiles[first:first + batch_size]
+            t0 = time.perf_counter()
+            top = ys[batch[0][0]]
+            rows = window.get(top, ys[batch[-1][0]] + tile_h)
+            self.read_seconds += time.perf_counter() - t0
+            return model.submit(np.stack([rows[ys[j] - top:ys[j] - top + tile_h,
+                                               xs[i]:xs[i] + tile_w] for j, i in batch]),
+                                request)
+
+        # Each batch is queued while the one before it runs: the device never waits for tiles.
+        request = object()
+        following = submit(0)
+        for first in range(0, len(tiles), batch_size):
+            if should_stop is not None and should_stop():
+                raise Cancelled("segmentation cancelled")
+            pending, following = following, submit(first + batch_size)
+            assert pending is not None
+            probabilities = model.batches.result(pending).numpy()
+            self.model_seconds += pending.seconds
+            batch = tiles[first:first + batch_size]
+            for (j, i), tile in zip(batch, probabilities):
+                yield from finish_rows_before(j)
+                tile *= np.outer(self.weights_y[j], self.weights_x[i])
+                strip[:, :, xs[i]:xs[i] + tile_w] += tile
+            if progress is not None:
+                progress(first + len(batch), len(tiles))
+        yield from finish_rows_before(len(ys) - 1)
+        yield from self._band(strip, ys[row])
+
+    def _band(self, strip: np.ndarray, top: int) -> Iterator[PredictionBand]:
+        """The uint8 results of the final (classes, rows, padded width) probabilities of rows
+        from `top` (none past the image), `_BAND_PIXELS` at a time."""
+        rows = min(strip.shape[1], self.height - top)
+        step = max(1, _BAND_PIXELS // self.width)
+        channels = range(len(strip))
+        tumor = self.tumor_class
+        for start in range(0, rows, step):
+            blended = strip[:, start:min(rows, start + step), :self.width]
+            class_map, best = _best(blended, channels)
+            yield PredictionBand(
+                top + start, class_map, _to_uint8(best),
+                None if tumor is None else _to_uint8(blended[tumor]),
+                None if tumor is None
+                else _best(blended, [c for c in channels if c != tumor])[0])
+
+
+class _ArrayRows:
+    """An in-memory image as `Rows`."""
+
+    def __init__(self, image: np.ndarray) -> None:
+        self.image = image
+        self.height, self.width = image.shape[:2]
+
+    def rows(self, top: int, bottom: int) -> np.ndarray:
+        return self.image[top:bottom]
+
+
+class _RowWindow:
+    """The rows of an image that the current tiles need, read once each as the tiles move
+    down (rows are only asked for in increasing order)."""
+
+    def __init__(self, image: Rows) -> None:
+        self.image = image
+        self.top = self.bottom = 0
+        self.rows = np.zeros((0, image.width, 3), np.uint8)
+
+    def get(self, top: int, bottom: int) -> np.ndarray:
+        """Rows top .. bottom - 1 (bottom clipped to the image)."""
+        bottom = min(bottom, self.image.height)
+        kept = self.rows[max(0, top - self.top):]
+        if bottom > self.bottom:
+            fresh = self.image.rows(max(top, self.bottom), bottom)
+            self.rows = np.concatenate([kept, fresh]) if len(kept) else fresh
+        else:
+            self.rows = kept
+        self.top, self.bottom = top, max(bottom, self.bottom)
+        return self.rows[:bottom - top]
 
 
 def _pad(image: np.ndarray, tile: int) -> np.ndarray:
@@ -198,30 +326,22 @@ def _pad(image: np.ndarray, tile: int) -> np.ndarray:
 
 
 class _Outputs:
-    """The uint8 result rasters, filled strip by strip."""
+    """The uint8 result rasters, filled band by band."""
 
     def __init__(self, height: int, width: int, tumor_class: int | None):
-        self.tumor_class = tumor_class
         self.class_map = np.empty((height, width), np.uint8)
         self.probability = np.empty((height, width), np.uint8)
         self.tumor_probability = None if tumor_class is None else np.empty_like(self.class_map)
         self.fallback_map = None if tumor_class is None else np.empty_like(self.class_map)
 
-    def write(self, strip: np.ndarray, top: int) -> None:
-        """Store the final (classes, rows, padded width) probabilities of rows from `top`."""
-        height, width = self.class_map.shape
-        rows = min(strip.shape[1], height - top)
-        if rows <= 0:
-            return
-        blended = strip[:, :rows, :width]
-        target = slice(top, top + rows)
-        channels = range(len(blended))
-        self.class_map[target], best = _best(blended, channels)
-        self.probability[target] = _to_uint8(best)
-        if self.tumor_probability is not None and self.fallback_map is not None:
-            self.tumor_probability[target] = _to_uint8(blended[self.tumor_class])
-            self.fallback_map[target] = _best(
-                blended, [c for c in channels if c != self.tumor_class])[0]
+    def write(self, band: PredictionBand) -> None:
+        target = slice(band.top, band.top + len(band.class_map))
+        self.class_map[target] = band.class_map
+        self.probability[target] = band.probability
+        if self.tumor_probability is not None and band.tumor_probability is not None:
+            self.tumor_probability[target] = band.tumor_probability
+        if self.fallback_map is not None and band.fallback_map is not None:
+            self.fallback_map[target] = band.fallback_map
 
 
 def _best(probabilities: np.ndarray, channels: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:

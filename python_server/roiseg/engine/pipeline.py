@@ -1,7 +1,10 @@
 """One segmentation job: read the ROI, find tissue, run each model, post-process, vectorise.
 
 The gRPC service and the in-process CLI both run jobs through `run`, so a request gives
-the same polygons either way.
+the same polygons either way. A job streams over bands of rows: the ROI's pixels are read,
+classified, post-processed and vectorised band by band, and its tissue mask is kept at
+5 µm/px, so memory does not grow with the ROI's area (only hysteresis and minimum region
+sizes, which are whole-map operations, hold its class map whole).
 """
 
 from __future__ import annotations
@@ -14,18 +17,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
-import cv2
 import numpy as np
 import shapely
+import shapely.affinity
 from shapely.geometry import box
 from shapely.geometry.base import BaseGeometry
 
 from roiseg.engine import postprocess, vectorize
-from roiseg.engine.inference import predict
+from roiseg.engine.inference import PredictionBand, TiledPrediction
 from roiseg.engine.models import ModelCard, ModelRegistry
 from roiseg.errors import Cancelled, InvalidInput, TooLarge, echo
 from roiseg.io import classes, qupath_geojson, raster
-from roiseg.io.slides import RegionRead, Slide, pixels_region, read_slide_region
+from roiseg.io.slides import RegionRead, RegionRows, Slide, pixels_region_rows, slide_region_rows
 
 #: Paper 003's hysteresis thresholds for the tumour probability.
 DEFAULT_HYSTERESIS_LOW = 85 / 255
@@ -131,6 +134,12 @@ class Confidence:
     transform: raster.RasterTransform
 
 
+#: Most pixels of a tissue mask: a ROI larger than this at 5 µm/px (about 20 x 20 mm) finds
+#: its tissue at a coarser resolution (paper 003's sizes kept in µm), so memory stays flat.
+TISSUE_MAX_PIXELS = 4096 * 4096
+#: How far from tissue (µm) a class marked keep_on_glass is kept on glass (a gland's lumen):
+#: farther, glass is glass, and tiles holding nothing nearer never reach the model.
+KEPT_ON_GLASS_REACH_UM = 250.0
 #: A ROI clipped by more than this fraction of its area is said to be.
 CLIPPED_NOTICE = 0.001
 #: Longest side of a confidence map; larger ROIs get a coarser map.
@@ -142,7 +151,8 @@ REVIEW_SUFFIX = " (review)"
 
 @dataclass
 class ModelOutput:
-    """One model's result; `class_map` and `transform` stay in the process."""
+    """One model's result; `class_map` (only when `run` is asked to keep it) and `transform`
+    stay in the process."""
 
     card: ModelCard
     features: list[dict]
@@ -156,8 +166,10 @@ class ModelOutput:
     upsampled: bool
     tiles: int
     timings: Timings
-    class_map: np.ndarray = field(repr=False)
+    #: (height, width) of the raster at model resolution.
+    shape: tuple[int, int]
     transform: raster.RasterTransform = field(repr=False)
+    class_map: np.ndarray | None = field(default=None, repr=False)
     confidence: Confidence | None = field(default=None, repr=False)
     #: What the user should know about the result (e.g. the part of the ROI not segmented).
     notices: tuple[str, ...] = ()
@@ -167,14 +179,66 @@ class ModelOutput:
         return qupath_geojson.feature_collection(self.features)
 
 
-@dataclass
 class _Raster:
-    read: RegionRead
-    tissue: np.ndarray
-    roi_raster: BaseGeometry
-    roi_mask: np.ndarray
-    read_s: float
-    tissue_s: float
+    """A ROI's bounding box at a model's resolution: its pixels, read band by band; its tissue
+    (and what lies within `KEPT_ON_GLASS_REACH_UM` of it), kept at 5 µm/px as soft masks and
+    given at the model's resolution band by band; the ROI in its pixel coordinates."""
+
+    def __init__(self, region: RegionRows, soft_tissue: np.ndarray, near_tissue: np.ndarray,
+                 tissue_transform: raster.RasterTransform, roi_raster: BaseGeometry,
+                 read_s: float, tissue_s: float) -> None:
+        self.region, self.roi_raster = region, roi_raster
+        self.read_s, self.tissue_s = read_s, tissue_s
+        self.soft_tissue, self.near_tissue = soft_tissue, near_tissue
+        t, w = region.transform, tissue_transform
+        self._row_taps = _linear_taps(region.height, soft_tissue.shape[0],
+                                      t.scale_y / w.scale_y, (t.origin_y - w.origin_y) / w.scale_y)
+        self._column_taps = _linear_taps(region.width, soft_tissue.shape[1],
+                                         t.scale_x / w.scale_x,
+                                         (t.origin_x - w.origin_x) / w.scale_x)
+
+    def tissue(self, top: int, bottom: int) -> np.ndarray:
+        """(bottom - top, W) bool: rows of the tissue mask at the model's resolution."""
+        return self._upsampled(self.soft_tissue, top, bottom)
+
+    def near(self, top: int, bottom: int) -> np.ndarray:
+        """(bottom - top, W) bool: rows of the pixels within reach of tissue."""
+        return self._upsampled(self.near_tissue, top, bottom)
+
+    def roi(self, top: int, bottom: int) -> np.ndarray:
+        """(bottom - top, W) bool: rows of the pixels whose centres lie inside the ROI."""
+        return vectorize.roi_mask(shapely.affinity.translate(self.roi_raster, 0, -top),
+                                  (bottom - top, self.region.width))
+
+    def _upsampled(self, soft: np.ndarray, top: int, bottom: int) -> np.ndarray:
+        """Rows of a soft work-resolution mask resized bilinearly to the model's resolution
+        and thresholded at half, made `_BAND_PIXELS` at a time."""
+        out = np.empty((bottom - top, self.region.width), bool)
+        columns, column_weights = self._column_taps
+        step = max(1, _BAND_PIXELS // max(1, self.region.width))
+        for start in range(top, bottom, step):
+            stop = min(bottom, start + step)
+            taps, weights = self._row_taps[0][start:stop], self._row_taps[1][start:stop]
+            first, last = int(taps.min()), int(taps.max()) + 1
+            rows = soft[first:last]
+            narrowed = (rows[:, columns[:, 0]] * column_weights[:, 0]
+                        + rows[:, columns[:, 1]] * column_weights[:, 1])
+            out[start - top:stop - top] = (narrowed[taps[:, 0] - first] * weights[:, :1]
+                                           + narrowed[taps[:, 1] - first] * weights[:, 1:]
+                                           ) >= postprocess.SOFT_HALF
+        return out
+
+
+def _linear_taps(n_out: int, n_source: int, scale: float, offset: float
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Bilinear interpolation (as OpenCV's, edges clamped) along an axis whose pixel i covers
+    source pixels [offset + i * scale, offset + (i + 1) * scale): (n_out, 2) source pixels and
+    their (n_out, 2) float32 weights."""
+    centre = offset + (np.arange(n_out) + 0.5) * scale - 0.5
+    first = np.floor(centre)
+    fraction = (centre - first)[:, None]
+    taps = np.clip(first[:, None] + np.arange(2), 0, n_source - 1).astype(np.intp)
+    return taps, np.hstack([1 - fraction, fraction]).astype(np.float32)
 
 
 @dataclass
@@ -192,8 +256,8 @@ def read_roi(job: Job, card: ModelCard, *, max_roi_pixels: int) -> RoiPixels:
     limit, pyramid level and resampling), without segmenting it."""
     with _opened(job) as (image, source_mpp, roi, _):
         _check_size(roi, source_mpp, card, max_roi_pixels)
-        return RoiPixels(_read(image, roi.bounds, source_mpp, card, job.options.allow_upsample),
-                         roi, source_mpp)
+        return RoiPixels(_region(image, roi.bounds, source_mpp, card.mpp,
+                                 job.options.allow_upsample).read(), roi, source_mpp)
 
 
 @contextmanager
@@ -209,8 +273,10 @@ def _opened(job: Job) -> Iterator[tuple[Slide | PixelSource, float, BaseGeometry
 
 def run(job: Job, registry: ModelRegistry, *, max_roi_pixels: int,
         progress: Callable[[Progress], None] = lambda p: None,
-        should_stop: Callable[[], bool] = lambda: False) -> Iterator[ModelOutput]:
-    """Runs the job model by model, yielding each model's output when it is done."""
+        should_stop: Callable[[], bool] = lambda: False,
+        keep_class_map: bool = False) -> Iterator[ModelOutput]:
+    """Runs the job model by model, yielding each model's output when it is done; with
+    `keep_class_map` each output holds its whole class map (memory grows with the ROI)."""
     cards = [registry.card(model_id) for model_id in job.model_ids]
     _check_options(job.options, cards)
     with _opened(job) as (image, source_mpp, roi, notices):
@@ -221,76 +287,74 @@ def run(job: Job, registry: ModelRegistry, *, max_roi_pixels: int,
                 rasters[card.mpp] = _raster(job, image, roi, source_mpp, card, progress,
                                             should_stop)
             yield _segment(job, card, registry, rasters[card.mpp], source_mpp, notices, progress,
-                           should_stop)
+                           should_stop, keep_class_map)
 
 
 def _segment(job: Job, card: ModelCard, registry: ModelRegistry, raster: _Raster,
              source_mpp: float, notices: tuple[str, ...], progress: Callable[[Progress], None],
-             should_stop: Callable[[], bool]) -> ModelOutput:
-    """One model's output; its total time counts the (possibly shared) read and tissue
-    stages once."""
+             should_stop: Callable[[], bool], keep_class_map: bool) -> ModelOutput:
+    """One model's output, made band of rows by band; its total time counts the (possibly
+    shared) read and tissue stages once."""
     started = time.perf_counter()
-    timings = Timings(read_s=raster.read_s, tissue_s=raster.tissue_s)
     options = job.options
-    read = raster.read
-    mpp_x, mpp_y = read.transform.scale_x * source_mpp, read.transform.scale_y * source_mpp
+    region = raster.region
+    t = region.transform
+    height, width = region.height, region.width
+    mpp_x, mpp_y = t.scale_x * source_mpp, t.scale_y * source_mpp
     mpp = (mpp_x + mpp_y) / 2
 
     model = registry.load(card)
     tumor = card.tumor_index if options.hysteresis.enabled else None
     progress(Progress(Stage.INFERENCE, card.id, 0, 0, f"running {card.name}"))
-    t0 = time.perf_counter()
-    prediction = predict(model, read.image, tumor_class=tumor,
-                         needed=_needed(card, raster, hysteresis=tumor is not None),
-                         progress=lambda done, total: progress(
-                             Progress(Stage.INFERENCE, card.id, done, total)),
-                         should_stop=should_stop)
-    timings.inference_s = time.perf_counter() - t0
-    timings.model_s = prediction.model_seconds
+    tiled = TiledPrediction(model, region, tumor_class=tumor,
+                            needed=_needed(card, raster, hysteresis=tumor is not None))
+    bands = tiled.bands(lambda done, total: progress(Progress(Stage.INFERENCE, card.id, done,
+                                                              total)), should_stop)
+    steps = _Steps(card, raster, options, mpp)
+    classified = steps.whole_map(bands, tumor) if steps.needs_whole_map(tumor) \
+        else steps.banded(bands)
 
-    _stop_if(should_stop)
-    progress(Progress(Stage.POSTPROCESSING, card.id))
-    t0 = time.perf_counter()
-    class_map = prediction.class_map
-    if tumor is not None and prediction.tumor_probability is not None \
-            and prediction.fallback_map is not None:
-        tumorous = postprocess.hysteresis_mask(prediction.tumor_probability, raster.tissue, mpp,
-                                               options.hysteresis.low, options.hysteresis.high)
-        class_map = np.where(tumorous, np.uint8(tumor),
-                             np.where(class_map == tumor, prediction.fallback_map, class_map))
-    _mark_no_class(class_map, card, raster)
-    pixel_um2 = mpp_x * mpp_y
-    class_map = postprocess.enforce_min_sizes(class_map, math.sqrt(pixel_um2),
-                                              options.min_area_um2, options.min_hole_um2)
-    timings.postprocess_s = time.perf_counter() - t0
-
-    _stop_if(should_stop)
-    progress(Progress(Stage.VECTORIZING, card.id))
-    t0 = time.perf_counter()
     wanted = _wanted_classes(card, options.classes, options.all_classes)
     palette = {spec.index: (options.class_names.get(spec.name, spec.name).strip(), spec.color)
                for spec in card.classes}
-    vector_map = class_map
-    if options.include_background:
-        background = len(card.classes)
+    background = len(card.classes) if options.include_background else None
+    if background is not None:
         palette[background] = (classes.BACKGROUND_CLASS, classes.BACKGROUND_COLOR)
         wanted = [*wanted, background]
-        vector_map = np.where((class_map == postprocess.NO_CLASS) & raster.roi_mask,
-                              np.uint8(background), class_map)
     simplify_px = DEFAULT_SIMPLIFY_PX if options.simplify_um is None else options.simplify_um / mpp
-    regions = vectorize.class_regions(vector_map, prediction.probability, raster.roi_raster,
-                                      simplify_px, wanted)
+    vectorizer = vectorize.MapVectorizer(height, width, simplify_px, wanted)
+    unsure = _UnsureMap(height, width, t) if options.confidence_map else None
+    class_map = np.empty((height, width), np.uint8) if keep_class_map else None
+    vectorize_s = 0.0
+    for top, class_rows, probability in classified:
+        bottom = top + len(class_rows)
+        t0 = time.perf_counter()
+        if unsure is not None:
+            unsure.add(np.where(class_rows != postprocess.NO_CLASS, 255 - probability, 0))
+        if background is not None:
+            class_rows = np.where((class_rows == postprocess.NO_CLASS) & raster.roi(top, bottom),
+                                  np.uint8(background), class_rows)
+        vectorizer.add(class_rows, probability)
+        if class_map is not None:
+            class_map[top:bottom] = class_rows
+        vectorize_s += time.perf_counter() - t0
+    _stop_if(should_stop)
+
+    progress(Progress(Stage.VECTORIZING, card.id))
+    t0 = time.perf_counter()
+    regions = vectorizer.regions(raster.roi_raster)
     metadata = {**qupath_geojson.model_metadata(card.id, card.version, job.run_id),
                 qupath_geojson.PIXEL_SIZE_KEY: repr(source_mpp)}
+    pixel_um2 = mpp_x * mpp_y
     features: list[dict] = []
     class_areas: dict[str, tuple[float, int]] = {}
-    for region in regions:
-        name, color = palette[region.class_index]
-        area_um2 = region.area_px * pixel_um2
+    for found in regions:
+        name, color = palette[found.class_index]
+        area_um2 = found.area_px * pixel_um2
         measurements = {qupath_geojson.AREA_MEASUREMENT: area_um2}
-        if region.class_index < len(card.classes):
-            measurements[qupath_geojson.PROBABILITY_MEASUREMENT] = region.mean_probability
-        geometry = shapely.set_precision(read.transform.geometry_to_full(region.geometry), 1e-3)
+        if found.class_index < len(card.classes):
+            measurements[qupath_geojson.PROBABILITY_MEASUREMENT] = found.mean_probability
+        geometry = shapely.set_precision(t.geometry_to_full(found.geometry), 1e-3)
         flagged = _for_review(measurements, options.review_below)
         features.append(qupath_geojson.annotation_feature(
             geometry, name, color, measurements,
@@ -298,38 +362,124 @@ def _segment(job: Job, card: ModelCard, registry: ModelRegistry, raster: _Raster
             str(uuid.uuid4()), name + REVIEW_SUFFIX if flagged else None))
         total, count = class_areas.get(name, (0.0, 0))
         class_areas[name] = (total + area_um2, count + 1)
-    timings.vectorize_s = time.perf_counter() - t0
-    timings.total_s = time.perf_counter() - started + raster.read_s + raster.tissue_s
-
-    t = read.transform
-    height, width = class_map.shape
+    vectorize_s += time.perf_counter() - t0
+    elapsed = time.perf_counter() - started
+    timings = Timings(
+        read_s=raster.read_s + tiled.read_seconds, tissue_s=raster.tissue_s,
+        inference_s=elapsed - vectorize_s - steps.seconds, model_s=tiled.model_seconds,
+        postprocess_s=steps.seconds, vectorize_s=vectorize_s,
+        total_s=elapsed + raster.read_s + raster.tissue_s)
     return ModelOutput(
         card=card, features=features, class_areas=class_areas,
         region=(t.origin_x, t.origin_y, width * t.scale_x, height * t.scale_y),
-        source_mpp=source_mpp, mpp_x=mpp_x, mpp_y=mpp_y, level=read.level,
-        level_downsample=read.level_downsample, upsampled=read.upsampled,
-        tiles=prediction.tiles, timings=timings, class_map=vector_map, transform=t,
-        confidence=_confidence(prediction.probability, class_map != postprocess.NO_CLASS, t)
-        if options.confidence_map else None, notices=notices)
+        source_mpp=source_mpp, mpp_x=mpp_x, mpp_y=mpp_y, level=region.level,
+        level_downsample=region.level_downsample, upsampled=region.upsampled,
+        tiles=tiled.tiles, timings=timings, shape=(height, width), transform=t,
+        class_map=class_map, confidence=None if unsure is None else unsure.result(),
+        notices=notices)
 
 
-#: Pixels per band of rows when marking pixels of no class (bounds the temporary masks).
+#: Pixels per band of rows of the whole-map steps' output and of tissue rows made at once.
 _BAND_PIXELS = 1 << 22
 
+_Classified = Iterator[tuple[int, np.ndarray, np.ndarray]]
 
-def _mark_no_class(class_map: np.ndarray, card: ModelCard, raster: _Raster) -> None:
-    """Sets NO_CLASS, in place and band of rows by band, where a pixel gets no class: outside
-    the ROI, on glass (unless its class is kept on glass), the card's background class."""
-    rows = max(1, _BAND_PIXELS // max(1, class_map.shape[1]))
-    for top in range(0, class_map.shape[0], rows):
-        band = class_map[top:top + rows]
-        no_class = ~raster.tissue[top:top + rows]
+
+class _Steps:
+    """Post-processing of a prediction's bands: NO_CLASS where a pixel gets no class (outside
+    the ROI, on glass unless its class is kept on glass, the card's background class), and,
+    when asked for, tumour hysteresis and minimum region sizes (on the whole map). Yields
+    (top, class rows, probability rows); `seconds` counts its own time."""
+
+    def __init__(self, card: ModelCard, raster: _Raster, options: Options, mpp: float) -> None:
+        self.card, self.raster, self.options, self.mpp = card, raster, options, mpp
+        self.seconds = 0.0
+
+    def needs_whole_map(self, tumor: int | None) -> bool:
+        return tumor is not None or self.options.min_area_um2 > 0 \
+            or self.options.min_hole_um2 > 0
+
+    def banded(self, bands: Iterator[PredictionBand]) -> _Classified:
+        for band in bands:
+            t0 = time.perf_counter()
+            self._mark_no_class(band.class_map, band.top)
+            self.seconds += time.perf_counter() - t0
+            yield band.top, band.class_map, band.probability
+
+    def whole_map(self, bands: Iterator[PredictionBand], tumor: int | None) -> _Classified:
+        raster, options = self.raster, self.options
+        height, width = raster.region.height, raster.region.width
+        class_map = np.empty((height, width), np.uint8)
+        probability = np.empty((height, width), np.uint8)
+        tumor_probability = np.empty((height, width), np.uint8) if tumor is not None else None
+        fallback_map = np.empty((height, width), np.uint8) if tumor is not None else None
+        for band in bands:
+            at = slice(band.top, band.top + len(band.class_map))
+            class_map[at], probability[at] = band.class_map, band.probability
+            if band.tumor_probability is not None and band.fallback_map is not None \
+                    and tumor_probability is not None and fallback_map is not None:
+                tumor_probability[at] = band.tumor_probability
+                fallback_map[at] = band.fallback_map
+        t0 = time.perf_counter()
+        if tumor is not None and tumor_probability is not None and fallback_map is not None:
+            tumorous = postprocess.hysteresis_mask(tumor_probability, raster.tissue(0, height),
+                                                   self.mpp, options.hysteresis.low,
+                                                   options.hysteresis.high)
+            class_map = np.where(tumorous, np.uint8(tumor),
+                                 np.where(class_map == tumor, fallback_map, class_map))
+        rows = max(1, _BAND_PIXELS // max(1, width))
+        for top in range(0, height, rows):
+            self._mark_no_class(class_map[top:top + rows], top)
+        class_map = postprocess.enforce_min_sizes(class_map, self.mpp, options.min_area_um2,
+                                                  options.min_hole_um2)
+        self.seconds += time.perf_counter() - t0
+        for top in range(0, height, rows):
+            yield top, class_map[top:top + rows], probability[top:top + rows]
+
+    def _mark_no_class(self, band: np.ndarray, top: int) -> None:
+        """Sets NO_CLASS, in place, in the class map's rows from `top`."""
+        card, raster = self.card, self.raster
+        bottom = top + len(band)
+        no_class = ~raster.tissue(top, bottom)
         if card.kept_on_glass:
-            no_class &= ~np.isin(band, card.kept_on_glass)
-        no_class |= ~raster.roi_mask[top:top + rows]
+            no_class &= ~(np.isin(band, card.kept_on_glass) & raster.near(top, bottom))
+        no_class |= ~raster.roi(top, bottom)
         if card.background_index is not None:
             no_class |= band == card.background_index
         band[no_class] = postprocess.NO_CLASS
+
+
+class _UnsureMap:
+    """The confidence map, made band by band: 255 - the class probability where a class is
+    returned, 0 elsewhere, averaged over blocks of f x f pixels so that its longest side is at
+    most `CONFIDENCE_MAP_SIDE` (the blocks at the right and bottom edges may be partial)."""
+
+    def __init__(self, height: int, width: int, transform: raster.RasterTransform) -> None:
+        self.factor = f = max(1, math.ceil(max(height, width) / CONFIDENCE_MAP_SIDE))
+        self.height, self.transform = height, transform
+        self.image = np.zeros((math.ceil(height / f), math.ceil(width / f)), np.uint8)
+        self.columns = np.arange(0, width, f)
+        self.column_counts = np.diff(np.append(self.columns, width))
+        self.pending = np.zeros((0, width), np.uint32)
+        self.row = 0
+
+    def add(self, unsure_rows: np.ndarray) -> None:
+        """The next rows, top to bottom, of 255 - probability (0 where no class)."""
+        f = self.factor
+        rows = np.concatenate([self.pending, unsure_rows.astype(np.uint32)])
+        last = self.row * f + len(rows) == self.height
+        blocks = len(rows) // f + int(last and len(rows) % f > 0)
+        for k in range(blocks):
+            block = rows[k * f:(k + 1) * f]
+            sums = np.add.reduceat(block.sum(axis=0), self.columns)
+            self.image[self.row] = np.rint(sums / (len(block) * self.column_counts))
+            self.row += 1
+        self.pending = rows[blocks * f:]
+
+    def result(self) -> Confidence:
+        f, t = self.factor, self.transform
+        return Confidence(self.image, raster.RasterTransform(t.origin_x, t.origin_y,
+                                                             t.scale_x * f, t.scale_y * f))
 
 
 def _for_review(measurements: dict[str, float], review_below: float | None) -> bool:
@@ -337,56 +487,53 @@ def _for_review(measurements: dict[str, float], review_below: float | None) -> b
     return review_below is not None and probability is not None and probability < review_below
 
 
-def _needed(card: ModelCard, raster: _Raster, hysteresis: bool) -> np.ndarray | None:
-    """The pixels whose predictions a job uses: tissue inside the ROI; tissue anywhere in the
-    region for hysteresis (its tumour regions grow across the ROI's edge); the whole ROI for a
-    model whose classes are kept on glass (None: all, both)."""
-    if card.kept_on_glass:
-        return None if hysteresis else raster.roi_mask
-    return raster.tissue if hysteresis else raster.tissue & raster.roi_mask
-
-
-def _confidence(probability: np.ndarray, classified: np.ndarray,
-                transform: raster.RasterTransform) -> Confidence:
-    """255 - `probability` where a class is returned (`classified`: not outside the ROI, not
-    glass), averaged down to at most `CONFIDENCE_MAP_SIDE`."""
-    unsure: np.ndarray = np.where(classified, 255 - probability, 0).astype(np.uint8)
-    height, width = unsure.shape
-    factor = max(1, math.ceil(max(height, width) / CONFIDENCE_MAP_SIDE))
-    if factor > 1:
-        size = (math.ceil(width / factor), math.ceil(height / factor))
-        unsure = cv2.resize(unsure, size, interpolation=cv2.INTER_AREA)
-    scale_x = transform.scale_x * width / unsure.shape[1]
-    scale_y = transform.scale_y * height / unsure.shape[0]
-    return Confidence(unsure, raster.RasterTransform(transform.origin_x, transform.origin_y,
-                                                     scale_x, scale_y))
+def _needed(card: ModelCard, raster: _Raster, hysteresis: bool
+            ) -> Callable[[int, int], np.ndarray]:
+    """Rows of the pixels whose predictions a job uses: tissue (within reach of tissue, for a
+    model with classes kept on glass) inside the ROI; anywhere in the region for hysteresis
+    (its tumour regions grow across the ROI's edge)."""
+    found = raster.near if card.kept_on_glass else raster.tissue
+    if hysteresis:
+        return found
+    return lambda top, bottom: found(top, bottom) & raster.roi(top, bottom)
 
 
 def _raster(job: Job, image: Slide | PixelSource, roi: BaseGeometry, source_mpp: float,
             card: ModelCard, progress: Callable[[Progress], None],
             should_stop: Callable[[], bool]) -> _Raster:
-    """Reads the ROI's bounding box at the card's resolution and finds its tissue."""
+    """Plans reading the ROI's bounding box at the card's resolution and finds its tissue at
+    5 µm/px (at the card's resolution if coarser; coarser too past `TISSUE_MAX_PIXELS`),
+    read apart."""
     progress(Progress(Stage.READING, card.id, message=f"reading the region at {card.mpp} µm/px"))
     t0 = time.perf_counter()
-    read = _read(image, roi.bounds, source_mpp, card, job.options.allow_upsample)
+    allow_upsample = job.options.allow_upsample
+    region = _region(image, roi.bounds, source_mpp, card.mpp, allow_upsample)
+    raster_mpp = (region.transform.scale_x + region.transform.scale_y) / 2 * source_mpp
+    x0, y0, x1, y1 = roi.bounds
+    tissue_mpp = max(postprocess.WORK_MPP,
+                     source_mpp * math.sqrt((x1 - x0) * (y1 - y0) / TISSUE_MAX_PIXELS))
+    work = region if raster_mpp >= tissue_mpp else \
+        _region(image, roi.bounds, source_mpp, tissue_mpp, allow_upsample)
+    pixels = work.read().image
     read_s = time.perf_counter() - t0
     _stop_if(should_stop)
 
     progress(Progress(Stage.TISSUE, card.id, message="finding tissue"))
     t0 = time.perf_counter()
-    raster_mpp = (read.transform.scale_x + read.transform.scale_y) / 2 * source_mpp
-    tissue = postprocess.tissue_mask(read.image, raster_mpp)
-    roi_raster = read.transform.geometry_to_raster(roi)
-    roi_mask = vectorize.roi_mask(roi_raster, read.image.shape[:2])
-    return _Raster(read, tissue, roi_raster, roi_mask, read_s, time.perf_counter() - t0)
+    work_mpp = (work.transform.scale_x + work.transform.scale_y) / 2 * source_mpp
+    soft = postprocess.soft_tissue_mask(pixels, work_mpp, blur=work is not region)
+    del pixels
+    near = postprocess.near_tissue(soft, KEPT_ON_GLASS_REACH_UM / work_mpp)
+    return _Raster(region, soft, near, work.transform, region.transform.geometry_to_raster(roi),
+                   read_s, time.perf_counter() - t0)
 
 
-def _read(image: Slide | PixelSource, bbox: tuple[float, float, float, float],
-          source_mpp: float, card: ModelCard, allow_upsample: bool) -> RegionRead:
+def _region(image: Slide | PixelSource, bbox: tuple[float, float, float, float],
+            source_mpp: float, mpp: float, allow_upsample: bool) -> RegionRows:
     if isinstance(image, Slide):
-        return read_slide_region(image, bbox, source_mpp, card.mpp, allow_upsample)
-    return pixels_region(image.image, image.origin_x, image.origin_y, image.downsample, bbox,
-                         source_mpp, card.mpp, allow_upsample)
+        return slide_region_rows(image, bbox, source_mpp, mpp, allow_upsample)
+    return pixels_region_rows(image.image, image.origin_x, image.origin_y, image.downsample,
+                              bbox, source_mpp, mpp, allow_upsample)
 
 
 def _source_mpp(source: PixelSource | SlideSource, image: Slide | PixelSource) -> float:

@@ -15,13 +15,16 @@ import numpy as np
 
 from roiseg.errors import InvalidInput
 
-__all__ = ["NO_CLASS", "WORK_MPP", "enforce_min_sizes", "hysteresis_mask", "tissue_mask"]
+__all__ = ["NO_CLASS", "SOFT_HALF", "WORK_MPP", "enforce_min_sizes", "hysteresis_mask",
+           "near_tissue", "soft_tissue_mask", "tissue_mask"]
 
 #: Class-map value of pixels that belong to no class (glass, outside the ROI, background).
 NO_CLASS = 255
 
 #: Resolution (µm/px) the paper's masks are computed at.
 WORK_MPP = 5.0
+#: A soft mask's (`soft_tissue_mask`) value from which a pixel is inside: half of 255.
+SOFT_HALF = 127.5
 
 # Paper 003's parameters, in pixels at 5 µm/px.
 _CANNY_LOW = 10
@@ -72,6 +75,29 @@ def tissue_mask(rgb: np.ndarray, mpp: float) -> np.ndarray:
         return np.zeros((height, width), dtype=bool)
     mask, scale = _work_tissue_mask(image, mpp)
     return _resize_mask(mask, (height, width), _EDGE_SIGMA_PX * scale)
+
+
+def soft_tissue_mask(rgb: np.ndarray, mpp: float, blur: bool = True) -> np.ndarray:
+    """`tissue_mask` at its work resolution (`rgb` at 5 µm/px or coarser), as uint8 0..255 to
+    be resized up bilinearly and thresholded at half (`SOFT_HALF`): blurred as `tissue_mask`
+    blurs it, unless not `blur` (a mask used at this very resolution)."""
+    image = _as_uint8_image(rgb)
+    _check_mpp(mpp)
+    mask, scale = _work_tissue_mask(image, mpp)
+    soft: np.ndarray = mask.astype(np.float32)
+    sigma = _EDGE_SIGMA_PX * scale
+    if blur and sigma >= _MIN_EDGE_SIGMA_PX:
+        soft = cv2.GaussianBlur(soft, (0, 0), sigma, borderType=cv2.BORDER_REPLICATE)
+    return np.rint(soft * 255).astype(np.uint8)
+
+
+def near_tissue(soft_tissue: np.ndarray, reach_px: float) -> np.ndarray:
+    """A soft tissue mask (`soft_tissue_mask`) grown by `reach_px` of its pixels, as uint8
+    0 / 255."""
+    inside = (soft_tissue >= SOFT_HALF).view(np.uint8)
+    side = 2 * max(0, round(reach_px)) + 1
+    grown = cv2.dilate(inside, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (side, side)))
+    return grown * np.uint8(255)
 
 
 def _work_tissue_mask(image: np.ndarray, mpp: float) -> tuple[np.ndarray, float]:

@@ -20,7 +20,7 @@ from shapely.geometry.base import BaseGeometry
 
 from roiseg.engine.postprocess import NO_CLASS, present_values
 
-__all__ = ["Region", "class_regions", "rasterize_regions", "roi_mask"]
+__all__ = ["MapVectorizer", "Region", "class_regions", "rasterize_regions", "roi_mask"]
 
 _IDENTITY = Affine.identity()
 #: Parts with an area (px²) at or below this are dropped as degenerate.
@@ -47,11 +47,8 @@ class Region:
 
 def class_regions(class_map: np.ndarray, probability: np.ndarray, roi: BaseGeometry,
                   simplify_px: float, classes: Sequence[int] | None = None) -> list[Region]:
-    """Polygons, with holes, of the 4-connected regions of each class.
-
-    Boundaries follow pixel edges, then are simplified with tolerance `simplify_px`
-    (0 = none) over the whole coverage so that neighbouring regions keep shared edges;
-    the result is clipped to `roi`. NO_CLASS yields nothing.
+    """Polygons, with holes, of the 4-connected regions of each class (see `MapVectorizer`,
+    to which the whole map is given at once).
 
     Args:
         class_map: (H, W) uint8 class indices, NO_CLASS where no class.
@@ -59,58 +56,92 @@ def class_regions(class_map: np.ndarray, probability: np.ndarray, roi: BaseGeome
         roi: region of interest in raster coordinates.
         simplify_px: simplification tolerance in raster pixels.
         classes: classes to return; None for all.
-
-    Returns:
-        Regions ordered by class, then by position of the component they come from.
     """
     class_map = np.asarray(class_map)
     if class_map.ndim != 2 or class_map.dtype != np.uint8:
         raise ValueError(f"class map must be (H, W) uint8, got {class_map.shape} "
                          f"{class_map.dtype}")
-    probability = np.asarray(probability)
-    if probability.shape != class_map.shape:
-        raise ValueError(f"probability {probability.shape} and class map {class_map.shape} "
-                         "differ in shape")
-    if not (simplify_px >= 0):
-        raise ValueError(f"simplify_px must be >= 0, got {simplify_px}")
-    if class_map.size == 0 or roi is None or roi.is_empty:
-        return []
+    height, width = class_map.shape
+    vectorizer = MapVectorizer(height, width, simplify_px, classes)
+    vectorizer.add(class_map, np.asarray(probability))
+    return vectorizer.regions(roi)
 
-    wanted = np.ones(256, dtype=bool)
-    if classes is not None:
-        wanted[:] = False
-        wanted[[int(c) for c in classes if 0 <= int(c) < 256]] = True
-    wanted[NO_CLASS] = False
 
-    # Pixel-corner vertices have integer coordinates, so every vertex triangle but a
-    # collinear one has an area >= 0.5 px²: below this tolerance simplification cannot
-    # change a shape and is skipped.
-    simplify = simplify_px * simplify_px >= _MIN_TRIANGLE_AREA
-    # Simplified: the whole coverage (every class), so that shared edges stay shared and
-    # shapes do not depend on `classes`.
-    components = _components(class_map, probability, None if simplify else wanted,
-                             junctions=simplify)
-    if components.ids.size == 0:
-        return []
-    ids, polygons = components.ids, components.polygons
-    if simplify:
-        polygons = shapely.coverage_simplify(polygons, simplify_px, simplify_boundary=True)
-        keep = wanted[components.classes]
-        ids, polygons = ids[keep], polygons[keep]
-        label_class, mean = components.classes[keep], components.means[keep]
-    else:
-        label_class, mean = components.classes, components.means
+class MapVectorizer:
+    """Polygons, with holes, of the 4-connected regions of each class of a class map given
+    band of rows by band (`add`, bands of any heights, top to bottom): memory stays that of
+    one band (int32 labels and a few masks) and the polygons found, whatever the map's size.
 
-    polygons = _make_valid(polygons)
-    polygons = _clip(polygons, roi)
-    regions = []
-    for index, geometry in enumerate(polygons):
-        for part in _polygon_parts(geometry):
-            area = part.area
-            if area > _MIN_PART_AREA:
-                regions.append(Region(int(label_class[index]), part, float(area),
-                                      float(mean[index])))
-    return regions
+    Boundaries follow pixel edges, then are simplified with tolerance `simplify_px`
+    (0 = none) over the whole coverage so that neighbouring regions keep shared edges;
+    the result is clipped to the ROI. NO_CLASS yields nothing. The polygons do not depend on
+    how the map was cut into bands.
+    """
+
+    def __init__(self, height: int, width: int, simplify_px: float,
+                 classes: Sequence[int] | None = None) -> None:
+        if not (simplify_px >= 0):
+            raise ValueError(f"simplify_px must be >= 0, got {simplify_px}")
+        self.height, self.width, self.simplify_px = height, width, simplify_px
+        self.wanted = np.ones(256, dtype=bool)
+        if classes is not None:
+            self.wanted[:] = False
+            self.wanted[[int(c) for c in classes if 0 <= int(c) < 256]] = True
+        self.wanted[NO_CLASS] = False
+        # Pixel-corner vertices have integer coordinates, so every vertex triangle but a
+        # collinear one has an area >= 0.5 px²: below this tolerance simplification cannot
+        # change a shape and is skipped.
+        self.simplify = simplify_px * simplify_px >= _MIN_TRIANGLE_AREA
+        # Simplified: the whole coverage (every class), so that shared edges stay shared and
+        # shapes do not depend on `classes`.
+        self._components = _ComponentBuilder(height, width,
+                                             None if self.simplify else self.wanted,
+                                             junctions=self.simplify)
+        self._added = 0
+
+    def add(self, class_rows: np.ndarray, probability_rows: np.ndarray) -> None:
+        """The map's next rows: (n, W) uint8 classes and the probability of each pixel's class,
+        uint8 0..255 or float 0..1 (one dtype for the whole map)."""
+        if class_rows.ndim != 2 or class_rows.dtype != np.uint8 \
+                or class_rows.shape[1] != self.width:
+            raise ValueError(f"class map rows must be (n, {self.width}) uint8, got "
+                             f"{class_rows.shape} {class_rows.dtype}")
+        if probability_rows.shape != class_rows.shape:
+            raise ValueError(f"probability {probability_rows.shape} and class map "
+                             f"{class_rows.shape} differ in shape")
+        if self._added + len(class_rows) > self.height:
+            raise ValueError(f"more than the map's {self.height} rows were added")
+        self._added += len(class_rows)
+        self._components.add(class_rows, probability_rows)
+
+    def regions(self, roi: BaseGeometry) -> list[Region]:
+        """The regions, ordered by class, then by position of the component they come from,
+        clipped to `roi` (raster coordinates); call once, after every row was added."""
+        if self._added != self.height:
+            raise ValueError(f"{self._added} of the map's {self.height} rows were added")
+        components = self._components.finish()
+        if components.ids.size == 0 or roi is None or roi.is_empty:
+            return []
+        ids, polygons = components.ids, components.polygons
+        if self.simplify:
+            polygons = shapely.coverage_simplify(polygons, self.simplify_px,
+                                                 simplify_boundary=True)
+            keep = self.wanted[components.classes]
+            ids, polygons = ids[keep], polygons[keep]
+            label_class, mean = components.classes[keep], components.means[keep]
+        else:
+            label_class, mean = components.classes, components.means
+
+        polygons = _make_valid(polygons)
+        polygons = _clip(polygons, roi)
+        regions = []
+        for index, geometry in enumerate(polygons):
+            for part in _polygon_parts(geometry):
+                area = part.area
+                if area > _MIN_PART_AREA:
+                    regions.append(Region(int(label_class[index]), part, float(area),
+                                          float(mean[index])))
+        return regions
 
 
 def rasterize_regions(regions: Sequence[Region], shape: tuple[int, int]) -> np.ndarray:
@@ -157,63 +188,126 @@ class _Components:
     means: np.ndarray
 
 
-def _components(class_map: np.ndarray, probability: np.ndarray, wanted: np.ndarray | None,
-                junctions: bool) -> _Components:
+class _ComponentBuilder:
     """Exact pixel-edge polygons of the 4-connected regions of every class (of `wanted`
-    classes only: a (256,) bool table), made band of rows by band of rows so that memory
-    stays that of one band whatever the map's size.
+    classes only: a (256,) bool table) of a map given in bands, made band of `_BAND_PIXELS`
+    by band so that memory stays that of one band whatever the map's size.
 
     A region crossing the bands' seams is the union of its bands' pieces, with the vertices
     the seams added taken out again: the polygons are those of the whole map at once. With
     `junctions`, every ring also gets a vertex at each pixel corner where three or more
     values meet, so that the polygons form an edge-matched coverage (polygonize leaves such
-    corners out of a ring that runs straight through them).
+    corners out of a ring that runs straight through them). A band is polygonised once the
+    row below it is known (its bottom corners depend on it).
     """
-    height, width = class_map.shape
-    rows = max(1, _BAND_PIXELS // max(1, width))
-    corners = _junctions(class_map, rows) if junctions else None
-    label_class = [np.array([NO_CLASS], dtype=np.uint8)]
-    sums, sizes = [np.zeros(1)], [np.zeros(1, dtype=np.int64)]
-    ids: list[np.ndarray] = []
-    polygons: list[np.ndarray] = []
-    links: list[np.ndarray] = []
-    offset = 0
-    above: tuple[np.ndarray, np.ndarray] | None = None
-    for top in range(0, height, rows):
-        band = class_map[top:top + rows]
-        labels, band_class = _label_band(band, offset)
+
+    def __init__(self, height: int, width: int, wanted: np.ndarray | None,
+                 junctions: bool) -> None:
+        self.height, self.width, self.wanted, self.junctions = height, width, wanted, junctions
+        self.rows = max(1, _BAND_PIXELS // max(1, width))
+        self.top = 0
+        self.pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self.pending_rows = 0
+        self.row_above: np.ndarray | None = None
+        self.labels_above: np.ndarray | None = None
+        self.uint8 = True
+        self.label_class = [np.array([NO_CLASS], dtype=np.uint8)]
+        self.sums, self.sizes = [np.zeros(1)], [np.zeros(1, dtype=np.int64)]
+        self.ids: list[np.ndarray] = []
+        self.polygons: list[np.ndarray] = []
+        self.links: list[np.ndarray] = []
+        self.corner_keys: list[np.ndarray] = []
+        self.offset = 0
+
+    def add(self, class_rows: np.ndarray, probability_rows: np.ndarray) -> None:
+        self.uint8 = probability_rows.dtype == np.uint8
+        self.pending.append((class_rows, probability_rows))
+        self.pending_rows += len(class_rows)
+        while self.pending_rows > self.rows:  # a band and the row below it
+            self._band(self.rows)
+
+    def _take(self, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """The next `count` pending rows (classes, probabilities)."""
+        classes, probabilities, taken = [], [], 0
+        while taken < count:
+            class_rows, probability_rows = self.pending[0]
+            n = min(count - taken, len(class_rows))
+            classes.append(class_rows[:n])
+            probabilities.append(probability_rows[:n])
+            if n == len(class_rows):
+                self.pending.pop(0)
+            else:
+                self.pending[0] = (class_rows[n:], probability_rows[n:])
+            taken += n
+        self.pending_rows -= count
+        return ((classes[0], probabilities[0]) if len(classes) == 1
+                else (np.concatenate(classes), np.concatenate(probabilities)))
+
+    def _band(self, rows: int) -> None:
+        """Labels and polygonises the next `rows` rows."""
+        band, probability = self._take(rows)
+        top = self.top
+        below = self.pending[0][0][:1] if self.pending else None
+        corners = self._corners(band, below) if self.junctions else None
+        labels, band_class = _label_band(band, self.offset)
         count = band_class.size
-        label_class.append(band_class)
-        band_sums, band_sizes = _label_sums(labels, probability[top:top + rows], offset, count)
-        sums.append(band_sums)
-        sizes.append(band_sizes)
-        if above is not None:
-            links.append(_seam_links(*above, labels[0], band[0]))
-        above = (labels[-1].copy(), band[-1])
+        self.label_class.append(band_class)
+        band_sums, band_sizes = _label_sums(labels, probability, self.offset, count)
+        self.sums.append(band_sums)
+        self.sizes.append(band_sizes)
+        if self.labels_above is not None and self.row_above is not None:
+            self.links.append(_seam_links(self.labels_above, self.row_above, labels[0], band[0]))
+        self.labels_above, self.row_above = labels[-1].copy(), band[-1].copy()
         if count:
-            mask = labels > 0 if wanted is None else wanted[band]
+            mask = labels > 0 if self.wanted is None else self.wanted[band]
             band_ids, band_polygons = _polygons(labels, mask, top, corners)
-            ids.append(band_ids)
-            polygons.append(band_polygons)
-        offset += count
-        del labels
-    if not ids:
-        return _Components(*(np.zeros(0, dtype=t) for t in (np.int64, object, np.uint8,
-                                                           np.float64)))
-    classes = np.concatenate(label_class)
-    total = np.concatenate(sums)
-    pixels = np.concatenate(sizes)
-    piece_ids, piece_polygons = np.concatenate(ids), np.concatenate(polygons)
-    group = _groups(offset + 1, links)
-    region_sums: np.ndarray = np.bincount(group, weights=total)
-    if probability.dtype == np.uint8:
-        region_sums = region_sums / 255.0
-    region_sizes = np.bincount(group, weights=pixels)
-    means = region_sums / np.maximum(region_sizes, 1)
-    merged_ids, merged = _merge_pieces(piece_ids, piece_polygons, group, rows, height, corners)
-    order = np.lexsort((merged_ids, classes[merged_ids]))
-    merged_ids, merged = merged_ids[order], merged[order]
-    return _Components(merged_ids, merged, classes[merged_ids], means[merged_ids])
+            self.ids.append(band_ids)
+            self.polygons.append(band_polygons)
+        self.offset += count
+        self.top += len(band)
+
+    def _corners(self, band: np.ndarray, below: np.ndarray | None) -> _Corners:
+        """The junction corners on the band's rows of pixel corners (its top and bottom edges
+        included); outside the map counts as NO_CLASS."""
+        width = self.width
+        edge = np.full((1, width), NO_CLASS, np.uint8)
+        rows = np.concatenate([edge if self.row_above is None else self.row_above[None], band,
+                               edge if below is None else below])
+        rows = np.pad(rows, ((0, 0), (1, 1)), constant_values=NO_CLASS)
+        a, b = rows[:-1, :-1], rows[:-1, 1:]
+        c, d = rows[1:, :-1], rows[1:, 1:]
+        distinct = ((a != b).astype(np.uint8) + ((c != a) & (c != b))
+                    + ((d != a) & (d != b) & (d != c)))
+        ys, xs = np.nonzero(distinct >= 2)
+        by_row = (ys + self.top).astype(np.int64) * (width + 1) + xs
+        self.corner_keys.append(by_row)
+        return _Corners(by_row, np.sort(xs * (self.height + 1) + ys + self.top), width,
+                        self.height)
+
+    def finish(self) -> _Components:
+        """The regions, once every row was added."""
+        if self.pending_rows and self.width:
+            self._band(self.pending_rows)
+        if not self.ids:
+            return _Components(*(np.zeros(0, dtype=t) for t in (np.int64, object, np.uint8,
+                                                               np.float64)))
+        classes = np.concatenate(self.label_class)
+        total = np.concatenate(self.sums)
+        pixels = np.concatenate(self.sizes)
+        piece_ids, piece_polygons = np.concatenate(self.ids), np.concatenate(self.polygons)
+        group = _groups(self.offset + 1, self.links)
+        region_sums: np.ndarray = np.bincount(group, weights=total)
+        if self.uint8:
+            region_sums = region_sums / 255.0
+        region_sizes = np.bincount(group, weights=pixels)
+        means = region_sums / np.maximum(region_sizes, 1)
+        corners = (_Corners(np.unique(np.concatenate(self.corner_keys)), np.zeros(0, np.int64),
+                            self.width, self.height) if self.junctions else None)
+        merged_ids, merged = _merge_pieces(piece_ids, piece_polygons, group, self.rows,
+                                           self.height, corners)
+        order = np.lexsort((merged_ids, classes[merged_ids]))
+        merged_ids, merged = merged_ids[order], merged[order]
+        return _Components(merged_ids, merged, classes[merged_ids], means[merged_ids])
 
 
 def _label_band(band: np.ndarray, offset: int) -> tuple[np.ndarray, np.ndarray]:
@@ -320,7 +414,7 @@ def _polygons(labels: np.ndarray, mask: np.ndarray, top: int = 0,
               ) -> tuple[np.ndarray, np.ndarray]:
     """Exact pixel-edge polygons of the labels under `mask` (one per 4-connected label
     region) of a band whose first row is row `top` of the map; with `corners` (from
-    `_junctions`), junction corners are inserted into the rings."""
+    `_ComponentBuilder._corners`), junction corners are inserted into the rings."""
     ids: list[int] = []
     ring_coords: list[np.ndarray] = []  # arrays, not Python tuples: 16 bytes a vertex
     ring_sizes: list[int] = []
@@ -356,27 +450,6 @@ class _Corners:
     by_column: np.ndarray
     width: int
     height: int
-
-
-def _junctions(class_map: np.ndarray, rows: int) -> _Corners:
-    """The junction corners of a map (outside it counts as NO_CLASS), found band of `rows`
-    rows by band."""
-    height, width = class_map.shape
-    found = []
-    for top in range(0, height + 1, rows):
-        bottom = min(top + rows, height + 1)  # corner rows top .. bottom - 1
-        band = class_map[max(top - 1, 0):min(bottom, height)]
-        band = np.pad(band, ((int(top == 0), int(bottom == height + 1)), (1, 1)),
-                      constant_values=NO_CLASS)
-        a, b = band[:-1, :-1], band[:-1, 1:]
-        c, d = band[1:, :-1], band[1:, 1:]
-        distinct = ((a != b).astype(np.uint8) + ((c != a) & (c != b))
-                    + ((d != a) & (d != b) & (d != c)))
-        ys, xs = np.nonzero(distinct >= 2)
-        found.append((ys + top).astype(np.int64) * (width + 1) + xs)
-    by_row = np.concatenate(found)
-    ys, xs = np.divmod(by_row, width + 1)
-    return _Corners(by_row, np.sort(xs * (height + 1) + ys), width, height)
 
 
 def _insert_junctions(xy: np.ndarray, sizes: np.ndarray, corners: _Corners

@@ -11,9 +11,9 @@ import logging
 import math
 import re
 import xml.etree.ElementTree as ElementTree
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Sequence
@@ -31,8 +31,8 @@ from roiseg.io.raster import RasterTransform
 # refuse the 16,000 x 16,000 px regions roiseg must accept.
 Image.MAX_IMAGE_PIXELS = None
 
-#: Source bytes resampled at once by `read_slide_region`; larger regions go in strips.
-DEFAULT_STRIP_BYTES = 64 << 20
+#: Source bytes read and resampled at once by `slide_region_rows` and `pixels_region_rows`.
+DEFAULT_STRIP_BYTES = 16 << 20
 
 #: Relative tolerance under which a level's downsample still counts as "not above" a target,
 #: and a zoom above 1 still counts as no upsampling.
@@ -95,6 +95,32 @@ class RegionRead:
     level: int
     level_downsample: float
     upsampled: bool
+
+
+@dataclass(frozen=True)
+class RegionRows:
+    """A region at a target resolution whose rows are read when asked for, band by band: a
+    region of any size is read in the memory of one band. Valid while its image is open."""
+
+    width: int
+    height: int
+    transform: RasterTransform
+    level: int
+    level_downsample: float
+    upsampled: bool
+    _read: Callable[[int, int], np.ndarray] = field(repr=False)
+
+    def rows(self, top: int, bottom: int) -> np.ndarray:
+        """Rows top .. bottom - 1 of the region, (bottom - top, width, 3) uint8."""
+        if not 0 <= top < bottom <= self.height:
+            raise ValueError(f"rows {top}..{bottom} are not inside the region's "
+                             f"{self.height} rows")
+        return self._read(top, bottom)
+
+    def read(self) -> RegionRead:
+        """The whole region at once."""
+        return RegionRead(self.rows(0, self.height), self.transform, self.level,
+                          self.level_downsample, self.upsampled)
 
 
 class Slide:
@@ -279,35 +305,55 @@ def resample(image: np.ndarray, width: int, height: int,
 def read_slide_region(slide: Slide, bbox: tuple[float, float, float, float], mpp: float,
                       target_mpp: float, allow_upsample: bool = False, *,
                       strip_bytes: int = DEFAULT_STRIP_BYTES) -> RegionRead:
-    """The part of `bbox` (full-res pixels) inside the slide, at `target_mpp` µm/px.
+    """The part of `bbox` (full-res pixels) inside the slide, at `target_mpp` µm/px, read
+    whole (see `slide_region_rows`)."""
+    return slide_region_rows(slide, bbox, mpp, target_mpp, allow_upsample,
+                             strip_bytes=strip_bytes).read()
+
+
+def slide_region_rows(slide: Slide, bbox: tuple[float, float, float, float], mpp: float,
+                      target_mpp: float, allow_upsample: bool = False, *,
+                      strip_bytes: int = DEFAULT_STRIP_BYTES) -> RegionRows:
+    """The part of `bbox` (full-res pixels) inside the slide, at `target_mpp` µm/px, read
+    when its rows are asked for.
 
     `mpp` is the slide's full-resolution pixel size. Reads the coarsest level not coarser
     than the target, covering the bbox with whole level pixels, and resamples them as
     `resample` does, so that the transform is exact for those pixels.
 
-    Regions whose level pixels exceed `strip_bytes` are read in horizontal strips of about
-    that size and resampled separably (rows by OpenCV, columns by explicit area or bilinear
-    weights), so peak memory is about the output image plus a few strips, and strips join
-    without seams: the result matches a one-shot `resample` within 1 grey level.
+    The level pixels are read in horizontal strips of about `strip_bytes` and resampled
+    separably (rows by OpenCV, columns by explicit area or bilinear weights), so memory is
+    about the rows asked for plus a strip, and strips join without seams: the result matches
+    a one-shot `resample` within 1 grey level, whatever rows are asked for at a time.
     """
     _check_positive("mpp", mpp)
     _check_positive("target_mpp", target_mpp)
     level = choose_level(slide.levels, target_mpp / mpp)
     plan = _plan_region(bbox, level.width, level.height, 0.0, 0.0, level.downsample_x,
                         level.downsample_y, mpp, target_mpp, allow_upsample)
-    if plan.source_w * plan.source_h * 3 <= strip_bytes:
-        source = slide.read_level_region(level.index, plan.source_x, plan.source_y,
-                                         plan.source_w, plan.source_h)
-        image = resample(source, plan.out_w, plan.out_h, allow_upsample)
-    else:
-        image = _resample_strips(slide, level.index, plan, strip_bytes)
-    return RegionRead(image, plan.transform, level.index, level.downsample, plan.upsampled)
+
+    def window(x: int, y: int, w: int, h: int) -> np.ndarray:
+        return slide.read_level_region(level.index, x, y, w, h)
+
+    return _region_rows(window, plan, level.index, level.downsample, strip_bytes)
 
 
 def pixels_region(image: np.ndarray, origin_x: float, origin_y: float, downsample: float,
                   bbox: tuple[float, float, float, float], mpp: float, target_mpp: float,
                   allow_upsample: bool = False) -> RegionRead:
-    """The part of `bbox` inside client-sent pixels, at `target_mpp` µm/px.
+    """The part of `bbox` inside client-sent pixels, at `target_mpp` µm/px, whole (see
+    `pixels_region_rows`)."""
+    return pixels_region_rows(image, origin_x, origin_y, downsample, bbox, mpp, target_mpp,
+                              allow_upsample).read()
+
+
+def pixels_region_rows(image: np.ndarray, origin_x: float, origin_y: float, downsample: float,
+                       bbox: tuple[float, float, float, float], mpp: float, target_mpp: float,
+                       allow_upsample: bool = False, *,
+                       strip_bytes: int = DEFAULT_STRIP_BYTES) -> RegionRows:
+    """The part of `bbox` inside client-sent pixels, at `target_mpp` µm/px, resampled when
+    its rows are asked for (as `slide_region_rows` does; rows at the pixels' own resolution
+    are views of them).
 
     `image` was read at `downsample` with its top-left corner at full-res
     (origin_x, origin_y); `mpp` is the full-resolution pixel size.
@@ -320,10 +366,11 @@ def pixels_region(image: np.ndarray, origin_x: float, origin_y: float, downsampl
     height, width = image.shape[:2]
     plan = _plan_region(bbox, width, height, origin_x, origin_y, downsample, downsample, mpp,
                         target_mpp, allow_upsample)
-    crop = image[plan.source_y:plan.source_y + plan.source_h,
-                 plan.source_x:plan.source_x + plan.source_w]
-    return RegionRead(resample(crop, plan.out_w, plan.out_h, allow_upsample), plan.transform,
-                      -1, downsample, plan.upsampled)
+
+    def window(x: int, y: int, w: int, h: int) -> np.ndarray:
+        return image[y:y + h, x:x + w]
+
+    return _region_rows(window, plan, -1, downsample, strip_bytes)
 
 
 @dataclass(frozen=True)
@@ -374,27 +421,45 @@ def _output_size(n_source: int, zoom: float) -> int:
     return min(size, n_source) if zoom <= 1 + _LEVEL_TOLERANCE else size
 
 
-def _resample_strips(slide: Slide, level: int, plan: _RegionPlan,
-                     strip_bytes: int) -> np.ndarray:
-    """Reads and resamples a planned region strip by strip (see `read_slide_region`)."""
-    linear = plan.upsampled
-    taps, weights = _row_taps(plan.source_h, plan.out_h, linear)
-    interpolation = cv2.INTER_LINEAR if linear else cv2.INTER_AREA
+def _region_rows(window: Callable[[int, int, int, int], np.ndarray], plan: _RegionPlan,
+                 level: int, level_downsample: float, strip_bytes: int) -> RegionRows:
+    """The planned region's rows from `window(x, y, w, h)` (source pixels): a view of them at
+    the source's resolution, else resampled strip by strip (`_resampled_rows`), so that a
+    pixel's value depends neither on the rows read with it nor on the region's size."""
+    read: Callable[[int, int], np.ndarray]
+    if (plan.out_w, plan.out_h) == (plan.source_w, plan.source_h):
+        def read(top: int, bottom: int) -> np.ndarray:
+            return window(plan.source_x, plan.source_y + top, plan.source_w, bottom - top)
+    else:
+        taps, weights = _row_taps(plan.source_h, plan.out_h, plan.upsampled)
+
+        def read(top: int, bottom: int) -> np.ndarray:
+            return _resampled_rows(window, plan, taps, weights, top, bottom, strip_bytes)
+    return RegionRows(plan.out_w, plan.out_h, plan.transform, level, level_downsample,
+                      plan.upsampled, read)
+
+
+def _resampled_rows(window: Callable[[int, int, int, int], np.ndarray], plan: _RegionPlan,
+                    taps: np.ndarray, weights: np.ndarray, top: int, bottom: int,
+                    strip_bytes: int) -> np.ndarray:
+    """Output rows top .. bottom - 1 of a planned region, read and resampled strip by strip
+    of about `strip_bytes` source bytes: rows by OpenCV, columns by `_row_taps`' weights, so a
+    row is the same whatever rows are read with it."""
+    interpolation = cv2.INTER_LINEAR if plan.upsampled else cv2.INTER_AREA
     source_rows = max(1, strip_bytes // (plan.source_w * 3))
     out_rows = max(1, source_rows * plan.out_h // plan.source_h)
-    image = np.empty((plan.out_h, plan.out_w, 3), np.uint8)
-    for out0 in range(0, plan.out_h, out_rows):
-        out1 = min(plan.out_h, out0 + out_rows)
+    image = np.empty((bottom - top, plan.out_w, 3), np.uint8)
+    for out0 in range(top, bottom, out_rows):
+        out1 = min(bottom, out0 + out_rows)
         strip_taps = taps[out0:out1]
         src0, src1 = int(strip_taps.min()), int(strip_taps.max()) + 1
-        strip = slide.read_level_region(level, plan.source_x, plan.source_y + src0,
-                                        plan.source_w, src1 - src0)
+        strip = window(plan.source_x, plan.source_y + src0, plan.source_w, src1 - src0)
         narrowed = cv2.resize(strip, (plan.out_w, src1 - src0),
                               interpolation=interpolation).astype(np.float32)
         rows = np.zeros((out1 - out0, plan.out_w, 3), np.float32)
         for tap in range(taps.shape[1]):
             rows += weights[out0:out1, tap, None, None] * narrowed[strip_taps[:, tap] - src0]
-        image[out0:out1] = np.clip(np.rint(rows), 0, 255)
+        image[out0 - top:out1 - top] = np.clip(np.rint(rows), 0, 255)
     return image
 
 

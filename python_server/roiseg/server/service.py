@@ -462,7 +462,7 @@ def _output_events(output: pipeline.ModelOutput, device: str) -> Iterator[pb.Seg
             mpp_used=(output.mpp_x + output.mpp_y) / 2, source_mpp=output.source_mpp,
             level=output.level, level_downsample=output.level_downsample,
             region=pb.Rect(x=x, y=y, width=w, height=h),
-            raster_width=output.class_map.shape[1], raster_height=output.class_map.shape[0],
+            raster_width=output.shape[1], raster_height=output.shape[0],
             tiles=output.tiles, upsampled=output.upsampled,
             device=device,
             timings=pb.Timings(read_s=t.read_s, tissue_s=t.tissue_s, inference_s=t.inference_s,
