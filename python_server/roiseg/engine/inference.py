@@ -109,6 +109,8 @@ class PredictionBand:
     probability: np.ndarray
     tumor_probability: np.ndarray | None
     fallback_map: np.ndarray | None
+    #: False where no tile ran on these rows (all zeros: none of their pixels was needed).
+    predicted: bool = True
 
 
 def predict(model: LoadedModel, image: np.ndarray, *, tumor_class: int | None = None,
@@ -215,6 +217,7 @@ class TiledPrediction:
         ys, xs, tile_h, tile_w = self.ys, self.xs, self.tile_h, self.tile_w
         classes = len(model.card.classes)
         strip = np.zeros((classes, tile_h, self.image.width), np.float32)
+        touched = np.zeros(tile_h, bool)  # the strip's rows some tile was added to
         window = _RowWindow(self.image)
         row = 0
 
@@ -223,23 +226,23 @@ class TiledPrediction:
             nonlocal row
             while row < j:
                 done = ys[row + 1] - ys[row]
-                yield from self._band(strip[:, :done], ys[row])
+                yield from self._band(strip[:, :done], ys[row], bool(touched[:done].any()))
                 strip[:, :tile_h - done] = strip[:, done:]
                 strip[:, tile_h - done:] = 0
+                touched[:tile_h - done] = touched[done:]
+                touched[tile_h - done:] = False
                 row += 1
 
         def submit(first: int) -> Pending | None:
-            """Queues the batch of tiles from `first` (None past the last)."""
+            """Queues the batch of tiles from `first` (None past the last); the rows of tiles
+            it spans are read one after the other."""
             if first >= len(tiles):
                 return None
-            batch = tiles[first:first + batch_size]
             t0 = time.perf_counter()
-            top = ys[batch[0][0]]
-            rows = window.get(top, ys[batch[-1][0]] + tile_h)
+            pixels = [window.get(ys[j], ys[j] + tile_h)[:, xs[i]:xs[i] + tile_w]
+                      for j, i in tiles[first:first + batch_size]]
             self.read_seconds += time.perf_counter() - t0
-            return model.submit(np.stack([rows[ys[j] - top:ys[j] - top + tile_h,
-                                               xs[i]:xs[i] + tile_w] for j, i in batch]),
-                                request)
+            return model.submit(np.stack(pixels), request)
 
         # Each batch is queued while the one before it runs: the device never waits for tiles.
         request = object()
@@ -256,20 +259,27 @@ class TiledPrediction:
                 yield from finish_rows_before(j)
                 tile *= np.outer(self.weights_y[j], self.weights_x[i])
                 strip[:, :, xs[i]:xs[i] + tile_w] += tile
+                touched[:] = True
             if progress is not None:
                 progress(first + len(batch), len(tiles))
         yield from finish_rows_before(len(ys) - 1)
-        yield from self._band(strip, ys[row])
+        yield from self._band(strip, ys[row], bool(touched.any()))
 
-    def _band(self, strip: np.ndarray, top: int) -> Iterator[PredictionBand]:
+    def _band(self, strip: np.ndarray, top: int, predicted: bool) -> Iterator[PredictionBand]:
         """The uint8 results of the final (classes, rows, padded width) probabilities of rows
-        from `top` (none past the image), `_BAND_PIXELS` at a time."""
+        from `top` (none past the image), `_BAND_PIXELS` at a time; zeros where no tile ran."""
         rows = min(strip.shape[1], self.height - top)
         step = max(1, _BAND_PIXELS // self.width)
         channels = range(len(strip))
         tumor = self.tumor_class
         for start in range(0, rows, step):
             blended = strip[:, start:min(rows, start + step), :self.width]
+            if not predicted:
+                zeros = np.zeros(blended.shape[1:], np.uint8)
+                yield PredictionBand(top + start, zeros, zeros.copy(),
+                                     None if tumor is None else zeros.copy(),
+                                     None if tumor is None else zeros.copy(), predicted=False)
+                continue
             class_map, best = _best(blended, channels)
             yield PredictionBand(
                 top + start, class_map, _to_uint8(best),
@@ -290,8 +300,8 @@ class _ArrayRows:
 
 
 class _RowWindow:
-    """The rows of an image that the current tiles need, read once each as the tiles move
-    down (rows are only asked for in increasing order)."""
+    """The rows of a row of tiles, read once each as the tiles move down (rows are asked for
+    in increasing order; the overlap with the row before is kept, not read again)."""
 
     def __init__(self, image: Rows) -> None:
         self.image = image
@@ -301,14 +311,14 @@ class _RowWindow:
     def get(self, top: int, bottom: int) -> np.ndarray:
         """Rows top .. bottom - 1 (bottom clipped to the image)."""
         bottom = min(bottom, self.image.height)
-        kept = self.rows[max(0, top - self.top):]
-        if bottom > self.bottom:
-            fresh = self.image.rows(max(top, self.bottom), bottom)
-            self.rows = np.concatenate([kept, fresh]) if len(kept) else fresh
-        else:
-            self.rows = kept
-        self.top, self.bottom = top, max(bottom, self.bottom)
-        return self.rows[:bottom - top]
+        if (top, bottom) != (self.top, self.bottom):
+            kept = (self.rows[top - self.top:bottom - self.top] if self.top <= top < self.bottom
+                    else self.rows[:0])
+            if top + len(kept) < bottom:
+                fresh = self.image.rows(top + len(kept), bottom)
+                kept = np.concatenate([kept, fresh]) if len(kept) else fresh
+            self.rows, self.top, self.bottom = kept, top, bottom
+        return self.rows
 
 
 def _pad(image: np.ndarray, tile: int) -> np.ndarray:

@@ -402,7 +402,10 @@ class _Steps:
     def banded(self, bands: Iterator[PredictionBand]) -> _Classified:
         for band in bands:
             t0 = time.perf_counter()
-            self._mark_no_class(band.class_map, band.top)
+            if band.predicted:
+                self._mark_no_class(band.class_map, band.top)
+            else:  # no tile ran on these rows: none of their pixels is in tissue in the ROI
+                band.class_map[:] = postprocess.NO_CLASS
             self.seconds += time.perf_counter() - t0
             yield band.top, band.class_map, band.probability
 

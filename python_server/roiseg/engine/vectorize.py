@@ -333,6 +333,8 @@ def _label_band(band: np.ndarray, offset: int) -> tuple[np.ndarray, np.ndarray]:
 def _label_sums(labels: np.ndarray, probability: np.ndarray, offset: int, count: int
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Sum of `probability` and pixel count of labels offset + 1 .. offset + count."""
+    if count == 0:
+        return np.zeros(0), np.zeros(0, dtype=np.int64)
     flat = labels.ravel()
     sums = np.bincount(flat, weights=probability.ravel(), minlength=offset + count + 1)
     sizes = np.bincount(flat, minlength=offset + count + 1)
