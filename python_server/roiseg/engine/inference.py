@@ -16,12 +16,8 @@ import numpy as np
 
 from roiseg.engine.batching import Pending
 from roiseg.engine.models import LoadedModel
+from roiseg.engine.tiling import plan_tiles
 from roiseg.errors import Cancelled, InvalidInput
-
-#: Networks need inputs whose sides are multiples of this.
-SIZE_MULTIPLE = 32
-#: Value of the constant padding where reflecting is impossible: white, like bare glass.
-PAD_VALUE = 255
 
 
 @dataclass
@@ -42,47 +38,6 @@ class Prediction:
     included; a pass shared with another request counts whole)."""
 
 
-def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Start coordinates of tiles covering [0, length).
-
-    Consecutive tiles overlap by exactly `overlap` pixels except the last one, which is
-    aligned to the far border and may overlap its neighbour more; a length <= tile gives
-    a single tile at 0.
-    """
-    if length <= tile:
-        return [0]
-    stride = tile - overlap
-    count = -(-(length - tile) // stride) + 1
-    return [k * stride for k in range(count - 1)] + [length - tile]
-
-
-def tile_weights(starts: Sequence[int], tile: int, length: int) -> list[np.ndarray]:
-    """Blending weights along one axis, one (tile,) float32 array per tile in `starts`.
-
-    Within an overlap of length l a tile's weight is v = 1 - d/(l+1), d counting from 1 at
-    the overlap's first pixel next to the tile's inner part to l at the tile's edge; sides
-    without a neighbouring tile (the image borders) have weight 1. The weights are then
-    divided by their sum, so they add up to 1 at every pixel of [0, length). The weight of
-    the tile at row starts[j], column starts[i] is the outer product of the two axes'
-    weights; its sum over tiles is the product of the axes' sums, hence 1 as well.
-    """
-    raw = []
-    for k, start in enumerate(starts):
-        weight = np.ones(tile, np.float64)
-        if k > 0:
-            left = starts[k - 1] + tile - start
-            weight[:left] *= 1 - np.arange(left, 0, -1) / (left + 1)
-        if k + 1 < len(starts):
-            right = start + tile - starts[k + 1]
-            weight[tile - right:] *= 1 - np.arange(1, right + 1) / (right + 1)
-        raw.append(weight)
-    total = np.zeros(length, np.float64)
-    for start, weight in zip(starts, raw):
-        total[start:start + tile] += weight
-    return [(weight / total[start:start + tile]).astype(np.float32)
-            for start, weight in zip(starts, raw)]
-
-
 def predict(model: LoadedModel, image: np.ndarray, *, tumor_class: int | None = None,
             batch_size: int | None = None, needed: np.ndarray | None = None,
             progress: Callable[[int, int], None] | None = None,
@@ -90,11 +45,12 @@ def predict(model: LoadedModel, image: np.ndarray, *, tumor_class: int | None = 
     """Segment an image with a model, tile by tile.
 
     Args:
-        model: the model; its card gives tile size, overlap and default batch size.
+        model: the model; its card gives the tile plan (`tiling.plan_tiles`).
         image: (H, W, 3) uint8 RGB at the model's resolution, any size >= 1x1.
         tumor_class: index of the class to report `tumor_probability` and
             `fallback_map` for, if any.
-        batch_size: tiles per forward pass; the card's if None.
+        batch_size: tiles per forward pass; None: the card's, scaled to the plan's tile
+            size (`tiling.plan_tiles`).
         needed: (H, W) bool, the pixels whose results are used (tissue inside the ROI); tiles
             holding none of them are not run, and their pixels come out as class 0 with
             probability 0. Every needed pixel gets exactly the blend of all its tiles, as without
@@ -116,17 +72,13 @@ def predict(model: LoadedModel, image: np.ndarray, *, tumor_class: int | None = 
     if tumor_class is not None and not 0 <= tumor_class < classes:
         raise InvalidInput(f"tumor class {tumor_class} is not a class of model {card.id!r} "
                            f"(0..{classes - 1})")
-    batch_size = card.batch_size if batch_size is None else batch_size
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise InvalidInput(f"batch size must be >= 1, got {batch_size}")
 
     height, width = image.shape[:2]
-    padded = _pad(image, card.tile_size)
-    tile_h, tile_w = (min(card.tile_size, side) for side in padded.shape[:2])
-    ys = tile_starts(padded.shape[0], tile_h, card.overlap)
-    xs = tile_starts(padded.shape[1], tile_w, card.overlap)
-    weights_y = tile_weights(ys, tile_h, padded.shape[0])
-    weights_x = tile_weights(xs, tile_w, padded.shape[1])
+    padded, plan = plan_tiles(image, card, batch_size)
+    tile_h, tile_w, ys, xs = plan.tile_h, plan.tile_w, plan.ys, plan.xs
+    weights_y, weights_x, batch_size = plan.weights_y, plan.weights_x, plan.batch_size
     tiles = [(j, i) for j in range(len(ys)) for i in range(len(xs))]
     if needed is not None:
         if needed.shape != (height, width):
@@ -181,20 +133,6 @@ def predict(model: LoadedModel, image: np.ndarray, *, tumor_class: int | None = 
                       tumor_probability=outputs.tumor_probability,
                       fallback_map=outputs.fallback_map, tiles=len(tiles),
                       model_seconds=model_seconds)
-
-
-def _pad(image: np.ndarray, tile: int) -> np.ndarray:
-    """The image with each side shorter than a tile padded to a multiple of 32 (below and
-    to the right; reflected where the image is long enough, else constant)."""
-    for axis in (0, 1):
-        side = image.shape[axis]
-        pad = 0 if side >= tile else -side % SIZE_MULTIPLE
-        if pad:
-            widths = [(0, 0)] * 3
-            widths[axis] = (0, pad)
-            image = (np.pad(image, widths, mode="reflect") if pad < side
-                     else np.pad(image, widths, constant_values=PAD_VALUE))
-    return image
 
 
 class _Outputs:
