@@ -31,8 +31,8 @@ import numpy as np
 import tifffile
 import torch
 from roiseg.client.connection import Client, encode_png, segment_request, slide_source
-from roiseg.engine.inference import tile_starts
 from roiseg.engine.models import DEFAULT_MODELS_DIR, ModelRegistry, select_device
+from roiseg.engine.tiling import pad, plan_tiles
 from roiseg.server.service import Limits, SegmentationService, create_server
 from roiseg.v1 import segmentation_pb2 as pb
 from shapely.geometry import box
@@ -78,8 +78,9 @@ def end_to_end(device: str, runtime: str, size: int) -> None:
     pure = pure_forward(registry, image)
     runs_on = "ONNX Runtime" if registry.get(card.id).onnx is not None else "torch"
     print(f"device: {registry.device_name}, {runs_on}")
+    plan = plan_tiles(*pad(image, card.tile_size).shape[:2], card)
     print(f"region: {size} x {size} px at {card.mpp} µm/px, {model_result.execution.tiles} tiles "
-          f"of {card.tile_size} px (overlap {card.overlap}), "
+          f"of {plan.tile_w} x {plan.tile_h} px (overlap >= {card.overlap}), "
           f"{model_result.feature_count} polygons")
     print(f"end-to-end Segment (client wall, PNG upload to polygons): {wall:.2f} s")
     print(f"  server stages: read {timings.read_s:.2f}, tissue {timings.tissue_s:.2f}, "
@@ -94,15 +95,15 @@ def end_to_end(device: str, runtime: str, size: int) -> None:
 def pure_forward(registry: ModelRegistry, image: np.ndarray) -> float:
     """Seconds of forward passes over the tiles `predict` cuts from `image`."""
     model = registry.get(registry.default_id)
-    card = model.card
-    ys = tile_starts(image.shape[0], card.tile_size, card.overlap)
-    xs = tile_starts(image.shape[1], card.tile_size, card.overlap)
-    tiles = np.stack([image[y:y + card.tile_size, x:x + card.tile_size] for y in ys for x in xs])
-    model.probabilities(tiles[:card.batch_size])  # warm-up
+    padded = pad(image, model.card.tile_size)
+    plan = plan_tiles(*padded.shape[:2], model.card)
+    tiles = np.stack([padded[y:y + plan.tile_h, x:x + plan.tile_w]
+                      for y in plan.ys for x in plan.xs])
+    model.probabilities(tiles[:plan.batch_size])  # warm-up
     _sync(model.device)
     t0 = time.perf_counter()
-    for start in range(0, len(tiles), card.batch_size):
-        model.probabilities(tiles[start:start + card.batch_size])
+    for start in range(0, len(tiles), plan.batch_size):
+        model.probabilities(tiles[start:start + plan.batch_size])
     _sync(model.device)
     return time.perf_counter() - t0
 

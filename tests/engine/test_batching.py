@@ -15,8 +15,8 @@ from roiseg.server.service import Limits, SegmentationService, create_server
 from roiseg.v1 import segmentation_pb2 as pb
 from shapely.geometry import box
 
-#: Two tissue-rich windows of the CMU slide (x, y, width, height in full-resolution px): 2 x 3
-#: tiles each at the model's resolution, two batches.
+#: Two tissue-rich windows of the CMU slide (x, y, width, height in full-resolution px): 2 x 2
+#: tiles of 576 x 512 px each at the model's resolution, two batches (3 + 1).
 WINDOWS = ((0, 0, 1600, 2000), (600, 900, 1600, 2000))
 
 
@@ -126,6 +126,23 @@ def test_queued_batches_run_together_in_arrival_order_within_the_limit():
     assert batches.passes == 3 and batches.shared_passes == 2
     for k, tiles in enumerate(inputs):
         assert torch.equal(results[k], torch.full((len(tiles),), 4 * k, dtype=torch.int64))
+
+
+def test_larger_tiles_count_for_their_pixels():
+    """A pass holds at most the pixels of `max_tiles` tiles of `tile_pixels`: batches of one
+    tile of 4 x those pixels share no pass; smaller tiles count as one each."""
+    release = threading.Event()
+    forward, calls = _slow_sum(release)
+    batches = SharedBatches(forward, max_tiles=4, tile_pixels=4 * 4)
+    inputs = [np.ones((n, side, side, 1), np.int64)
+              for n, side in ((1, 8), (1, 8), (1, 8), (2, 2), (2, 2))]
+    results, threads = _in_threads(batches, inputs)
+    release.set()
+    for thread in threads:
+        thread.join()
+    assert calls == [1, 1, 1, 4]
+    for tiles, result in zip(inputs, results):
+        assert torch.equal(result, torch.full((len(tiles),), tiles[0].size))
 
 
 def test_a_failed_pass_fails_the_requests_in_it_and_the_next_ones_still_run():

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import segmentation_models_pytorch as smp
 import torch
-from roiseg.engine.inference import predict, tile_starts, tile_weights
+from roiseg.engine.inference import predict
 from roiseg.engine.models import LoadedModel, ModelCard, load_model, sha256_file
+from roiseg.engine.tiling import tile_starts, tile_weights
 from roiseg.errors import Cancelled, InvalidInput
 
 GLAS_IMAGE = Path(__file__).resolve().parents[3] / "shared/data/glas-train/images/train_1.png"

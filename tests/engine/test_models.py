@@ -101,7 +101,7 @@ def test_card_fields(tmp_path, smp_model):
     assert card.kept_on_glass == () and card.catch_all_classes == ()  # optional flags
     assert card.description == "" and card.metrics == {"val_dice": "0.5", "epochs": 3}
     assert card.extra == EXTRA
-    assert card.training_split is None  # optional
+    assert card.training_split is None and card.max_tile_size is None  # optional
     assert card.class_named("Tumor").index == 1
     with pytest.raises(InvalidInput, match="'Stroma', 'Tumor', 'Glass'"):
         card.class_named("Necrosis")
@@ -119,6 +119,9 @@ def test_card_fields(tmp_path, smp_model):
     ({"mpp": "1.0"}, "mpp", "finite number"),
     ({"tile_size": 500}, "tile_size", "multiple of 32"),
     ({"tile_size": 512.0}, "tile_size", "integer"),
+    ({"max_tile_size": 100}, "max_tile_size", "multiple of 32"),
+    ({"max_tile_size": 32}, "max_tile_size", ">= 64"),
+    ({"max_tile_size": 128.0}, "max_tile_size", "integer"),
     ({"overlap": 32}, "overlap", "less than half"),
     ({"overlap": -1}, "overlap", ">= 0"),
     ({"batch_size": 0}, "batch_size", ">= 1"),

@@ -3,10 +3,11 @@
 Several pathologists segmenting at once send their tiles to the same model. Each request
 queues its batches (the next one while the current one runs, so that the device never waits
 for tiles to be cut); one thread per model runs the passes, taking the oldest queued batch of
-each request, in arrival order, up to `max_tiles` tiles in one pass, and hands every request
-its own probabilities. On a GPU one large pass costs little more than one small one, so
-requests served together finish sooner than in turn, and each gets its share of the device;
-a lone request runs its batches one pass each, as without sharing.
+each request, in arrival order, up to `max_tiles` tiles in one pass (tiles larger than the
+model's count for their pixels), and hands every request its own probabilities. On a GPU one
+large pass costs little more than one small one, so requests served together finish sooner
+than in turn, and each gets its share of the device; a lone request runs its batches one pass
+each, as without sharing.
 """
 
 from __future__ import annotations
@@ -43,11 +44,15 @@ class SharedBatches:
     """Runs `forward` (a batch of tiles in, a tensor of per-tile results out) on the batches
     of concurrent requests, several requests' batches in one pass, on one thread."""
 
-    def __init__(self, forward: Callable[[np.ndarray], torch.Tensor], max_tiles: int):
+    def __init__(self, forward: Callable[[np.ndarray], torch.Tensor], max_tiles: int,
+                 tile_pixels: int | None = None):
+        """`max_tiles`: the most tiles in one pass; a tile of more than `tile_pixels` pixels
+        (when given) counts as that many pixels' worth of tiles."""
         if max_tiles < 1:
             raise ValueError(f"max_tiles must be 1 or more, got {max_tiles}")
         self._forward = forward
         self.max_tiles = max_tiles
+        self.tile_pixels = tile_pixels
         self._queue: deque[Pending] = deque()
         self._changed = threading.Condition()
         self._worker: threading.Thread | None = None
@@ -96,17 +101,23 @@ class SharedBatches:
         """The next pass: the oldest queued batch, then the oldest batch of each other
         request, in arrival order, while they fit in `max_tiles` with the same tile shape."""
         first = self._queue.popleft()
-        taken, owners, count = [first], {first.owner}, len(first.tiles)
+        taken, owners, count = [first], {first.owner}, self._count(first.tiles)
         for pending in list(self._queue):
             if pending.owner in owners or pending.tiles.shape[1:] != first.tiles.shape[1:]:
                 continue
-            if count + len(pending.tiles) > self.max_tiles:
+            if count + self._count(pending.tiles) > self.max_tiles:
                 break
             self._queue.remove(pending)
             taken.append(pending)
             owners.add(pending.owner)
-            count += len(pending.tiles)
+            count += self._count(pending.tiles)
         return taken
+
+    def _count(self, tiles: np.ndarray) -> float:
+        """What a batch counts for against `max_tiles`."""
+        if self.tile_pixels is None:
+            return len(tiles)
+        return len(tiles) * max(1.0, tiles.shape[1] * tiles.shape[2] / self.tile_pixels)
 
     def _run(self, taken: list[Pending]) -> None:
         """One forward pass over the taken batches; each gets its slice, or the error."""

@@ -18,12 +18,9 @@ import numpy as np
 
 from roiseg.engine.batching import Pending
 from roiseg.engine.models import LoadedModel
+from roiseg.engine.tiling import pad, plan_tiles
 from roiseg.errors import Cancelled, InvalidInput
 
-#: Networks need inputs whose sides are multiples of this.
-SIZE_MULTIPLE = 32
-#: Value of the constant padding where reflecting is impossible: white, like bare glass.
-PAD_VALUE = 255
 #: Pixels per band given out at once (bounds the temporaries of turning them into uint8).
 _BAND_PIXELS = 1 << 22
 
@@ -44,47 +41,6 @@ class Prediction:
     model_seconds: float
     """Time of the model's forward passes that ran the tiles (copies to and from the device
     included; a pass shared with another request counts whole)."""
-
-
-def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Start coordinates of tiles covering [0, length).
-
-    Consecutive tiles overlap by exactly `overlap` pixels except the last one, which is
-    aligned to the far border and may overlap its neighbour more; a length <= tile gives
-    a single tile at 0.
-    """
-    if length <= tile:
-        return [0]
-    stride = tile - overlap
-    count = -(-(length - tile) // stride) + 1
-    return [k * stride for k in range(count - 1)] + [length - tile]
-
-
-def tile_weights(starts: Sequence[int], tile: int, length: int) -> list[np.ndarray]:
-    """Blending weights along one axis, one (tile,) float32 array per tile in `starts`.
-
-    Within an overlap of length l a tile's weight is v = 1 - d/(l+1), d counting from 1 at
-    the overlap's first pixel next to the tile's inner part to l at the tile's edge; sides
-    without a neighbouring tile (the image borders) have weight 1. The weights are then
-    divided by their sum, so they add up to 1 at every pixel of [0, length). The weight of
-    the tile at row starts[j], column starts[i] is the outer product of the two axes'
-    weights; its sum over tiles is the product of the axes' sums, hence 1 as well.
-    """
-    raw = []
-    for k, start in enumerate(starts):
-        weight = np.ones(tile, np.float64)
-        if k > 0:
-            left = starts[k - 1] + tile - start
-            weight[:left] *= 1 - np.arange(left, 0, -1) / (left + 1)
-        if k + 1 < len(starts):
-            right = start + tile - starts[k + 1]
-            weight[tile - right:] *= 1 - np.arange(1, right + 1) / (right + 1)
-        raw.append(weight)
-    total = np.zeros(length, np.float64)
-    for start, weight in zip(starts, raw):
-        total[start:start + tile] += weight
-    return [(weight / total[start:start + tile]).astype(np.float32)
-            for start, weight in zip(starts, raw)]
 
 
 class Rows(Protocol):
@@ -174,21 +130,18 @@ class TiledPrediction:
         if tumor_class is not None and not 0 <= tumor_class < len(card.classes):
             raise InvalidInput(f"tumor class {tumor_class} is not a class of model {card.id!r} "
                                f"(0..{len(card.classes) - 1})")
-        self.batch_size = card.batch_size if batch_size is None else batch_size
-        if self.batch_size < 1:
-            raise InvalidInput(f"batch size must be >= 1, got {self.batch_size}")
+        if batch_size is not None and batch_size < 1:
+            raise InvalidInput(f"batch size must be >= 1, got {batch_size}")
         self.model, self.tumor_class = model, tumor_class
         self.height, self.width = image.height, image.width
         if min(self.height, self.width) < card.tile_size:
             # small enough to read whole: padded to sides the network takes
-            image = _ArrayRows(_pad(image.rows(0, self.height), card.tile_size))
+            image = _ArrayRows(pad(image.rows(0, self.height), card.tile_size))
         self.image = image
-        self.tile_h, self.tile_w = (min(card.tile_size, side)
-                                    for side in (image.height, image.width))
-        self.ys = tile_starts(image.height, self.tile_h, card.overlap)
-        self.xs = tile_starts(image.width, self.tile_w, card.overlap)
-        self.weights_y = tile_weights(self.ys, self.tile_h, image.height)
-        self.weights_x = tile_weights(self.xs, self.tile_w, image.width)
+        plan = plan_tiles(image.height, image.width, card, batch_size)
+        self.tile_h, self.tile_w, self.ys, self.xs = plan.tile_h, plan.tile_w, plan.ys, plan.xs
+        self.weights_y, self.weights_x = plan.weights_y, plan.weights_x
+        self.batch_size = plan.batch_size
         self.tile_list = [(j, i) for j in range(len(self.ys)) for i in range(len(self.xs))] \
             if needed is None else self._needed_tiles(needed)
         self.tiles = len(self.tile_list)
@@ -319,20 +272,6 @@ class _RowWindow:
                 kept = np.concatenate([kept, fresh]) if len(kept) else fresh
             self.rows, self.top, self.bottom = kept, top, bottom
         return self.rows
-
-
-def _pad(image: np.ndarray, tile: int) -> np.ndarray:
-    """The image with each side shorter than a tile padded to a multiple of 32 (below and
-    to the right; reflected where the image is long enough, else constant)."""
-    for axis in (0, 1):
-        side = image.shape[axis]
-        pad = 0 if side >= tile else -side % SIZE_MULTIPLE
-        if pad:
-            widths = [(0, 0)] * 3
-            widths[axis] = (0, pad)
-            image = (np.pad(image, widths, mode="reflect") if pad < side
-                     else np.pad(image, widths, constant_values=PAD_VALUE))
-    return image
 
 
 class _Outputs:

@@ -36,16 +36,16 @@ _SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
 _REQUIRED_FIELDS = ("id", "name", "version", "format", "architecture", "encoder", "checkpoint",
                     "sha256", "mpp", "tile_size", "overlap", "batch_size", "normalization",
                     "classes")
-_OPTIONAL_FIELDS = ("description", "background_class", "tumor_class", "trained_on",
-                    "training_split", "metrics", "extra", "ensemble", "fine_tuned_from",
-                    "reduced_precision")
+_OPTIONAL_FIELDS = ("description", "max_tile_size", "background_class", "tumor_class",
+                    "trained_on", "training_split", "metrics", "extra", "ensemble",
+                    "fine_tuned_from", "reduced_precision")
 _MEMBER_FIELDS = ("architecture", "encoder", "checkpoint", "sha256")
 #: The order `write_card` writes the fields in (docs/model-cards.md's); others follow.
 _FIELD_ORDER = ("id", "name", "description", "version", "format", "architecture", "encoder",
-                "checkpoint", "sha256", "mpp", "tile_size", "overlap", "batch_size",
-                "normalization", "classes", "background_class", "tumor_class", "trained_on",
-                "training_split", "metrics", "extra", "ensemble", "fine_tuned_from",
-                "reduced_precision")
+                "checkpoint", "sha256", "mpp", "tile_size", "max_tile_size", "overlap",
+                "batch_size", "normalization", "classes", "background_class", "tumor_class",
+                "trained_on", "training_split", "metrics", "extra", "ensemble",
+                "fine_tuned_from", "reduced_precision")
 #: Lower precisions a card may record as checked (`ReducedPrecision`), by name.
 REDUCED_DTYPES = {"bfloat16": torch.bfloat16}
 #: Keys under which training scripts nest the state dict, outermost first.
@@ -148,6 +148,9 @@ class ModelCard:
     card's `fine_tuned_from` object also records the examples."""
     reduced_precision: ReducedPrecision | None = None
     """A checked lower precision, which servers started with `--reduced-precision` use."""
+    max_tile_size: int | None = None
+    """The longest tile side a region's tile plan may use (`roiseg.engine.tiling`); None:
+    tiles of tile_size."""
 
     @classmethod
     def from_file(cls, path: Path) -> ModelCard:
@@ -255,6 +258,12 @@ class _CardReader:
         if tile_size <= 2 * overlap:
             raise self.error("overlap", f"must be less than half of tile_size ({tile_size}), "
                                         f"got {overlap}")
+        max_tile_size = data.get("max_tile_size")
+        if max_tile_size is not None:
+            max_tile_size = self.integer("max_tile_size", max_tile_size, minimum=tile_size)
+            if max_tile_size % 32:
+                raise self.error("max_tile_size", f"must be a multiple of 32, got "
+                                                  f"{max_tile_size}")
         mean, std = self.normalization(data["normalization"])
         classes = self.classes(data["classes"])
         names = [spec.name for spec in classes]
@@ -279,7 +288,8 @@ class _CardReader:
             extra=self.extra("extra", data.get("extra", {})), card_path=self.path,
             ensemble=ensemble, training_split=self.training_split(data.get("training_split")),
             fine_tuned_from=self.fine_tuned_from(data.get("fine_tuned_from")),
-            reduced_precision=self.reduced_precision(data.get("reduced_precision")))
+            reduced_precision=self.reduced_precision(data.get("reduced_precision")),
+            max_tile_size=max_tile_size)
 
     def reduced_precision(self, value: Any) -> ReducedPrecision | None:
         if value is None:
@@ -531,10 +541,10 @@ class LoadedModel:
         self._mean = torch.tensor(card.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
         self._std = torch.tensor(card.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
         #: Concurrent requests' tiles run through here, one pass at a time: on a GPU up to
-        #: `SHARED_BATCHES` of the card's batches in one pass, on the CPU one batch (a larger
-        #: batch costs more per tile there).
+        #: `SHARED_BATCHES` of the card's batches (in pixels) in one pass, on the CPU one batch
+        #: (a larger batch costs more per tile there).
         self.batches = SharedBatches(self._forward, card.batch_size * (
-            SHARED_BATCHES if device.type == "cuda" else 1))
+            SHARED_BATCHES if device.type == "cuda" else 1), tile_pixels=card.tile_size ** 2)
 
     def probabilities(self, batch: np.ndarray) -> torch.Tensor:
         """Class probabilities for a batch of tiles (see `submit`)."""
