@@ -1,16 +1,18 @@
 """Benchmark (not a test): end-to-end Segment time against pure model time, and the
-server's peak memory for a 16,000 x 16,000 px ROI.
+server's peak memory for large ROIs.
 
-    python benchmarks/bench_segment.py [--device auto] [--runtime auto] [--size 2048]
-        [--large 16000 ...] [--runtimes 1024]
+    python benchmarks/bench_segment.py [--device auto] [--runtime auto] [--size 2048 ...]
+        [--large 16000 ...] [--layout full|islands] [--runtimes 1024]
 
-1. A 2048 x 2048 px region at model resolution (real H&E from the demo slide, mirrored to
-   size) is segmented through a real gRPC server on loopback. The same tiles are then run
-   through the model alone, in the same process, and the ratio is printed.
-2. A 16,000 x 16,000 px tiled JPEG TIFF at the model's 1 µm/px, made of the same tissue, is
-   segmented by a `roiseg serve` process reading the file itself; its peak resident memory
-   (VmHWM) is printed (`--large 4096 8192 16000`: one server per size). `--large 0` skips
-   this part.
+1. A `--size` x `--size` px region at model resolution (real H&E from the demo slide,
+   mirrored to size; several sizes may be given) is segmented through a real gRPC server on
+   loopback. The same tiles are then run through the model alone, in the same process, and
+   the ratio is printed, with the request's own forward time over its end-to-end time.
+2. For each `--large` side, a pyramidal tiled JPEG TIFF at the model's 1 µm/px is written
+   tile by tile (`--layout full`: the same tissue everywhere; `islands`: the same 16 Mpx of
+   tissue at every size, on glass) and segmented whole by a `roiseg serve` process reading
+   the file itself (one server per size); its peak resident memory (VmHWM) and the request's
+   stage times are printed. `--large 0` skips this part.
 3. On the CPU, the model's forward passes over the tiles of a `--runtimes` x `--runtimes` px
    region with torch, with ONNX Runtime and with torch in the reduced precision the card
    records as checked (`--reduced-precision`), at 1 thread and at 2, interleaved; the
@@ -233,7 +235,7 @@ def _sync(device: torch.device) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--size", type=int, default=2048)
+    parser.add_argument("--size", type=int, nargs="*", default=[2048])
     parser.add_argument("--runtime", default="auto", choices=("auto", "torch", "onnx"))
     parser.add_argument("--large", type=int, nargs="*", default=[16000],
                         help="sides of the large ROIs whose peak memory is measured")
@@ -241,8 +243,9 @@ def main() -> None:
                         help="tissue everywhere, or the same 16 Mpx of tissue at every size")
     parser.add_argument("--runtimes", type=int, default=1024)
     args = parser.parse_args()
-    if args.size:
-        end_to_end(args.device, args.runtime, args.size)
+    for size in args.size:
+        if size:
+            end_to_end(args.device, args.runtime, size)
     if args.runtimes:
         runtimes(args.runtimes)
     for size in args.large:

@@ -137,3 +137,17 @@ def test_larger_tiles_segment_real_tissue_as_512_px_tiles_do_on_torch_and_onnx(
     onnx = registry.get(registry.default_id)
     assert onnx.onnx is not None and onnx.card.max_tile_size == longest
     assert (predict(onnx, image).class_map == maps[longest]).mean() >= 0.9999
+
+
+def test_a_very_wide_image_gets_lower_tiles(card):
+    """A row of tiles of a 40,000 px wide image holds its blended probabilities and RGB rows
+    across the whole width: `max_tile_height` keeps its tiles as low as tile_size there, and
+    changes nothing where the tiles are lower anyway."""
+    planned = replace(card, max_tile_size=1152)
+    free = plan_tiles(4000, 40_000, planned)
+    low = plan_tiles(4000, 40_000, planned, max_tile_height=479)
+    assert free.tile_h > 512 and low.tile_h == 512 and low.tile_w >= 512
+    assert all(b - a <= 512 - 128 for a, b in zip(low.ys, low.ys[1:]))
+    same = plan_tiles(1536, 2048, planned, max_tile_height=1200)
+    assert (same.tile_h, same.tile_w, same.ys, same.xs) == (832, 1088, [0, 704], [0, 960])
+    assert plan_tiles(1536, 2048, planned, max_tile_height=100).tile_h == 512

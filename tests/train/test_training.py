@@ -114,6 +114,21 @@ def test_imagenet_normalization_follows_the_weights(tmp_path):
     assert (config.card.mean, config.card.std) == (tuple(default.mean), tuple(default.std))
 
 
+def test_a_fine_tuned_model_keeps_the_tile_plan_of_the_model_it_starts_from(tmp_path):
+    """The larger tiles checked for the default model carry over to a model trained from it
+    (the fast track), unless other tiles are asked for."""
+    data = ("--images", str(GLAS / "images"), "--masks", str(GLAS / "masks"),
+            "--source-mpp", "0.62", "--out", str(tmp_path))
+    default = _default_card()
+    assert default.max_tile_size is not None and default.max_tile_size > default.tile_size
+    init = ("--init-model", str(default.card_path))
+    assert train._Config.from_options(_options(*data, *init)).card.max_tile_size \
+        == default.max_tile_size
+    assert train._Config.from_options(
+        _options(*data, *init, "--tile-size", "256")).card.max_tile_size is None
+    assert train._Config.from_options(_options(*data)).card.max_tile_size is None
+
+
 def test_unsupported_encoder_names_the_supported_ones():
     model = train.build_model("Unet", "resnet18", 2)
     with pytest.raises(ValueError, match="mobilenet_v2"):

@@ -23,6 +23,9 @@ from roiseg.errors import Cancelled, InvalidInput
 
 #: Pixels per band given out at once (bounds the temporaries of turning them into uint8).
 _BAND_PIXELS = 1 << 22
+#: Bytes a row of tiles should hold at most (its blended float32 probabilities, its RGB rows
+#: read, twice while the next are): a very wide image gets lower tiles (`plan_tiles`).
+_ROW_BYTES = 256 << 20
 
 
 @dataclass
@@ -138,7 +141,8 @@ class TiledPrediction:
             # small enough to read whole: padded to sides the network takes
             image = _ArrayRows(pad(image.rows(0, self.height), card.tile_size))
         self.image = image
-        plan = plan_tiles(image.height, image.width, card, batch_size)
+        plan = plan_tiles(image.height, image.width, card, batch_size,
+                          max_tile_height=_ROW_BYTES // (image.width * (4 * len(card.classes) + 6)))
         self.tile_h, self.tile_w, self.ys, self.xs = plan.tile_h, plan.tile_w, plan.ys, plan.xs
         self.weights_y, self.weights_x = plan.weights_y, plan.weights_x
         self.batch_size = plan.batch_size

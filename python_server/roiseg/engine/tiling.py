@@ -48,8 +48,8 @@ class TilePlan:
         return len(self.ys) * len(self.xs) * self.tile_h * self.tile_w
 
 
-def plan_tiles(height: int, width: int, card: ModelCard, batch_size: int | None = None
-               ) -> TilePlan:
+def plan_tiles(height: int, width: int, card: ModelCard, batch_size: int | None = None,
+               max_tile_height: int | None = None) -> TilePlan:
     """The tile plan under the card of an image of height x width px, padded (`pad`).
 
     Without max_tile_size (or with max_tile_size = tile_size) the tiles are of tile_size (of
@@ -61,6 +61,8 @@ def plan_tiles(height: int, width: int, card: ModelCard, batch_size: int | None 
         height, width: the padded image's size.
         card: its tile_size, max_tile_size, overlap and batch_size.
         batch_size: tiles per forward pass; None: the card's (see above).
+        max_tile_height: the tiles' height under max_tile_size is at most this (never below
+            tile_size): a row of tiles of a wide image holds less.
     """
     longest = card.max_tile_size
     if longest is None or longest == card.tile_size:
@@ -69,7 +71,9 @@ def plan_tiles(height: int, width: int, card: ModelCard, batch_size: int | None 
         xs = tile_starts(width, tile_w, card.overlap)
         batch = card.batch_size
     else:
-        (tile_h, ys), (tile_w, xs) = _fewest_tiles(height, width, card, longest)
+        tallest = longest if max_tile_height is None else max(
+            card.tile_size, min(longest, max_tile_height // SIZE_MULTIPLE * SIZE_MULTIPLE))
+        (tile_h, ys), (tile_w, xs) = _fewest_tiles(height, width, card, (tallest, longest))
         batch = max(1, card.batch_size * card.tile_size ** 2 // (tile_h * tile_w))
     batch_size = batch if batch_size is None else batch_size
     return TilePlan(tile_h, tile_w, ys, xs, tile_weights(ys, tile_h, height),
@@ -153,13 +157,14 @@ def pad(image: np.ndarray, tile: int) -> np.ndarray:
     return image
 
 
-def _fewest_tiles(height: int, width: int, card: ModelCard, max_tile_size: int
+def _fewest_tiles(height: int, width: int, card: ModelCard, max_sides: tuple[int, int]
                   ) -> tuple[tuple[int, list[int]], tuple[int, list[int]]]:
-    """`axis_tiles` of both axes, the longer tile side lowered (by more tiles on its axis)
-    while a tile holds more pixels than a batch of the card's tiles."""
+    """`axis_tiles` of both axes (at most `max_sides` (height, width)), the longer tile side
+    lowered (by more tiles on its axis) while a tile holds more pixels than a batch of the
+    card's tiles."""
     lengths = (height, width)
-    axes = [axis_tiles(length, card.tile_size, max_tile_size, card.overlap)
-            for length in lengths]
+    axes = [axis_tiles(length, card.tile_size, longest, card.overlap)
+            for length, longest in zip(lengths, max_sides)]
     while axes[0][0] * axes[1][0] > card.batch_size * card.tile_size ** 2:
         longer = int(axes[1][0] > axes[0][0])
         axes[longer] = axis_tiles(lengths[longer], card.tile_size,

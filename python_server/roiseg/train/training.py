@@ -217,6 +217,7 @@ def in_memory_card(classes: Sequence[ClassSpec], *, architecture: str = "Unet",
                    encoder: str = "mobilenet_v2", mpp: float = _DEFAULT_MPP,
                    tile_size: int = _DEFAULT_TILE, overlap: int = _DEFAULT_OVERLAP,
                    batch_size: int = _DEFAULT_INFERENCE_BATCH,
+                   max_tile_size: int | None = None,
                    mean: tuple[float, float, float] = IMAGENET_MEAN,
                    std: tuple[float, float, float] = IMAGENET_STD,
                    model_id: str = "in-training",
@@ -226,7 +227,7 @@ def in_memory_card(classes: Sequence[ClassSpec], *, architecture: str = "Unet",
     return ModelCard(id=model_id, name=model_id, description="", version="0", format="state_dict",
                      architecture=architecture, encoder=encoder, checkpoint=Path(),
                      sha256="", mpp=mpp, tile_size=tile_size, overlap=overlap,
-                     batch_size=batch_size, mean=mean, std=std,
+                     batch_size=batch_size, max_tile_size=max_tile_size, mean=mean, std=std,
                      classes=tuple(classes), background_class=None, tumor_class=None,
                      trained_on="", metrics={}, extra=dict(extra or {}), card_path=Path())
 
@@ -530,6 +531,8 @@ class _Config:
             overlap=pick(options.overlap, "overlap", _DEFAULT_OVERLAP),
             batch_size=pick(options.inference_batch_size, "batch_size",
                             _DEFAULT_INFERENCE_BATCH),
+            # the tile plan checked for the model it starts from, unless the tiles change
+            max_tile_size=card.max_tile_size if card and options.tile_size is None else None,
             mean=mean, std=std, extra=pick(extra, "extra", None))
         return cls(options=options, card=trained, mapping=mapping, pairs=pairs,
                    unannotated=unannotated, init_card=card, partners=partners,
@@ -1021,6 +1024,7 @@ class _Trainer:
             "encoder": trained.encoder,
             "mpp": trained.mpp,
             "tile_size": trained.tile_size,
+            **({"max_tile_size": trained.max_tile_size} if trained.max_tile_size else {}),
             "overlap": trained.overlap,
             "batch_size": trained.batch_size,
             "normalization": {"mean": list(trained.mean), "std": list(trained.std)},
