@@ -45,6 +45,7 @@ import tifffile
 import torch
 from roiseg.engine import pipeline, postprocess
 from roiseg.engine.models import DEFAULT_MODELS_DIR, LoadedModel, ModelRegistry
+from roiseg.engine.tiling import plan_tiles
 from shapely.geometry import box
 
 REPO = Path(__file__).resolve().parents[1]
@@ -220,8 +221,11 @@ def main() -> int:
     print(f"region: {shape[1]} x {shape[0]} px ({megapixels:.2f} Mpx) of {SLIDE.name} at "
           f"{card.mpp} µm/px; model {card.id} {card.version} "
           f"({1 + len(card.ensemble)} network(s)); torch threads {torch.get_num_threads()}")
-    print(f"roiseg: {'ONNX Runtime' if loaded.onnx is not None else 'torch'}, tiles "
-          f"{card.tile_size} px, overlap {card.overlap}, batch {card.batch_size}", flush=True)
+    plan = plan_tiles(shape[0], shape[1], card)
+    print(f"roiseg: {'ONNX Runtime' if loaded.onnx is not None else 'torch'}, "
+          f"{len(plan.ys) * len(plan.xs)} tiles of {plan.tile_w} x {plan.tile_h} px (card: "
+          f"{card.tile_size} to {card.max_tile_size or card.tile_size} px), overlap >= "
+          f"{card.overlap}, batch {plan.batch_size}", flush=True)
 
     worker = None
     if not args.no_tiatoolbox:

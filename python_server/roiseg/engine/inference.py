@@ -25,7 +25,7 @@ from roiseg.errors import Cancelled, InvalidInput
 _BAND_PIXELS = 1 << 22
 #: Bytes a row of tiles should hold at most (its blended float32 probabilities, its RGB rows
 #: read, twice while the next are): a very wide image gets lower tiles (`plan_tiles`).
-_ROW_BYTES = 256 << 20
+_ROW_BYTES = 160 << 20
 
 
 @dataclass
