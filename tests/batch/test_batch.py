@@ -262,7 +262,11 @@ def test_kill_mid_run_then_resume_does_every_image_once(address, tmp_path):
 
 def test_ctrl_c_stops_cleanly_and_the_run_resumes(address, tmp_path):
     images, out = tmp_path / "images", tmp_path / "out"
-    glas(images)
+    images.mkdir()
+    # enough images (0.2 s each) that Ctrl+C lands while some are left
+    names = [f"{k}_{name}" for k in range(4) for name in GLAS_NAMES]
+    for name in names:
+        shutil.copy(GLAS / "images" / name.split("_", 1)[1], images / name)
     journal = out / "roiseg-journal.jsonl"
     process = subprocess.Popen(
         [sys.executable, "-m", "roiseg.cli", "batch", "--images", str(images), "--out", str(out),
@@ -277,11 +281,11 @@ def test_ctrl_c_stops_cleanly_and_the_run_resumes(address, tmp_path):
     assert process.returncode == 130, err
     assert "Run the same command again to resume" in err
     done = journal_lines(journal)
-    assert len(done) < len(GLAS_NAMES)
+    assert len(done) < len(names)
     assert sorted(r["image"] for r in read_csv(out / "summary.csv")) == \
         sorted(r["image"] for r in done)
     assert batch("--images", images, "--out", out, "--mpp", GLAS_MPP, "--server", address) == 0
-    assert sorted(r["image"] for r in journal_lines(journal)) == sorted(GLAS_NAMES)
+    assert sorted(r["image"] for r in journal_lines(journal)) == sorted(names)
 
 
 def test_two_servers_share_the_work_and_a_down_one_loses_nothing(extra_servers, capsys):
