@@ -268,10 +268,13 @@ def test_ctrl_c_stops_cleanly_and_the_run_resumes(address, tmp_path):
     for name in names:
         shutil.copy(GLAS / "images" / name.split("_", 1)[1], images / name)
     journal = out / "roiseg-journal.jsonl"
+    # Ctrl+C as in a terminal, even when the tests run in the background (where a shell
+    # starts jobs with SIGINT ignored, and Python then keeps ignoring it)
     process = subprocess.Popen(
         [sys.executable, "-m", "roiseg.cli", "batch", "--images", str(images), "--out", str(out),
          "--mpp", GLAS_MPP, "--server", address],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not (journal.exists() and journal.read_text().count("\n") >= 1):
         assert process.poll() is None and time.monotonic() < deadline
