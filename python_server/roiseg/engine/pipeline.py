@@ -28,7 +28,14 @@ from roiseg.engine.inference import PredictionBand, TiledPrediction
 from roiseg.engine.models import ModelCard, ModelRegistry
 from roiseg.errors import Cancelled, InvalidInput, TooLarge, echo
 from roiseg.io import classes, qupath_geojson, raster
-from roiseg.io.slides import RegionRead, RegionRows, Slide, pixels_region_rows, slide_region_rows
+from roiseg.io.slides import (
+    RegionRead,
+    RegionRows,
+    Slide,
+    linear_taps,
+    pixels_region_rows,
+    slide_region_rows,
+)
 
 #: Paper 003's hysteresis thresholds for the tumour probability.
 DEFAULT_HYSTERESIS_LOW = 85 / 255
@@ -191,9 +198,9 @@ class _Raster:
         self.read_s, self.tissue_s = read_s, tissue_s
         self.soft_tissue, self.near_tissue = soft_tissue, near_tissue
         t, w = region.transform, tissue_transform
-        self._row_taps = _linear_taps(region.height, soft_tissue.shape[0],
+        self._row_taps = linear_taps(region.height, soft_tissue.shape[0],
                                       t.scale_y / w.scale_y, (t.origin_y - w.origin_y) / w.scale_y)
-        self._column_taps = _linear_taps(region.width, soft_tissue.shape[1],
+        self._column_taps = linear_taps(region.width, soft_tissue.shape[1],
                                          t.scale_x / w.scale_x,
                                          (t.origin_x - w.origin_x) / w.scale_x)
 
@@ -227,18 +234,6 @@ class _Raster:
                                            + narrowed[taps[:, 1] - first] * weights[:, 1:]
                                            ) >= postprocess.SOFT_HALF
         return out
-
-
-def _linear_taps(n_out: int, n_source: int, scale: float, offset: float
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Bilinear interpolation (as OpenCV's, edges clamped) along an axis whose pixel i covers
-    source pixels [offset + i * scale, offset + (i + 1) * scale): (n_out, 2) source pixels and
-    their (n_out, 2) float32 weights."""
-    centre = offset + (np.arange(n_out) + 0.5) * scale - 0.5
-    first = np.floor(centre)
-    fraction = (centre - first)[:, None]
-    taps = np.clip(first[:, None] + np.arange(2), 0, n_source - 1).astype(np.intp)
-    return taps, np.hstack([1 - fraction, fraction]).astype(np.float32)
 
 
 @dataclass

@@ -84,10 +84,7 @@ def soft_tissue_mask(rgb: np.ndarray, mpp: float, blur: bool = True) -> np.ndarr
     image = _as_uint8_image(rgb)
     _check_mpp(mpp)
     mask, scale = _work_tissue_mask(image, mpp)
-    soft: np.ndarray = mask.astype(np.float32)
-    sigma = _EDGE_SIGMA_PX * scale
-    if blur and sigma >= _MIN_EDGE_SIGMA_PX:
-        soft = cv2.GaussianBlur(soft, (0, 0), sigma, borderType=cv2.BORDER_REPLICATE)
+    soft = _soften(mask, _EDGE_SIGMA_PX * scale if blur else 0.0)
     return np.rint(soft * 255).astype(np.uint8)
 
 
@@ -339,10 +336,17 @@ def _resize_mask(mask: np.ndarray, shape: tuple[int, int], sigma_px: float = 0.0
     off instead of showing as staircases at the finer resolution."""
     if mask.shape == shape:
         return mask
+    soft = _soften(mask, sigma_px)
+    return cv2.resize(soft, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR) >= 0.5
+
+
+def _soften(mask: np.ndarray, sigma_px: float) -> np.ndarray:
+    """A mask as float32, blurred (Gaussian, `sigma_px` of its pixels) unless below the
+    minimum."""
     soft: np.ndarray = mask.astype(np.float32)
     if sigma_px >= _MIN_EDGE_SIGMA_PX:
         soft = cv2.GaussianBlur(soft, (0, 0), sigma_px, borderType=cv2.BORDER_REPLICATE)
-    return cv2.resize(soft, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR) >= 0.5
+    return soft
 
 
 def _resize_mask_area(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

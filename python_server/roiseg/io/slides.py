@@ -467,19 +467,26 @@ def _row_taps(n_source: int, n_out: int, linear: bool) -> tuple[np.ndarray, np.n
     """Source rows and weights of each output row, as OpenCV's INTER_AREA (shrinking) or
     INTER_LINEAR resizes compute them; both (n_out, taps)."""
     scale = n_source / n_out
-    out = np.arange(n_out, dtype=np.float64)[:, None]
     if linear:
-        centre = (out + 0.5) * scale - 0.5
-        first = np.floor(centre)
-        fraction = centre - first
-        taps = first + np.arange(2)
-        weights = np.hstack([1 - fraction, fraction])
-    else:
-        first = np.floor(out * scale + 1e-9)
-        taps = first + np.arange(math.ceil(scale) + 1)
-        overlap = np.minimum(taps + 1, (out + 1) * scale) - np.maximum(taps, out * scale)
-        weights = np.clip(overlap, 0, None) / scale
+        return linear_taps(n_out, n_source, scale, 0.0)
+    out = np.arange(n_out, dtype=np.float64)[:, None]
+    first = np.floor(out * scale + 1e-9)
+    taps = first + np.arange(math.ceil(scale) + 1)
+    overlap = np.minimum(taps + 1, (out + 1) * scale) - np.maximum(taps, out * scale)
+    weights = np.clip(overlap, 0, None) / scale
     return np.clip(taps, 0, n_source - 1).astype(np.intp), weights.astype(np.float32)
+
+
+def linear_taps(n_out: int, n_source: int, scale: float, offset: float
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Bilinear interpolation (as OpenCV's, edges clamped) along an axis whose pixel i covers
+    source pixels [offset + i * scale, offset + (i + 1) * scale): (n_out, 2) source pixels and
+    their (n_out, 2) float32 weights."""
+    centre = offset + (np.arange(n_out, dtype=np.float64) + 0.5) * scale - 0.5
+    first = np.floor(centre)
+    fraction = (centre - first)[:, None]
+    taps = np.clip(first[:, None] + np.arange(2), 0, n_source - 1).astype(np.intp)
+    return taps, np.hstack([1 - fraction, fraction]).astype(np.float32)
 
 
 def _check_bbox(bbox: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
